@@ -1,0 +1,118 @@
+"""The errors lipsync-tools raises.
+
+Every error is a :class:`LipsyncError`. Messages say what was found, what was expected and how to fix it;
+the CLI prints ``str(error)`` as one line and exits with ``error.exit_code``, which is distinct per kind of
+failure so scripts can tell them apart (see ``docs/cli.md``). Each subclass also derives from the closest
+built-in exception so ``except FileNotFoundError`` style code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class LipsyncError(Exception):
+    """Base class of every error raised on purpose by lipsync-tools."""
+
+    exit_code: int = 1
+
+
+class UsageError(LipsyncError, ValueError):
+    """An option or argument has a value the command cannot use."""
+
+    exit_code = 2
+
+
+class InputNotFoundError(LipsyncError, FileNotFoundError):
+    """An input file (video, audio, package, checkpoint) does not exist."""
+
+    exit_code = 3
+
+
+class NotAVideoError(LipsyncError, ValueError):
+    """The file exists but holds no decodable video stream."""
+
+    exit_code = 4
+
+
+class CorruptMediaError(LipsyncError, ValueError):
+    """A video or audio stream is truncated or damaged part-way through."""
+
+    exit_code = 5
+
+
+class EmptyVideoError(LipsyncError, ValueError):
+    """The video stream decodes to zero frames."""
+
+    exit_code = 6
+
+
+class NoAudioError(LipsyncError, ValueError):
+    """Neither the video nor ``--audio`` provides an audio track."""
+
+    exit_code = 7
+
+
+class NoFaceDetectedError(LipsyncError, ValueError):
+    """No usable face was found (anywhere, or on a frame when the policy forbids filling)."""
+
+    exit_code = 8
+
+
+class OutputExistsError(LipsyncError, FileExistsError):
+    """The output path exists and ``--force`` was not given."""
+
+    exit_code = 9
+
+
+class OutputNotWritableError(LipsyncError, PermissionError):
+    """The output folder does not exist or cannot be written."""
+
+    exit_code = 10
+
+
+class PackageFormatError(LipsyncError, ValueError):
+    """A file is not a valid sanders package (wrong layout, shape, dtype or checksum)."""
+
+    exit_code = 11
+
+
+class PackageVersionError(PackageFormatError):
+    """The package was written by a newer, incompatible major format version."""
+
+    exit_code = 12
+
+
+class MissingWeightsError(LipsyncError, FileNotFoundError):
+    """Model weights a backend needs are not on disk (nothing is ever downloaded)."""
+
+    exit_code = 13
+
+
+class BackendUnavailableError(LipsyncError, ImportError):
+    """An optional dependency of the chosen backend is not installed."""
+
+    exit_code = 14
+
+
+class CheckpointError(LipsyncError, ValueError):
+    """A model checkpoint does not match the architecture (missing/unexpected keys, wrong shapes)."""
+
+    exit_code = 15
+
+
+class ProtocolError(LipsyncError, ValueError):
+    """A wire message is malformed, oversize, or refers to something that does not exist.
+
+    ``code`` is the stable, machine-readable error code sent back to the client (see ``docs/protocol.md``).
+    """
+
+    exit_code = 16
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BuildFailedError(LipsyncError):
+    """One or more packages of a batch build failed (the others were still built)."""
+
+    exit_code = 17
