@@ -1,0 +1,200 @@
+"""Open a sanders package for serving: manifest parsed once, hot arrays memory-mapped with no copy.
+
+Per-frame code reads :class:`Package` attributes, which are plain NumPy arrays (``np.memmap`` views of the
+file, or in-RAM arrays for the full frames after :meth:`Package.decode_frames`); nothing here touches
+h5py after :func:`open_package` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputNotFoundError, PackageFormatError
+from .manifest import Manifest, check_version, parse_version
+from .spec import (
+    DATASETS,
+    FORMAT_NAME,
+    MAX_CHECKPOINT_BYTES,
+    MAX_CROP_SIZE,
+    MAX_ENCODED_FRAME_BYTES,
+    MAX_FRAME_SIDE,
+    MAX_FRAMES,
+    MAX_LANDMARKS,
+    MAX_MANIFEST_BYTES,
+)
+
+
+@dataclass
+class Package:
+    """A loaded package. Array shapes use N frames, S crop size, K landmarks, T mel columns."""
+
+    path: Path
+    manifest: Manifest
+    crops: np.ndarray  # uint8 (N, S, S, 3) BGR
+    rects: np.ndarray  # int32 (N, 4) x0, y0, x1, y1
+    input_mask: np.ndarray  # uint8 (S, S)
+    blend_masks: np.ndarray  # uint8 (N, S, S)
+    landmarks: np.ndarray  # float32 (N, K, 2)
+    boxes: np.ndarray  # float32 (N, 4)
+    filled: np.ndarray  # uint8 (N,)
+    pcm: np.ndarray  # int16 (A,)
+    mel: np.ndarray  # float32 (80, T)
+    mel_index: np.ndarray  # int32 (N,)
+    encoded_frames: list[bytes] = field(repr=False, default_factory=list)
+    has_checkpoint: bool = False
+    memory_mapped: tuple[str, ...] = ()
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.rects.shape[0])
+
+    @property
+    def fps(self) -> float:
+        return self.manifest.video.fps
+
+    @property
+    def crop_size(self) -> int:
+        return self.manifest.crop.size
+
+    def decode_frames(self, decode: Callable[[bytes], np.ndarray] | None = None) -> list[np.ndarray]:
+        """Decode every stored full frame into RAM (BGR uint8 (H, W, 3) each)."""
+        if decode is None:
+            from ..media.images import decode_image as decode
+        return [decode(data) for data in self.encoded_frames]
+
+    def read_checkpoint(self) -> bytes | None:
+        """The embedded checkpoint's bytes, or ``None`` (read from disk: call at load time only)."""
+        if not self.has_checkpoint:
+            return None
+        with h5py.File(self.path, "r") as f:
+            return bytes(np.asarray(f["model/checkpoint"]).tobytes())
+
+
+def _shape_symbols(manifest: Manifest, f: h5py.File) -> dict[str, int]:
+    return {
+        "N": manifest.video.frame_count,
+        "S": manifest.crop.size,
+        "K": manifest.faces.num_points,
+        "T": manifest.audio.mel_columns,
+        "A": manifest.audio.samples,
+        "B": int(f["model/checkpoint"].shape[0]) if "model/checkpoint" in f else 0,
+    }
+
+
+def read_manifest(f: h5py.File, path: Path) -> Manifest:
+    """Check the root attributes and parse the manifest (raises PackageFormatError/PackageVersionError)."""
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt != FORMAT_NAME:
+        raise PackageFormatError(
+            f"{path} is an HDF5 file but not a sanders package (root attribute format={fmt!r}); "
+            "build one with `lipsync build-package VIDEO`"
+        )
+    check_version(parse_version(_attr_text(f, "format_version", path)))
+    manifest = Manifest.from_json(_attr_text(f, "manifest", path))
+    m = manifest
+    limits = [
+        (m.video.frame_count, 1, MAX_FRAMES, "video.frame_count"),
+        (m.video.width, 1, MAX_FRAME_SIDE, "video.width"),
+        (m.video.height, 1, MAX_FRAME_SIDE, "video.height"),
+        (m.crop.size, 8, MAX_CROP_SIZE, "crop.size"),
+        (m.faces.num_points, 1, MAX_LANDMARKS, "faces.num_points"),
+    ]
+    for value, low, high, name in limits:
+        if not low <= value <= high:
+            raise PackageFormatError(f"{path}: manifest {name} is {value}; expected {low}..{high}")
+    if not m.video.fps > 0:
+        raise PackageFormatError(f"{path}: manifest video.fps is {m.video.fps}; expected > 0")
+    return manifest
+
+
+def _attr_text(f: h5py.File, name: str, path: Path) -> str:
+    value = f.attrs.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise PackageFormatError(f"{path}: root attribute {name!r} is missing or not text; the file is damaged")
+    if len(value) > MAX_MANIFEST_BYTES:
+        raise PackageFormatError(f"{path}: root attribute {name!r} exceeds {MAX_MANIFEST_BYTES} bytes")
+    return value
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """Open read-only, turning "missing" and "not HDF5" into our errors."""
+    if not path.exists():
+        raise InputNotFoundError(f"package {path} does not exist; build one with `lipsync build-package VIDEO`")
+    if not path.is_file():
+        raise PackageFormatError(f"{path} is not a file; expected a .sanders package")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise PackageFormatError(
+            f"{path} is not a sanders package (not an HDF5 file, or truncated): {exc}"
+        ) from exc
+
+
+def expected_shape(spec_shape: tuple[str | int, ...], symbols: dict[str, int]) -> tuple[int, ...]:
+    return tuple(symbols[d] if isinstance(d, str) else d for d in spec_shape)
+
+
+def open_package(path: str | Path, *, mmap: bool = True) -> Package:
+    """Open ``path``: check version, manifest, every dataset's shape and dtype, map hot arrays.
+
+    Checksums are not verified here (that reads every byte; see :func:`lipsync_tools.package.validate`).
+    With ``mmap`` true, contiguous datasets become read-only ``np.memmap`` views of the file (zero copy);
+    datasets another writer stored chunked or compressed are read into RAM instead.
+    """
+    path = Path(path)
+    with open_hdf5(path) as f:
+        manifest = read_manifest(f, path)
+        symbols = _shape_symbols(manifest, f)
+        arrays: dict[str, np.ndarray] = {}
+        mapped: list[str] = []
+        for spec in DATASETS:
+            if spec.path not in f:
+                if spec.required:
+                    raise PackageFormatError(f"{path}: dataset {spec.path!r} is missing ({spec.description})")
+                continue
+            ds = f[spec.path]
+            if not isinstance(ds, h5py.Dataset):
+                raise PackageFormatError(f"{path}: {spec.path!r} is a group; expected a dataset")
+            want = expected_shape(spec.shape, symbols)
+            if ds.shape != want:
+                raise PackageFormatError(
+                    f"{path}: dataset {spec.path!r} has shape {ds.shape}; expected {want} from the manifest"
+                )
+            if spec.path in ("frames", "model/checkpoint"):
+                continue
+            if ds.dtype != np.dtype(spec.dtype):
+                raise PackageFormatError(
+                    f"{path}: dataset {spec.path!r} has dtype {ds.dtype}; expected {spec.dtype}"
+                )
+            offset = ds.id.get_offset()
+            if mmap and ds.chunks is None and ds.compression is None and offset is not None and ds.size:
+                arrays[spec.path] = np.memmap(path, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
+                mapped.append(spec.path)
+            else:
+                arrays[spec.path] = np.asarray(ds[...])
+        frames_ds = f["frames"]
+        encoded: list[bytes] = []
+        for i in range(frames_ds.shape[0]):
+            item = frames_ds[i]
+            if item.size == 0 or item.size > MAX_ENCODED_FRAME_BYTES:
+                raise PackageFormatError(f"{path}: frame {i} holds {item.size} bytes; expected an encoded image")
+            encoded.append(item.tobytes())
+        has_checkpoint = "model/checkpoint" in f
+        if has_checkpoint and symbols["B"] > MAX_CHECKPOINT_BYTES:
+            raise PackageFormatError(f"{path}: embedded checkpoint exceeds {MAX_CHECKPOINT_BYTES} bytes")
+    return Package(
+        path=path, manifest=manifest, crops=arrays["crops"], rects=arrays["rects"],
+        input_mask=arrays["masks/input"], blend_masks=arrays["masks/blend"], landmarks=arrays["landmarks"],
+        boxes=arrays["boxes"], filled=arrays["filled"], pcm=arrays["audio/pcm"], mel=arrays["audio/mel"],
+        mel_index=arrays["audio/mel_index"], encoded_frames=encoded, has_checkpoint=has_checkpoint,
+        memory_mapped=tuple(mapped),
+    )

@@ -1,0 +1,284 @@
+"""Compose the build stages into one package: ``video.mp4`` -> ``video.sanders``.
+
+Two streaming passes over the video keep memory flat however long it is: pass 1 decodes and finds faces
+(keeping only boxes and landmarks), then tracking, smoothing and crop rectangles run on those small arrays,
+and pass 2 decodes again to cut crops, draw masks and encode full frames straight into the package file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..audio.mel import MelOptions
+from ..errors import NoAudioError, UsageError
+from ..faces import create_backend
+from ..faces.base import FaceObservation, FaceOptions
+from ..media.audio import load_audio
+from ..media.images import encode_image
+from ..media.video import VideoInfo, iter_frames, probe_video
+from ..package.manifest import (
+    AudioMeta,
+    CropMeta,
+    FacesMeta,
+    FramesMeta,
+    Manifest,
+    SourceFile,
+    ToolMeta,
+    VideoMeta,
+)
+from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MEL_WINDOW
+from ..package.writer import PackageWriter, check_output_path
+from .crop import CropOptions, crop_face, crop_rectangles, to_crop_coordinates
+from .features import audio_features
+from .masks import MaskOptions, blend_mask, model_input_mask
+from .progress import NullProgress, Progress
+from .smooth import SmoothOptions, smooth_series
+from .track import MissingPolicy, TrackOptions, track_main_face
+
+STAGES = ("decode", "detect", "track", "smooth", "crop", "masks", "encode", "audio", "write")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """Everything that shapes a package. All of it is recorded in the manifest's ``build_options``."""
+
+    face_backend: str = "mediapipe"
+    weights_dir: Path | None = None
+    max_faces: int = 4
+    min_confidence: float = 0.5
+    crop_size: int = 96
+    padding: float = 0.1
+    smooth_window: int = 5
+    missing_face: MissingPolicy = "interpolate"
+    feather: float = 0.06
+    frame_codec: str = "jpeg"
+    frame_quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.frame_codec not in FRAME_CODECS:
+            raise UsageError(f"frame codec is {self.frame_codec!r}; expected one of {', '.join(FRAME_CODECS)}")
+        if self.frame_codec == "jpeg" and not 1 <= self.frame_quality <= 100:
+            raise UsageError(f"JPEG quality is {self.frame_quality}; expected 1..100")
+        if self.frame_codec == "png" and not 0 <= self.frame_quality <= 9:
+            raise UsageError(f"PNG compression level is {self.frame_quality}; expected 0..9")
+        # Construct the stage options now so a bad value fails before any work.
+        self.stage_options()
+
+    def stage_options(self) -> tuple[CropOptions, SmoothOptions, TrackOptions, MaskOptions]:
+        return (CropOptions(size=self.crop_size, padding=self.padding),
+                SmoothOptions(window=self.smooth_window), TrackOptions(missing=self.missing_face),
+                MaskOptions(feather=self.feather))
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as JSON-ready values, minus machine-specific paths."""
+        values = asdict(self)
+        values["weights_dir"] = None if self.weights_dir is None else "set"
+        return values
+
+
+@dataclass
+class BuildResult:
+    """What a build produced and what it cost."""
+
+    video: Path
+    output: Path
+    manifest: Manifest
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.manifest.video.frame_count / self.total_seconds if self.total_seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "video": str(self.video), "output": str(self.output), "ok": True,
+            "frames": m.video.frame_count, "fps": m.video.fps, "width": m.video.width, "height": m.video.height,
+            "filled_frames": m.faces.filled_frames, "face_backend": m.faces.backend,
+            "crop_size": m.crop.size, "audio_seconds": round(m.audio.samples / m.audio.sample_rate, 3),
+            "package_bytes": self.output.stat().st_size,
+            "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
+            "total_seconds": round(self.total_seconds, 4),
+            "build_frames_per_second": round(self.frames_per_second, 2),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+    def timed_frames(self, path: Path) -> Iterator[np.ndarray]:
+        """``iter_frames`` with the time spent decoding charged to the decode stage."""
+        frames = iter_frames(path)
+        while True:
+            with self("decode"):
+                frame = next(frames, None)
+            if frame is None:
+                return
+            yield frame
+
+
+def default_output(video: Path) -> Path:
+    return video.with_suffix(FILE_SUFFIX)
+
+
+def file_sha256(path: Path) -> SourceFile:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return SourceFile(name=path.name, sha256=h.hexdigest(), size_bytes=path.stat().st_size)
+
+
+def build_package(
+    video: str | Path,
+    output: str | Path | None = None,
+    *,
+    audio: str | Path | None = None,
+    options: BuildOptions | None = None,
+    force: bool = False,
+    debug: bool = False,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build one sanders package from ``video`` (and ``audio``, else the video's own audio track).
+
+    Raises a :class:`~lipsync_tools.errors.LipsyncError` subclass for every bad input (missing file, not a
+    video, corrupt video, no frames, no audio, no face, existing output, unwritable folder); nothing is
+    ever left at ``output`` unless the build succeeded.
+    """
+    options = options or BuildOptions()
+    progress = progress or NullProgress()
+    crop_opts, smooth_opts, track_opts, mask_opts = options.stage_options()
+    video = Path(video)
+    output = Path(output) if output is not None else default_output(video)
+    audio_path = Path(audio) if audio is not None else None
+    started = time.perf_counter()
+    timer = _Timer()
+
+    # Everything that can be refused cheaply is refused before the slow passes.
+    check_output_path(output, force)
+    info = probe_video(video)
+    with timer("audio"):
+        pcm = _load_build_audio(video, audio_path, info)
+
+    backend = create_backend(options.face_backend, FaceOptions(
+        max_faces=options.max_faces, min_confidence=options.min_confidence, video_mode=True,
+        weights_dir=options.weights_dir, debug=debug))
+    try:
+        per_frame: list[list[FaceObservation]] = []
+        progress.start("Finding faces", info.frame_count or None)
+        for frame in timer.timed_frames(video):
+            with timer("detect"):
+                per_frame.append(backend.detect(frame))
+            progress.advance()
+        progress.finish()
+    finally:
+        backend.close()
+    n_frames = len(per_frame)  # decoded count: containers' frame counts can be wrong
+
+    with timer("track"):
+        track = track_main_face(per_frame, track_opts)
+    del per_frame
+    with timer("smooth"):
+        landmarks = smooth_series(track.landmarks, smooth_opts)
+    with timer("crop"):
+        rects = crop_rectangles(landmarks, (info.width, info.height), crop_opts)
+    with timer("audio"):
+        features = audio_features(pcm, info.fps, n_frames, AUDIO_SAMPLE_RATE, MEL_WINDOW)
+
+    scheme = backend.scheme
+    size = crop_opts.size
+    with timer("write"):
+        writer = PackageWriter(output, n_frames=n_frames, crop_size=size, num_points=scheme.num_points,
+                               force=force)
+    with writer:
+        progress.start("Cropping and writing", n_frames)
+        index = 0
+        for frame in timer.timed_frames(video):
+            if index >= n_frames:
+                break  # a second decode must not see more frames than the first
+            rect = rects[index]
+            with timer("crop"):
+                crop = crop_face(frame, rect, size)
+            with timer("masks"):
+                mask = blend_mask(to_crop_coordinates(landmarks[index], rect, size), scheme, size, mask_opts)
+            with timer("encode"):
+                encoded = encode_image(frame, options.frame_codec, options.frame_quality)
+            with timer("write"):
+                writer.write_frame(index, encoded, crop, mask)
+            index += 1
+            progress.advance()
+        progress.finish()
+        with timer("write"):
+            writer.write_array("rects", rects)
+            writer.write_array("masks/input", model_input_mask(size))
+            writer.write_array("landmarks", landmarks)
+            writer.write_array("boxes", track.boxes)
+            writer.write_array("filled", track.filled.astype(np.uint8))
+            writer.write_array("audio/pcm", features.pcm)
+            writer.write_array("audio/mel", features.mel)
+            writer.write_array("audio/mel_index", features.mel_index)
+            manifest = writer.commit(_manifest(video, audio_path, info, n_frames, options, scheme.name,
+                                               scheme.num_points, int(track.filled.sum()), features))
+    total = time.perf_counter() - started
+    return BuildResult(video=video, output=output, manifest=manifest, stage_seconds=timer.seconds,
+                       total_seconds=total, peak_rss_mb=_peak_rss_mb())
+
+
+def _load_build_audio(video: Path, audio: Path | None, info: VideoInfo) -> np.ndarray:
+    if audio is not None:
+        return load_audio(audio, AUDIO_SAMPLE_RATE)
+    if not info.has_audio:
+        raise NoAudioError(
+            f"{video} has no audio track; pass --audio FILE with the speech to use (any rate, any channels)"
+        )
+    return load_audio(video, AUDIO_SAMPLE_RATE)
+
+
+def _manifest(video: Path, audio: Path | None, info: VideoInfo, n_frames: int, options: BuildOptions,
+              scheme: str, num_points: int, filled: int, features: Any) -> Manifest:
+    mel_opts = MelOptions()
+    return Manifest(
+        tool=ToolMeta(name="lipsync-tools", version=__version__),
+        source_video=file_sha256(video),
+        source_audio=file_sha256(audio) if audio is not None else None,
+        video=VideoMeta(fps=float(info.fps), fps_num=info.fps_fraction.numerator,
+                        fps_den=info.fps_fraction.denominator, frame_count=n_frames, width=info.width,
+                        height=info.height, rotation=info.rotation),
+        frames=FramesMeta(codec=options.frame_codec, quality=options.frame_quality),
+        audio=AudioMeta(sample_rate=AUDIO_SAMPLE_RATE, samples=int(features.pcm.shape[0]),
+                        mel_bands=int(features.mel.shape[0]), mel_columns=int(features.mel.shape[1]),
+                        mel_window=MEL_WINDOW, mel_hop_seconds=mel_opts.hop_size / AUDIO_SAMPLE_RATE,
+                        mel_params={k: float(v) for k, v in asdict(mel_opts).items()
+                                    if isinstance(v, int | float) and not isinstance(v, bool)}),
+        faces=FacesMeta(backend=options.face_backend, scheme=scheme, num_points=num_points,
+                        filled_frames=filled, missing_policy=options.missing_face),
+        crop=CropMeta(size=options.crop_size, padding=options.padding, smooth_window=options.smooth_window),
+        build_options=options.recorded(),
+        datasets={},
+    )
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
