@@ -1,0 +1,1 @@
+"""The ``lipsync`` command line: thin Typer commands over library calls."""

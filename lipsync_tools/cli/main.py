@@ -1,0 +1,265 @@
+"""``lipsync``: every command parses options, calls one library function, and maps errors to exit codes.
+
+Errors are one line on stderr with the error's distinct exit code (see lipsync_tools/errors.py); ``--debug``
+shows the traceback and third-party log output instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .._quiet import quiet_third_party
+from .._version import __version__
+from ..errors import BuildFailedError, LipsyncError, PackageFormatError, UsageError
+from .output import RichProgress, error_line, interactive, print_json, stderr
+
+app = typer.Typer(
+    name="lipsync",
+    help="Build preprocessed avatar packages from videos and serve real-time lip-sync frames from them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and third-party log output.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output file.")]
+
+
+class FaceBackendName(str, Enum):
+    mediapipe = "mediapipe"
+    fan = "fan"
+
+
+class MissingFace(str, Enum):
+    interpolate = "interpolate"
+    fail = "fail"
+
+
+class FrameCodec(str, Enum):
+    jpeg = "jpeg"
+    png = "png"
+
+
+def run_command(debug: bool, json_output: bool, action: Callable[[], T]) -> T:
+    """Run ``action``; turn our errors into one stderr line (and a JSON error) plus the error's exit code."""
+    quiet_third_party(debug)
+    try:
+        return action()
+    except LipsyncError as exc:
+        if debug:
+            raise
+        if json_output and not isinstance(exc, BuildFailedError):
+            print_json({"ok": False, "error": type(exc).__name__, "exit_code": exc.exit_code,
+                        "message": str(exc)})
+        error_line(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        error_line("interrupted; nothing was written")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+        raise typer.Exit(1) from None
+
+
+@app.command("build-package")
+def build_package_cmd(
+    videos: Annotated[list[Path], typer.Argument(help="Video file(s), or folder(s) of videos.",
+                                                 show_default=False)],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=(
+        "Package path (default: next to the video, NAME.sanders); a folder when building several."))] = None,
+    audio: Annotated[Path | None, typer.Option(
+        "--audio", help="Speech/audio file to use instead of the video's own audio track.")] = None,
+    face_backend: Annotated[FaceBackendName, typer.Option(
+        "--face-backend", help="Landmark backend: mediapipe (468 points, built in) or fan (68 points, needs "
+        "face-alignment's 2DFAN4 weights).")] = FaceBackendName.mediapipe,
+    weights_dir: Annotated[Path | None, typer.Option(
+        "--weights-dir", help="Folder holding backend weight files (fan: 2DFAN4-11f355bf06.pth.tar).")] = None,
+    crop_size: Annotated[int, typer.Option("--crop-size", help="Model input side in pixels.")] = 96,
+    padding: Annotated[float, typer.Option(
+        "--padding", help="Box padding per side, as a fraction of the face size.")] = 0.1,
+    smooth_window: Annotated[int, typer.Option(
+        "--smooth-window", help="Temporal smoothing window in frames (odd; 1 = off).")] = 5,
+    missing_face: Annotated[MissingFace, typer.Option(
+        "--missing-face", help="Frames without a face: interpolate from neighbours, or fail the build.")
+    ] = MissingFace.interpolate,
+    frame_codec: Annotated[FrameCodec, typer.Option(
+        "--frame-codec", help="How full frames are stored: jpeg (compact) or png (lossless).")] = FrameCodec.jpeg,
+    frame_quality: Annotated[int | None, typer.Option(
+        "--frame-quality", help="JPEG quality 1-100 (default 95) or PNG level 0-9 (default 1).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-j", help="Parallel worker processes when building several videos (default: cores).")
+    ] = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Build a sanders package (faces, crops, masks, audio features) from a talking-head video."""
+    from ..pipeline.batch import build_packages, expand_inputs
+    from ..pipeline.build import BuildOptions, build_package
+
+    def action() -> None:
+        quality = frame_quality if frame_quality is not None else (95 if frame_codec is FrameCodec.jpeg else 1)
+        options = BuildOptions(
+            face_backend=face_backend.value, weights_dir=weights_dir, crop_size=crop_size, padding=padding,
+            smooth_window=smooth_window, missing_face=missing_face.value, frame_codec=frame_codec.value,
+            frame_quality=quality,
+        )
+        inputs = expand_inputs(videos)
+        if len(inputs) == 1 and not videos[0].is_dir():
+            show = interactive(json_output, quiet)
+            if show:
+                with RichProgress() as progress:
+                    result = build_package(inputs[0], output, audio=audio, options=options, force=force,
+                                           debug=debug, progress=progress)
+            else:
+                result = build_package(inputs[0], output, audio=audio, options=options, force=force,
+                                       debug=debug)
+            summary = result.summary()
+            if json_output:
+                print_json(summary)
+            elif not quiet:
+                _print_build_summary(summary)
+            return
+        if audio is not None:
+            raise UsageError("--audio applies to one video; with several, each video must carry its own audio")
+
+        def done(entry: dict[str, Any]) -> None:
+            if not (json_output or quiet):
+                status = "built" if entry["ok"] else f"FAILED ({entry['message']})"
+                stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False)
+
+        report = build_packages(inputs, output, options=options, force=force, workers=workers, debug=debug,
+                                on_done=done)
+        if json_output:
+            print_json(report.summary())
+        if report.failed:
+            raise BuildFailedError(f"{len(report.failed)} of {len(report.results)} packages failed")
+
+    run_command(debug, json_output, action)
+
+
+def _print_build_summary(s: dict[str, Any]) -> None:
+    stderr.print(
+        f"[green]built[/] {s['output']}: {s['frames']} frames {s['width']}x{s['height']} @ {s['fps']:.3g} fps, "
+        f"{s['filled_frames']} filled, {s['package_bytes'] / 1e6:.1f} MB in {s['total_seconds']:.1f} s "
+        f"({s['build_frames_per_second']:.1f} frames/s, peak {s['peak_rss_mb']:.0f} MB RAM)", highlight=False,
+    )
+
+
+@app.command("inspect")
+def inspect_cmd(
+    package: Annotated[Path, typer.Argument(help="A .sanders package.", show_default=False)],
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Summarise a package: frames, fps, size, face backend, filled frames, datasets and sizes."""
+    from ..package.inspect import describe_package
+
+    def action() -> None:
+        info = describe_package(package)
+        if json_output:
+            print_json(info)
+        else:
+            _print_description(info)
+
+    run_command(debug, json_output, action)
+
+
+def _print_description(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    v = info["video"]
+    out.print(f"[bold]{info['path']}[/]  sanders {info['format_version']} (lipsync-tools {info['tool_version']})")
+    out.print(f"  frames {v['frame_count']} @ {v['fps']:.3f} fps ({info['duration_seconds']:.2f} s), "
+              f"{v['width']}x{v['height']}, rotation {v['rotation']}")
+    out.print(f"  faces  {info['faces']['backend']} ({info['faces']['scheme']}), "
+              f"{info['faces']['filled_frames']} filled frames, crop {info['crop']['size']} px")
+    out.print(f"  audio  {info['audio_seconds']:.2f} s, mel {info['audio']['mel_bands']}x{info['audio']['mel_columns']}")
+    out.print(f"  source {info['source_video']['name']} sha256 {info['source_video']['sha256'][:16]}...")
+    table = Table("dataset", "shape", "dtype", "stored", "bytes")
+    for name, d in info["datasets"].items():
+        table.add_row(name, "x".join(map(str, d["shape"])), d["dtype"], d["storage"], f"{d['bytes']:,}")
+    out.print(table)
+
+
+@app.command("validate")
+def validate_cmd(
+    packages: Annotated[list[Path], typer.Argument(help="One or more .sanders packages.", show_default=False)],
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check version, layout, shapes, dtypes and every checksum; exit non-zero naming each problem."""
+    from ..package.validate import validate_package
+
+    def action() -> None:
+        report = {}
+        bad = 0
+        for path in packages:
+            problems = validate_package(path)
+            report[str(path)] = [{"dataset": p.dataset, "message": p.message} for p in problems]
+            if problems:
+                bad += 1
+                if not json_output:
+                    for p in problems:
+                        sys.stdout.write(f"{path}: {p}\n")
+            elif not json_output:
+                sys.stdout.write(f"{path}: ok\n")
+        if json_output:
+            print_json({"ok": bad == 0, "packages": report})
+        if bad:
+            raise typer.Exit(PackageFormatError.exit_code)
+
+    run_command(debug, json_output, action)
+
+
+@app.command("preview")
+def preview_cmd(
+    package: Annotated[Path, typer.Argument(help="A .sanders package.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the PNG contact sheet.")],
+    frames: Annotated[int, typer.Option("--frames", "-n", help="How many frames to sample.")] = 6,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw a contact sheet: sampled frames with boxes, landmarks and masks, and the crops beside them."""
+    from ..pipeline.preview import make_contact_sheet
+
+    def action() -> None:
+        path = make_contact_sheet(package, output, frames=frames, force=force)
+        if not quiet:
+            stderr.print(f"wrote {path}", highlight=False, markup=False)
+
+    run_command(debug, False, action)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"lipsync-tools {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """lipsync-tools: preprocessed avatar packages and a zero-I/O lip-sync server."""
+
+
+def main() -> None:
+    app()

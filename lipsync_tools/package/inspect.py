@@ -1,0 +1,38 @@
+"""A summary of a package for people (``lipsync inspect``) and scripts (``--json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .reader import open_hdf5, read_manifest
+
+
+def describe_package(path: str | Path) -> dict[str, Any]:
+    """Manifest facts plus every dataset's shape, dtype, storage and size in bytes (no checksums run)."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        manifest = read_manifest(f, path)
+        datasets: dict[str, Any] = {}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                storage = "contiguous" if obj.chunks is None else f"chunked{'+' + obj.compression if obj.compression else ''}"
+                datasets[name] = {"shape": list(obj.shape), "dtype": "vlen-uint8" if obj.dtype.kind == "O"
+                                  else str(obj.dtype), "storage": storage, "bytes": int(obj.id.get_storage_size())}
+
+        f.visititems(visit)
+        filled = np.flatnonzero(f["filled"][...]).tolist() if "filled" in f else []
+    m = manifest.to_dict()
+    return {
+        "path": str(path), "format_version": manifest.format_version, "tool_version": manifest.tool.version,
+        "file_bytes": path.stat().st_size,
+        "duration_seconds": manifest.video.frame_count / manifest.video.fps,
+        "audio_seconds": manifest.audio.samples / manifest.audio.sample_rate,
+        "video": m["video"], "frames": m["frames"], "faces": m["faces"], "crop": m["crop"], "audio": m["audio"],
+        "source_video": m["source_video"], "source_audio": m["source_audio"],
+        "build_options": m["build_options"], "filled_frame_indices": filled, "datasets": datasets,
+    }
