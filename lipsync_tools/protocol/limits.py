@@ -1,0 +1,82 @@
+"""Version, sizes and hard limits of the wire protocol (``docs/protocol.md`` is the spec).
+
+Every length a peer sends is checked against one of these constants *before* anything is allocated for it,
+so a header that claims a 4 GiB payload fails in microseconds instead of exhausting memory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+"""Version written into every message (binary header byte 4, JSON ``"v"``). Bumped on any layout change."""
+
+MAGIC: Final = b"LSYN"
+"""First four bytes of every binary message."""
+
+BINARY_CONTENT_TYPE: Final = "application/x-lipsync"
+JSON_CONTENT_TYPE: Final = "application/json"
+
+# --- audio ------------------------------------------------------------------------------------------------
+SAMPLE_RATE: Final = 16_000
+"""Audio sample rate in Hz: PCM payloads are 16-bit signed little-endian mono at this rate."""
+
+PCM_WINDOW_SAMPLES: Final = 3200
+"""Samples of PCM audio one FrameRequest carries: 200 ms at 16 kHz, the span of one Wav2Lip mel window.
+
+The engine owns the exact number; every other size below is derived from it, so change it only here.
+"""
+
+PCM_WINDOW_BYTES: Final = PCM_WINDOW_SAMPLES * 2
+
+MEL_BINS: Final = 80
+MEL_STEPS: Final = 16
+MEL_WINDOW_BYTES: Final = MEL_BINS * MEL_STEPS * 4
+"""A precomputed mel window: float32 little-endian, C order, shape ``(MEL_BINS, MEL_STEPS)``."""
+
+MAX_AUDIO_CHUNK_BYTES: Final = 1 << 20
+"""Largest PCM payload of one session AudioChunk (1 MiB, about 32 s): clients stream, they do not upload."""
+
+# --- identifiers ------------------------------------------------------------------------------------------
+MAX_PACKAGE_ID_LEN: Final = 64
+PACKAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A package id: 1-64 ASCII letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit.
+
+The first-character rule rules out ``.``, ``..`` and hidden names; no ``/`` or ``\\`` can appear at all, so an
+id can never name a path outside the server's package table.
+"""
+
+MAX_ERROR_CODE_LEN: Final = 32
+ERROR_CODE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_ERROR_MESSAGE_BYTES: Final = 4096
+"""Longest ErrorReply message, in UTF-8 bytes."""
+
+MAX_TIMINGS: Final = 32
+"""Most per-stage timing entries one FrameReply carries."""
+MAX_STAGE_NAME_LEN: Final = 32
+STAGE_NAME_PATTERN: Final = re.compile(r"[a-z0-9_]{1,32}")
+
+MAX_U16: Final = 0xFFFF
+MAX_U32: Final = 0xFFFF_FFFF
+MIN_JPEG_QUALITY: Final = 1
+MAX_JPEG_QUALITY: Final = 100
+DEFAULT_JPEG_QUALITY: Final = 85
+MAX_FPS: Final = 1000.0
+
+# --- payloads and whole messages --------------------------------------------------------------------------
+MAX_REQUEST_PAYLOAD: Final = 16 << 20
+"""Largest payload a client may send in any message (16 MiB); real requests are far smaller."""
+
+MAX_REPLY_PAYLOAD: Final = 64 << 20
+"""Largest payload a server may send (64 MiB: a raw 4K BGR frame is 24.9 MB)."""
+
+BINARY_HEADER_SIZE: Final = 32
+MAX_FIELDS_LEN: Final = 2048
+"""Largest type-specific field block of a binary message (a FrameReply with 32 timings needs <= 1197)."""
+
+MAX_BINARY_MESSAGE_BYTES: Final = BINARY_HEADER_SIZE + MAX_PACKAGE_ID_LEN + MAX_FIELDS_LEN + MAX_REPLY_PAYLOAD
+"""Upper bound of any binary message: use it as the WebSocket ``max_size`` / HTTP body limit."""
+
+MAX_JSON_MESSAGE_BYTES: Final = 4 * ((MAX_REPLY_PAYLOAD + 2) // 3) + (64 << 10)
+"""Upper bound of any JSON message: base64 of the largest payload plus 64 KiB for the other fields."""
