@@ -98,6 +98,9 @@ def build_package_cmd(
         "--frame-codec", help="How full frames are stored: jpeg (compact) or png (lossless).")] = FrameCodec.jpeg,
     frame_quality: Annotated[int | None, typer.Option(
         "--frame-quality", help="JPEG quality 1-100 (default 95) or PNG level 0-9 (default 1).")] = None,
+    detect_size: Annotated[int, typer.Option(
+        "--detect-size", help="Longest side of the frame copy given to the face backend (0 = full frame).")
+    ] = 640,
     workers: Annotated[int | None, typer.Option(
         "--workers", "-j", help="Parallel worker processes when building several videos (default: cores).")
     ] = None,
@@ -115,7 +118,7 @@ def build_package_cmd(
         options = BuildOptions(
             face_backend=face_backend.value, weights_dir=weights_dir, crop_size=crop_size, padding=padding,
             smooth_window=smooth_window, missing_face=missing_face.value, frame_codec=frame_codec.value,
-            frame_quality=quality,
+            frame_quality=quality, detect_max_side=detect_size,
         )
         inputs = expand_inputs(videos)
         if len(inputs) == 1 and not videos[0].is_dir():
@@ -139,7 +142,7 @@ def build_package_cmd(
         def done(entry: dict[str, Any]) -> None:
             if not (json_output or quiet):
                 status = "built" if entry["ok"] else f"FAILED ({entry['message']})"
-                stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False)
+                stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False, soft_wrap=True)
 
         report = build_packages(inputs, output, options=options, force=force, workers=workers, debug=debug,
                                 on_done=done)
@@ -156,6 +159,7 @@ def _print_build_summary(s: dict[str, Any]) -> None:
         f"[green]built[/] {s['output']}: {s['frames']} frames {s['width']}x{s['height']} @ {s['fps']:.3g} fps, "
         f"{s['filled_frames']} filled, {s['package_bytes'] / 1e6:.1f} MB in {s['total_seconds']:.1f} s "
         f"({s['build_frames_per_second']:.1f} frames/s, peak {s['peak_rss_mb']:.0f} MB RAM)", highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -242,7 +246,7 @@ def preview_cmd(
     def action() -> None:
         path = make_contact_sheet(package, output, frames=frames, force=force)
         if not quiet:
-            stderr.print(f"wrote {path}", highlight=False, markup=False)
+            stderr.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
 
     run_command(debug, False, action)
 

@@ -8,9 +8,11 @@ and pass 2 decodes again to cut crops, draw masks and encode full frames straigh
 from __future__ import annotations
 
 import hashlib
+import queue
 import resource
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..audio.mel import MelOptions
-from ..errors import NoAudioError, UsageError
+from ..audio.mel import MelOptions, wav2lip_mel
+from ..errors import InputNotFoundError, NoAudioError, UsageError
 from ..faces import create_backend
 from ..faces.base import FaceObservation, FaceOptions
 from ..media.audio import load_audio
@@ -39,6 +41,7 @@ from ..package.manifest import (
 from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MEL_WINDOW
 from ..package.writer import PackageWriter, check_output_path
 from .crop import CropOptions, crop_face, crop_rectangles, to_crop_coordinates
+from .detect import DetectOptions, detect_faces
 from .features import audio_features
 from .masks import MaskOptions, blend_mask, model_input_mask
 from .progress import NullProgress, Progress
@@ -63,6 +66,7 @@ class BuildOptions:
     feather: float = 0.06
     frame_codec: str = "jpeg"
     frame_quality: int = 95
+    detect_max_side: int = 640
 
     def __post_init__(self) -> None:
         if self.frame_codec not in FRAME_CODECS:
@@ -73,6 +77,7 @@ class BuildOptions:
             raise UsageError(f"PNG compression level is {self.frame_quality}; expected 0..9")
         # Construct the stage options now so a bad value fails before any work.
         self.stage_options()
+        DetectOptions(max_side=self.detect_max_side)
 
     def stage_options(self) -> tuple[CropOptions, SmoothOptions, TrackOptions, MaskOptions]:
         return (CropOptions(size=self.crop_size, padding=self.padding),
@@ -117,8 +122,16 @@ class BuildResult:
 
 
 class _Timer:
+    """Busy seconds per stage. Decoding and audio run in background threads, overlapping the other
+    stages, so the stage seconds add up to more than the wall-clock total."""
+
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -126,17 +139,87 @@ class _Timer:
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            self.add(stage, time.perf_counter() - start)
 
     def timed_frames(self, path: Path) -> Iterator[np.ndarray]:
-        """``iter_frames`` with the time spent decoding charged to the decode stage."""
-        frames = iter_frames(path)
-        while True:
-            with self("decode"):
+        """``iter_frames`` decoded a few frames ahead in a thread, its time charged to the decode stage."""
+
+        def produce() -> Iterator[np.ndarray]:
+            frames = iter_frames(path)
+            while True:
+                start = time.perf_counter()
                 frame = next(frames, None)
-            if frame is None:
+                self.add("decode", time.perf_counter() - start)
+                if frame is None:
+                    return
+                yield frame
+
+        return prefetch(produce(), depth=8)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
+    """Run ``items`` in a daemon thread, at most ``depth`` ahead of the consumer; re-raise its errors.
+
+    Decoding (PyAV/FFmpeg) and the consumer's native calls (MediaPipe, OpenCV) release the GIL, so on two
+    cores the decode of frame i+1 overlaps the work on frame i.
+    """
+    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            buffer.put(exc)
+
+    thread = threading.Thread(target=run, name="lipsync-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
                 return
-            yield frame
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _Background:
+    """Run one function in a thread; ``result()`` waits and re-raises its error."""
+
+    def __init__(self, fn: Callable[[], np.ndarray]) -> None:
+        self._value: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="lipsync-audio", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], np.ndarray]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> np.ndarray:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def default_output(video: Path) -> Path:
@@ -179,8 +262,22 @@ def build_package(
     # Everything that can be refused cheaply is refused before the slow passes.
     check_output_path(output, force)
     info = probe_video(video)
-    with timer("audio"):
-        pcm = _load_build_audio(video, audio_path, info)
+    if audio_path is not None and not audio_path.is_file():
+        raise InputNotFoundError(f"audio file {audio_path} does not exist; check the --audio path")
+    if audio_path is None and not info.has_audio:
+        raise NoAudioError(
+            f"{video} has no audio track; pass --audio FILE with the speech to use (any rate, any channels)"
+        )
+
+    def load_audio_and_warm_up() -> np.ndarray:
+        start = time.perf_counter()
+        pcm = load_audio(audio_path or video, AUDIO_SAMPLE_RATE)
+        wav2lip_mel(np.zeros(4000, np.float32))  # first call imports librosa: do it while faces are found
+        timer.add("audio", time.perf_counter() - start)
+        return pcm
+
+    audio_job = _Background(load_audio_and_warm_up)
+    detect_opts = DetectOptions(max_side=options.detect_max_side)
 
     backend = create_backend(options.face_backend, FaceOptions(
         max_faces=options.max_faces, min_confidence=options.min_confidence, video_mode=True,
@@ -190,7 +287,7 @@ def build_package(
         progress.start("Finding faces", info.frame_count or None)
         for frame in timer.timed_frames(video):
             with timer("detect"):
-                per_frame.append(backend.detect(frame))
+                per_frame.append(detect_faces(backend, frame, detect_opts))
             progress.advance()
         progress.finish()
     finally:
@@ -204,6 +301,7 @@ def build_package(
         landmarks = smooth_series(track.landmarks, smooth_opts)
     with timer("crop"):
         rects = crop_rectangles(landmarks, (info.width, info.height), crop_opts)
+    pcm = audio_job.result()
     with timer("audio"):
         features = audio_features(pcm, info.fps, n_frames, AUDIO_SAMPLE_RATE, MEL_WINDOW)
 
@@ -224,7 +322,7 @@ def build_package(
             with timer("masks"):
                 mask = blend_mask(to_crop_coordinates(landmarks[index], rect, size), scheme, size, mask_opts)
             with timer("encode"):
-                encoded = encode_image(frame, options.frame_codec, options.frame_quality)
+                encoded = _encode_frame(frame, options)
             with timer("write"):
                 writer.write_frame(index, encoded, crop, mask)
             index += 1
@@ -246,14 +344,10 @@ def build_package(
                        total_seconds=total, peak_rss_mb=_peak_rss_mb())
 
 
-def _load_build_audio(video: Path, audio: Path | None, info: VideoInfo) -> np.ndarray:
-    if audio is not None:
-        return load_audio(audio, AUDIO_SAMPLE_RATE)
-    if not info.has_audio:
-        raise NoAudioError(
-            f"{video} has no audio track; pass --audio FILE with the speech to use (any rate, any channels)"
-        )
-    return load_audio(video, AUDIO_SAMPLE_RATE)
+def _encode_frame(frame: np.ndarray, options: BuildOptions) -> bytes:
+    if options.frame_codec == "png":
+        return encode_image(frame, "png", png_compression=options.frame_quality)
+    return encode_image(frame, "jpeg", options.frame_quality)
 
 
 def _manifest(video: Path, audio: Path | None, info: VideoInfo, n_frames: int, options: BuildOptions,
@@ -263,13 +357,13 @@ def _manifest(video: Path, audio: Path | None, info: VideoInfo, n_frames: int, o
         tool=ToolMeta(name="lipsync-tools", version=__version__),
         source_video=file_sha256(video),
         source_audio=file_sha256(audio) if audio is not None else None,
-        video=VideoMeta(fps=float(info.fps), fps_num=info.fps_fraction.numerator,
-                        fps_den=info.fps_fraction.denominator, frame_count=n_frames, width=info.width,
+        video=VideoMeta(fps=float(info.fps), fps_num=info.frame_rate.numerator,
+                        fps_den=info.frame_rate.denominator, frame_count=n_frames, width=info.width,
                         height=info.height, rotation=info.rotation),
         frames=FramesMeta(codec=options.frame_codec, quality=options.frame_quality),
         audio=AudioMeta(sample_rate=AUDIO_SAMPLE_RATE, samples=int(features.pcm.shape[0]),
                         mel_bands=int(features.mel.shape[0]), mel_columns=int(features.mel.shape[1]),
-                        mel_window=MEL_WINDOW, mel_hop_seconds=mel_opts.hop_size / AUDIO_SAMPLE_RATE,
+                        mel_window=MEL_WINDOW, mel_hop_seconds=mel_opts.hop_length / AUDIO_SAMPLE_RATE,
                         mel_params={k: float(v) for k, v in asdict(mel_opts).items()
                                     if isinstance(v, int | float) and not isinstance(v, bool)}),
         faces=FacesMeta(backend=options.face_backend, scheme=scheme, num_points=num_points,

@@ -23,7 +23,7 @@ def audio_features(pcm: np.ndarray, fps: float, n_frames: int, sample_rate: int,
     Audio shorter than the video (plus one window) is padded with silence, so every frame has a full,
     real window; the mouth then rests on the padded frames instead of the build failing.
     """
-    needed = int(np.ceil((n_frames / fps + window / MelOptions().columns_per_second) * sample_rate))
+    needed = int(np.ceil((n_frames / fps + window / MelOptions().frames_per_second) * sample_rate))
     if pcm.shape[0] < needed:
         pcm = np.concatenate([pcm, np.zeros(needed - pcm.shape[0], np.float32)])
     pcm16 = pcm16_from_float(pcm)
