@@ -94,7 +94,7 @@ def test_separate_audio_file(silent_mp4: Path, speech_wav: Path, tmp_path: Path)
 @pytest.mark.parametrize(
     ("fixture", "extra", "code", "message"),
     [
-        (None, [], 3, "no such file"),
+        (None, [], 3, "expected a video. Check the path"),
         ("text_mp4", [], 4, "expected a video"),
         ("truncated_mp4", [], 5, ""),
         ("empty_avi", [], 6, ""),
@@ -140,7 +140,7 @@ def test_json_error_is_machine_readable(tmp_path: Path):
     assert result.exit_code == 3
     payload = json.loads(result.stdout)
     assert payload == {"ok": False, "error": "InputNotFoundError", "exit_code": 3,
-                       "message": payload["message"]} and "no such file" in payload["message"]
+                       "message": payload["message"]} and "Check the path" in payload["message"]
 
 
 def test_debug_shows_the_traceback(tmp_path: Path):
