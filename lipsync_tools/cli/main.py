@@ -251,6 +251,9 @@ def preview_cmd(
     run_command(debug, False, action)
 
 
+# --- commands that live in their own modules register here (one line each) ---
+
+
 def version_callback(value: bool) -> None:
     if value:
         sys.stdout.write(f"lipsync-tools {__version__}\n")
