@@ -55,6 +55,8 @@ def run_command(debug: bool, json_output: bool, action: Callable[[], T]) -> T:
     quiet_third_party(debug)
     try:
         return action()
+    except (typer.Exit, typer.Abort):
+        raise
     except LipsyncError as exc:
         if debug:
             raise
@@ -252,6 +254,8 @@ def preview_cmd(
 
 
 # --- commands that live in their own modules register here (one line each) ---
+from . import render_cmd as _render_cmd  # noqa: E402, F401  (registers `lipsync render`)
+from . import serve_cmd as _serve_cmd  # noqa: E402, F401  (registers `lipsync serve`)
 
 
 def version_callback(value: bool) -> None:
