@@ -79,6 +79,10 @@ def write_video(
     temp = Path(temp_name)
     try:
         written = _write(temp, frames, rate, pcm, sample_rate, crf, audio_bitrate)
+        # mkstemp creates the file 0600; give the finished video the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
