@@ -21,8 +21,11 @@ def describe_package(path: str | Path) -> dict[str, Any]:
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
                 storage = "contiguous" if obj.chunks is None else f"chunked{'+' + obj.compression if obj.compression else ''}"
-                datasets[name] = {"shape": list(obj.shape), "dtype": "vlen-uint8" if obj.dtype.kind == "O"
-                                  else str(obj.dtype), "storage": storage, "bytes": int(obj.id.get_storage_size())}
+                vlen = obj.dtype.kind == "O"
+                # a vlen dataset's storage holds only heap references; count the encoded bytes themselves
+                size = sum(int(obj[i].size) for i in range(obj.shape[0])) if vlen else int(obj.id.get_storage_size())
+                datasets[name] = {"shape": list(obj.shape), "dtype": "vlen-uint8" if vlen else str(obj.dtype),
+                                  "storage": storage, "bytes": size}
 
         f.visititems(visit)
         filled = np.flatnonzero(f["filled"][...]).tolist() if "filled" in f else []

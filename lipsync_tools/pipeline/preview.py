@@ -45,13 +45,15 @@ def render_row(package: Package, index: int) -> np.ndarray:
     full_mask = np.zeros(frame.shape[:2], np.uint8)
     full_mask[y0:y1, x0:x1] = cv2.resize(package.blend_masks[index], (side, side))
     frame = _tint(frame, full_mask, (255, 0, 255))
-    filled = bool(package.filled[index])
-    thickness = max(1, frame.shape[0] // 240)
-    cv2.rectangle(frame, (x0, y0), (x1 - 1, y1 - 1), _RED if filled else _GREEN, thickness * 2)
-    for x, y in package.landmarks[index]:
-        cv2.circle(frame, (int(x), int(y)), thickness, _LANDMARK, -1)
+    # Scale first, then draw, so lines and points are one screen pixel wide whatever the video size.
     scale = ROW_HEIGHT / frame.shape[0]
-    frame = cv2.resize(frame, (max(1, int(round(frame.shape[1] * scale))), ROW_HEIGHT), interpolation=cv2.INTER_AREA)
+    frame = cv2.resize(frame, (max(1, int(round(frame.shape[1] * scale))), ROW_HEIGHT),
+                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    filled = bool(package.filled[index])
+    r = np.rint(rect * scale).astype(int)
+    cv2.rectangle(frame, (r[0], r[1]), (r[2] - 1, r[3] - 1), _RED if filled else _GREEN, 2)
+    for x, y in package.landmarks[index] * scale:
+        frame[int(np.clip(y, 0, ROW_HEIGHT - 1)), int(np.clip(x, 0, frame.shape[1] - 1))] = _LANDMARK
     crop = np.asarray(package.crops[index])
     crop_view = cv2.resize(_tint(crop, package.blend_masks[index], (255, 0, 255)), (ROW_HEIGHT, ROW_HEIGHT),
                            interpolation=cv2.INTER_NEAREST)
