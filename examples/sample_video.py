@@ -26,8 +26,10 @@ from lipsync_tools.media.audio import load_audio
 from lipsync_tools.media.video import iter_frames, probe_video
 from lipsync_tools.media.writer import write_video
 
-SPEECH = ("Hello! I am a talking avatar. Everything about my face was worked out once, "
-          "so every new frame only needs the model and a little compositing.")
+SPEECH = (
+    "Hello! I am a talking avatar. Everything about my face was worked out once, "
+    "so every new frame only needs the model and a little compositing."
+)
 
 
 def carphone_clip() -> Path:
@@ -64,9 +66,13 @@ def hd_frames(clip: Path, n_frames: int) -> Iterator[np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("output", type=Path)
-    parser.add_argument("--hd", action="store_true", help="1280x720 at 25 fps instead of the 176x144 original")
+    parser.add_argument(
+        "--hd", action="store_true", help="1280x720 at 25 fps instead of the 176x144 original"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the --hd video")
     args = parser.parse_args()
     clip = carphone_clip()
@@ -76,8 +82,12 @@ def main() -> None:
             write_video(args.output, hd_frames(clip, n), 25, speech(n / 25, Path(tmp)))
         else:
             info = probe_video(clip)
-            write_video(args.output, iter_frames(clip), info.frame_rate,
-                        speech(info.frame_count / info.fps, Path(tmp)))
+            write_video(
+                args.output,
+                iter_frames(clip),
+                info.frame_rate,
+                speech(info.frame_count / info.fps, Path(tmp)),
+            )
     print(f"wrote {args.output}")
 
 

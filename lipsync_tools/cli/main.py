@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -35,17 +35,17 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and thi
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output file.")]
 
 
-class FaceBackendName(str, Enum):
+class FaceBackendName(StrEnum):
     mediapipe = "mediapipe"
     fan = "fan"
 
 
-class MissingFace(str, Enum):
+class MissingFace(StrEnum):
     interpolate = "interpolate"
     fail = "fail"
 
 
-class FrameCodec(str, Enum):
+class FrameCodec(StrEnum):
     jpeg = "jpeg"
     png = "png"
 
@@ -61,8 +61,9 @@ def run_command(debug: bool, json_output: bool, action: Callable[[], T]) -> T:
         if debug:
             raise
         if json_output and not isinstance(exc, BuildFailedError):
-            print_json({"ok": False, "error": type(exc).__name__, "exit_code": exc.exit_code,
-                        "message": str(exc)})
+            print_json(
+                {"ok": False, "error": type(exc).__name__, "exit_code": exc.exit_code, "message": str(exc)}
+            )
         error_line(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -77,34 +78,67 @@ def run_command(debug: bool, json_output: bool, action: Callable[[], T]) -> T:
 
 @app.command("build-package")
 def build_package_cmd(
-    videos: Annotated[list[Path], typer.Argument(help="Video file(s), or folder(s) of videos.",
-                                                 show_default=False)],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=(
-        "Package path (default: next to the video, NAME.sanders); a folder when building several."))] = None,
-    audio: Annotated[Path | None, typer.Option(
-        "--audio", help="Speech/audio file to use instead of the video's own audio track.")] = None,
-    face_backend: Annotated[FaceBackendName, typer.Option(
-        "--face-backend", help="Landmark backend: mediapipe (468 points, built in) or fan (68 points, needs "
-        "face-alignment's 2DFAN4 weights).")] = FaceBackendName.mediapipe,
-    weights_dir: Annotated[Path | None, typer.Option(
-        "--weights-dir", help="Folder holding backend weight files (fan: 2DFAN4-11f355bf06.pth.tar).")] = None,
+    videos: Annotated[
+        list[Path], typer.Argument(help="Video file(s), or folder(s) of videos.", show_default=False)
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help=("Package path (default: next to the video, NAME.sanders); a folder when building several."),
+        ),
+    ] = None,
+    audio: Annotated[
+        Path | None,
+        typer.Option("--audio", help="Speech/audio file to use instead of the video's own audio track."),
+    ] = None,
+    face_backend: Annotated[
+        FaceBackendName,
+        typer.Option(
+            "--face-backend",
+            help="Landmark backend: mediapipe (468 points, built in) or fan (68 points, needs "
+            "face-alignment's 2DFAN4 weights).",
+        ),
+    ] = FaceBackendName.mediapipe,
+    weights_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights-dir", help="Folder holding backend weight files (fan: 2DFAN4-11f355bf06.pth.tar)."
+        ),
+    ] = None,
     crop_size: Annotated[int, typer.Option("--crop-size", help="Model input side in pixels.")] = 96,
-    padding: Annotated[float, typer.Option(
-        "--padding", help="Box padding per side, as a fraction of the face size.")] = 0.1,
-    smooth_window: Annotated[int, typer.Option(
-        "--smooth-window", help="Temporal smoothing window in frames (odd; 1 = off).")] = 5,
-    missing_face: Annotated[MissingFace, typer.Option(
-        "--missing-face", help="Frames without a face: interpolate from neighbours, or fail the build.")
+    padding: Annotated[
+        float, typer.Option("--padding", help="Box padding per side, as a fraction of the face size.")
+    ] = 0.1,
+    smooth_window: Annotated[
+        int, typer.Option("--smooth-window", help="Temporal smoothing window in frames (odd; 1 = off).")
+    ] = 5,
+    missing_face: Annotated[
+        MissingFace,
+        typer.Option(
+            "--missing-face", help="Frames without a face: interpolate from neighbours, or fail the build."
+        ),
     ] = MissingFace.interpolate,
-    frame_codec: Annotated[FrameCodec, typer.Option(
-        "--frame-codec", help="How full frames are stored: jpeg (compact) or png (lossless).")] = FrameCodec.jpeg,
-    frame_quality: Annotated[int | None, typer.Option(
-        "--frame-quality", help="JPEG quality 1-100 (default 95) or PNG level 0-9 (default 1).")] = None,
-    detect_size: Annotated[int, typer.Option(
-        "--detect-size", help="Longest side of the frame copy given to the face backend (0 = full frame).")
+    frame_codec: Annotated[
+        FrameCodec,
+        typer.Option("--frame-codec", help="How full frames are stored: jpeg (compact) or png (lossless)."),
+    ] = FrameCodec.jpeg,
+    frame_quality: Annotated[
+        int | None,
+        typer.Option("--frame-quality", help="JPEG quality 1-100 (default 95) or PNG level 0-9 (default 1)."),
+    ] = None,
+    detect_size: Annotated[
+        int,
+        typer.Option(
+            "--detect-size", help="Longest side of the frame copy given to the face backend (0 = full frame)."
+        ),
     ] = 640,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", "-j", help="Parallel worker processes when building several videos (default: cores).")
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-j", help="Parallel worker processes when building several videos (default: cores)."
+        ),
     ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -116,22 +150,38 @@ def build_package_cmd(
     from ..pipeline.build import BuildOptions, build_package
 
     def action() -> None:
-        quality = frame_quality if frame_quality is not None else (95 if frame_codec is FrameCodec.jpeg else 1)
+        quality = (
+            frame_quality if frame_quality is not None else (95 if frame_codec is FrameCodec.jpeg else 1)
+        )
         options = BuildOptions(
-            face_backend=face_backend.value, weights_dir=weights_dir, crop_size=crop_size, padding=padding,
-            smooth_window=smooth_window, missing_face=missing_face.value, frame_codec=frame_codec.value,
-            frame_quality=quality, detect_max_side=detect_size,
+            face_backend=face_backend.value,
+            weights_dir=weights_dir,
+            crop_size=crop_size,
+            padding=padding,
+            smooth_window=smooth_window,
+            missing_face=missing_face.value,
+            frame_codec=frame_codec.value,
+            frame_quality=quality,
+            detect_max_side=detect_size,
         )
         inputs = expand_inputs(videos)
         if len(inputs) == 1 and not videos[0].is_dir():
             show = interactive(json_output, quiet)
             if show:
                 with RichProgress() as progress:
-                    result = build_package(inputs[0], output, audio=audio, options=options, force=force,
-                                           debug=debug, progress=progress)
+                    result = build_package(
+                        inputs[0],
+                        output,
+                        audio=audio,
+                        options=options,
+                        force=force,
+                        debug=debug,
+                        progress=progress,
+                    )
             else:
-                result = build_package(inputs[0], output, audio=audio, options=options, force=force,
-                                       debug=debug)
+                result = build_package(
+                    inputs[0], output, audio=audio, options=options, force=force, debug=debug
+                )
             summary = result.summary()
             if json_output:
                 print_json(summary)
@@ -139,15 +189,18 @@ def build_package_cmd(
                 _print_build_summary(summary)
             return
         if audio is not None:
-            raise UsageError("--audio applies to one video; with several, each video must carry its own audio")
+            raise UsageError(
+                "--audio applies to one video; with several, each video must carry its own audio"
+            )
 
         def done(entry: dict[str, Any]) -> None:
             if not (json_output or quiet):
                 status = "built" if entry["ok"] else f"FAILED ({entry['message']})"
                 stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False, soft_wrap=True)
 
-        report = build_packages(inputs, output, options=options, force=force, workers=workers, debug=debug,
-                                on_done=done)
+        report = build_packages(
+            inputs, output, options=options, force=force, workers=workers, debug=debug, on_done=done
+        )
         if json_output:
             print_json(report.summary())
         if report.failed:
@@ -158,9 +211,11 @@ def build_package_cmd(
 
 def _print_build_summary(s: dict[str, Any]) -> None:
     stderr.print(
-        f"[green]built[/] {s['output']}: {s['frames']} frames {s['width']}x{s['height']} @ {s['fps']:.3g} fps, "
+        f"[green]built[/] {s['output']}: {s['frames']} frames {s['width']}x{s['height']} "
+        f"@ {s['fps']:.3g} fps, "
         f"{s['filled_frames']} filled, {s['package_bytes'] / 1e6:.1f} MB in {s['total_seconds']:.1f} s "
-        f"({s['build_frames_per_second']:.1f} frames/s, peak {s['peak_rss_mb']:.0f} MB RAM)", highlight=False,
+        f"({s['build_frames_per_second']:.1f} frames/s, peak {s['peak_rss_mb']:.0f} MB RAM)",
+        highlight=False,
         soft_wrap=True,
     )
 
@@ -190,12 +245,21 @@ def _print_description(info: dict[str, Any]) -> None:
 
     out = Console(highlight=False)
     v = info["video"]
-    out.print(f"[bold]{info['path']}[/]  sanders {info['format_version']} (lipsync-tools {info['tool_version']})")
-    out.print(f"  frames {v['frame_count']} @ {v['fps']:.3f} fps ({info['duration_seconds']:.2f} s), "
-              f"{v['width']}x{v['height']}, rotation {v['rotation']}")
-    out.print(f"  faces  {info['faces']['backend']} ({info['faces']['scheme']}), "
-              f"{info['faces']['filled_frames']} filled frames, crop {info['crop']['size']} px")
-    out.print(f"  audio  {info['audio_seconds']:.2f} s, mel {info['audio']['mel_bands']}x{info['audio']['mel_columns']}")
+    out.print(
+        f"[bold]{info['path']}[/]  sanders {info['format_version']} (lipsync-tools {info['tool_version']})"
+    )
+    out.print(
+        f"  frames {v['frame_count']} @ {v['fps']:.3f} fps ({info['duration_seconds']:.2f} s), "
+        f"{v['width']}x{v['height']}, rotation {v['rotation']}"
+    )
+    out.print(
+        f"  faces  {info['faces']['backend']} ({info['faces']['scheme']}), "
+        f"{info['faces']['filled_frames']} filled frames, crop {info['crop']['size']} px"
+    )
+    out.print(
+        f"  audio  {info['audio_seconds']:.2f} s, "
+        f"mel {info['audio']['mel_bands']}x{info['audio']['mel_columns']}"
+    )
     out.print(f"  source {info['source_video']['name']} sha256 {info['source_video']['sha256'][:16]}...")
     table = Table("dataset", "shape", "dtype", "stored", "bytes")
     for name, d in info["datasets"].items():
@@ -205,7 +269,9 @@ def _print_description(info: dict[str, Any]) -> None:
 
 @app.command("validate")
 def validate_cmd(
-    packages: Annotated[list[Path], typer.Argument(help="One or more .sanders packages.", show_default=False)],
+    packages: Annotated[
+        list[Path], typer.Argument(help="One or more .sanders packages.", show_default=False)
+    ],
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -266,8 +332,12 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """lipsync-tools: preprocessed avatar packages and a zero-I/O lip-sync server."""
 

@@ -20,22 +20,43 @@ def describe_package(path: str | Path) -> dict[str, Any]:
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
-                storage = "contiguous" if obj.chunks is None else f"chunked{'+' + obj.compression if obj.compression else ''}"
+                storage = (
+                    "contiguous"
+                    if obj.chunks is None
+                    else f"chunked{'+' + obj.compression if obj.compression else ''}"
+                )
                 vlen = obj.dtype.kind == "O"
                 # a vlen dataset's storage holds only heap references; count the encoded bytes themselves
-                size = sum(int(obj[i].size) for i in range(obj.shape[0])) if vlen else int(obj.id.get_storage_size())
-                datasets[name] = {"shape": list(obj.shape), "dtype": "vlen-uint8" if vlen else str(obj.dtype),
-                                  "storage": storage, "bytes": size}
+                size = (
+                    sum(int(obj[i].size) for i in range(obj.shape[0]))
+                    if vlen
+                    else int(obj.id.get_storage_size())
+                )
+                datasets[name] = {
+                    "shape": list(obj.shape),
+                    "dtype": "vlen-uint8" if vlen else str(obj.dtype),
+                    "storage": storage,
+                    "bytes": size,
+                }
 
         f.visititems(visit)
         filled = np.flatnonzero(f["filled"][...]).tolist() if "filled" in f else []
     m = manifest.to_dict()
     return {
-        "path": str(path), "format_version": manifest.format_version, "tool_version": manifest.tool.version,
+        "path": str(path),
+        "format_version": manifest.format_version,
+        "tool_version": manifest.tool.version,
         "file_bytes": path.stat().st_size,
         "duration_seconds": manifest.video.frame_count / manifest.video.fps,
         "audio_seconds": manifest.audio.samples / manifest.audio.sample_rate,
-        "video": m["video"], "frames": m["frames"], "faces": m["faces"], "crop": m["crop"], "audio": m["audio"],
-        "source_video": m["source_video"], "source_audio": m["source_audio"],
-        "build_options": m["build_options"], "filled_frame_indices": filled, "datasets": datasets,
+        "video": m["video"],
+        "frames": m["frames"],
+        "faces": m["faces"],
+        "crop": m["crop"],
+        "audio": m["audio"],
+        "source_video": m["source_video"],
+        "source_audio": m["source_audio"],
+        "build_options": m["build_options"],
+        "filled_frame_indices": filled,
+        "datasets": datasets,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..errors import PackageFormatError, PackageVersionError
 from .spec import FORMAT_NAME, FORMAT_VERSION, MAX_MANIFEST_BYTES, format_version_string
@@ -151,9 +151,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise PackageFormatError(f"manifest is a JSON {type(data).__name__}; expected an object")
         if data.get("format") != FORMAT_NAME:
-            raise PackageFormatError(
-                f"manifest format is {data.get('format')!r}; expected {FORMAT_NAME!r}"
-            )
+            raise PackageFormatError(f"manifest format is {data.get('format')!r}; expected {FORMAT_NAME!r}")
         version = parse_version(data.get("format_version"))
         check_version(version)
         # A newer minor version may add keys this reader does not know; ignore them by the spec's rule.
@@ -164,8 +162,14 @@ class Manifest:
 _T = TypeVar("_T")
 
 _NESTED: dict[str, type] = {
-    "tool": ToolMeta, "source_video": SourceFile, "source_audio": SourceFile, "video": VideoMeta,
-    "frames": FramesMeta, "audio": AudioMeta, "faces": FacesMeta, "crop": CropMeta,
+    "tool": ToolMeta,
+    "source_video": SourceFile,
+    "source_audio": SourceFile,
+    "video": VideoMeta,
+    "frames": FramesMeta,
+    "audio": AudioMeta,
+    "faces": FacesMeta,
+    "crop": CropMeta,
 }
 _SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
 
@@ -197,20 +201,23 @@ def _convert(name: str, type_text: str, value: Any, where: str, strict: bool) ->
     if name == "datasets":
         if not isinstance(value, dict):
             raise PackageFormatError(f"{where} is {type(value).__name__}; expected an object")
-        return {str(k): _build(DatasetMeta, _expect_dict(v, f"{where}.{k}"), f"{where}.{k}", strict)
-                for k, v in value.items()}
+        return {
+            str(k): _build(DatasetMeta, _expect_dict(v, f"{where}.{k}"), f"{where}.{k}", strict)
+            for k, v in value.items()
+        }
     if name in _NESTED:
         return _build(_NESTED[name], _expect_dict(value, where), where, strict)
     base = type_text.replace(" | None", "")
     if base in _SCALARS:
         if isinstance(value, bool) or not isinstance(value, _SCALARS[base]):
             raise PackageFormatError(f"{where} is {value!r}; expected a {base}")
-        return float(value) if base == "float" else value
+        return float(cast(float, value)) if base == "float" else value
     if base.startswith("dict"):
         return _expect_dict(value, where)
     if base.startswith("list"):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                  for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             raise PackageFormatError(f"{where} is {value!r}; expected a list of integers")
         return value
     return value

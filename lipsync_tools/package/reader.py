@@ -7,10 +7,10 @@ h5py after :func:`open_package` returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 
@@ -61,11 +61,23 @@ class Package:
     def crop_size(self) -> int:
         return self.manifest.crop.size
 
-    def decode_frames(self, decode: Callable[[bytes], np.ndarray] | None = None) -> list[np.ndarray]:
-        """Decode every stored full frame into RAM (BGR uint8 (H, W, 3) each)."""
-        if decode is None:
-            from ..media.images import decode_image as decode
-        return [decode(data) for data in self.encoded_frames]
+    def decode_frames(self) -> list[np.ndarray]:
+        """Decode every stored full frame into RAM (BGR uint8 (H, W, 3) each).
+
+        Raises :class:`PackageFormatError` naming the first frame that does not decode to the manifest's size.
+        """
+        expected = (self.manifest.video.height, self.manifest.video.width, 3)
+        frames = []
+        for i, data in enumerate(self.encoded_frames):
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if frame is None or frame.shape != expected:
+                found = "undecodable bytes" if frame is None else f"an image of shape {frame.shape}"
+                raise PackageFormatError(
+                    f"{self.path}: frame {i} holds {found}; expected a {self.manifest.frames.codec} image "
+                    f"of shape {expected}. Rebuild the package."
+                )
+            frames.append(frame)
+        return frames
 
     def read_checkpoint(self) -> bytes | None:
         """The embedded checkpoint's bytes, or ``None`` (read from disk: call at load time only)."""
@@ -119,7 +131,9 @@ def _attr_text(f: h5py.File, name: str, path: Path) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
-        raise PackageFormatError(f"{path}: root attribute {name!r} is missing or not text; the file is damaged")
+        raise PackageFormatError(
+            f"{path}: root attribute {name!r} is missing or not text; the file is damaged"
+        )
     if len(value) > MAX_MANIFEST_BYTES:
         raise PackageFormatError(f"{path}: root attribute {name!r} exceeds {MAX_MANIFEST_BYTES} bytes")
     return value
@@ -128,7 +142,9 @@ def _attr_text(f: h5py.File, name: str, path: Path) -> str:
 def open_hdf5(path: Path) -> h5py.File:
     """Open read-only, turning "missing" and "not HDF5" into our errors."""
     if not path.exists():
-        raise InputNotFoundError(f"package {path} does not exist; build one with `lipsync build-package VIDEO`")
+        raise InputNotFoundError(
+            f"package {path} does not exist; build one with `lipsync build-package VIDEO`"
+        )
     if not path.is_file():
         raise PackageFormatError(f"{path} is not a file; expected a .sanders package")
     try:
@@ -186,15 +202,27 @@ def open_package(path: str | Path, *, mmap: bool = True) -> Package:
         for i in range(frames_ds.shape[0]):
             item = frames_ds[i]
             if item.size == 0 or item.size > MAX_ENCODED_FRAME_BYTES:
-                raise PackageFormatError(f"{path}: frame {i} holds {item.size} bytes; expected an encoded image")
+                raise PackageFormatError(
+                    f"{path}: frame {i} holds {item.size} bytes; expected an encoded image"
+                )
             encoded.append(item.tobytes())
         has_checkpoint = "model/checkpoint" in f
         if has_checkpoint and symbols["B"] > MAX_CHECKPOINT_BYTES:
             raise PackageFormatError(f"{path}: embedded checkpoint exceeds {MAX_CHECKPOINT_BYTES} bytes")
     return Package(
-        path=path, manifest=manifest, crops=arrays["crops"], rects=arrays["rects"],
-        input_mask=arrays["masks/input"], blend_masks=arrays["masks/blend"], landmarks=arrays["landmarks"],
-        boxes=arrays["boxes"], filled=arrays["filled"], pcm=arrays["audio/pcm"], mel=arrays["audio/mel"],
-        mel_index=arrays["audio/mel_index"], encoded_frames=encoded, has_checkpoint=has_checkpoint,
+        path=path,
+        manifest=manifest,
+        crops=arrays["crops"],
+        rects=arrays["rects"],
+        input_mask=arrays["masks/input"],
+        blend_masks=arrays["masks/blend"],
+        landmarks=arrays["landmarks"],
+        boxes=arrays["boxes"],
+        filled=arrays["filled"],
+        pcm=arrays["audio/pcm"],
+        mel=arrays["audio/mel"],
+        mel_index=arrays["audio/mel_index"],
+        encoded_frames=encoded,
+        has_checkpoint=has_checkpoint,
         memory_mapped=tuple(mapped),
     )

@@ -56,34 +56,79 @@ class DatasetSpec:
 
 # The v1 layout, in the order the spec documents it. A golden test pins this table.
 DATASETS: tuple[DatasetSpec, ...] = (
-    DatasetSpec("frames", "vlen-uint8", ("N",), hot=False,
-                description="full frames, each an encoded image (codec in manifest frames.codec)"),
-    DatasetSpec("crops", "uint8", ("N", "S", "S", 3), hot=True,
-                description="model-size face crops, BGR"),
-    DatasetSpec("rects", "int32", ("N", 4), hot=True,
-                description="crop rectangles x0, y0, x1, y1 in frame pixels, half-open"),
-    DatasetSpec("masks/input", "uint8", ("S", "S"), hot=True,
-                description="model-input mask: 1 where the model sees the crop, 0 where it is hidden"),
-    DatasetSpec("masks/blend", "uint8", ("N", "S", "S"), hot=True,
-                description="feathered blend mask in crop coordinates, 0..255"),
-    DatasetSpec("landmarks", "float32", ("N", "K", 2), hot=True,
-                description="smoothed landmarks x, y in frame pixels"),
-    DatasetSpec("boxes", "float32", ("N", 4), hot=True,
-                description="tracked face boxes x0, y0, x1, y1 before smoothing"),
-    DatasetSpec("filled", "uint8", ("N",), hot=True,
-                description="1 where no face was detected and the frame was filled from neighbours"),
-    DatasetSpec("audio/pcm", "int16", ("A",), hot=True,
-                description="the package's audio, 16 kHz mono PCM16"),
-    DatasetSpec("audio/mel", "float32", (MEL_BANDS, "T"), hot=True,
-                description="Wav2Lip mel spectrogram of audio/pcm"),
-    DatasetSpec("audio/mel_index", "int32", ("N",), hot=True,
-                description="first mel column of each frame's MEL_WINDOW-column window"),
-    DatasetSpec("model/checkpoint", "uint8", ("B",), hot=False, required=False,
-                description="optional embedded model checkpoint (torch.save bytes)"),
+    DatasetSpec(
+        "frames",
+        "vlen-uint8",
+        ("N",),
+        hot=False,
+        description="full frames, each an encoded image (codec in manifest frames.codec)",
+    ),
+    DatasetSpec("crops", "uint8", ("N", "S", "S", 3), hot=True, description="model-size face crops, BGR"),
+    DatasetSpec(
+        "rects",
+        "int32",
+        ("N", 4),
+        hot=True,
+        description="crop rectangles x0, y0, x1, y1 in frame pixels, half-open",
+    ),
+    DatasetSpec(
+        "masks/input",
+        "uint8",
+        ("S", "S"),
+        hot=True,
+        description="model-input mask: 1 where the model sees the crop, 0 where it is hidden",
+    ),
+    DatasetSpec(
+        "masks/blend",
+        "uint8",
+        ("N", "S", "S"),
+        hot=True,
+        description="feathered blend mask in crop coordinates, 0..255",
+    ),
+    DatasetSpec(
+        "landmarks", "float32", ("N", "K", 2), hot=True, description="smoothed landmarks x, y in frame pixels"
+    ),
+    DatasetSpec(
+        "boxes",
+        "float32",
+        ("N", 4),
+        hot=True,
+        description="tracked face boxes x0, y0, x1, y1 before smoothing",
+    ),
+    DatasetSpec(
+        "filled",
+        "uint8",
+        ("N",),
+        hot=True,
+        description="1 where no face was detected and the frame was filled from neighbours",
+    ),
+    DatasetSpec("audio/pcm", "int16", ("A",), hot=True, description="the package's audio, 16 kHz mono PCM16"),
+    DatasetSpec(
+        "audio/mel", "float32", (MEL_BANDS, "T"), hot=True, description="Wav2Lip mel spectrogram of audio/pcm"
+    ),
+    DatasetSpec(
+        "audio/mel_index",
+        "int32",
+        ("N",),
+        hot=True,
+        description="first mel column of each frame's MEL_WINDOW-column window",
+    ),
+    DatasetSpec(
+        "model/checkpoint",
+        "uint8",
+        ("B",),
+        hot=False,
+        required=False,
+        description="optional embedded model checkpoint (torch.save bytes)",
+    ),
 )
 
 DATASETS_BY_PATH = {spec.path: spec for spec in DATASETS}
 
 FRAME_CODECS = ("jpeg", "png")
-NUMPY_DTYPES = {"uint8": np.dtype(np.uint8), "int16": np.dtype(np.int16),
-                "int32": np.dtype(np.int32), "float32": np.dtype(np.float32)}
+NUMPY_DTYPES = {
+    "uint8": np.dtype(np.uint8),
+    "int16": np.dtype(np.int16),
+    "int32": np.dtype(np.int32),
+    "float32": np.dtype(np.float32),
+}

@@ -38,7 +38,7 @@ def _hash_dataset(ds: h5py.Dataset) -> str:
         h.update(np.ascontiguousarray(ds[...]).tobytes())
         return h.hexdigest()
     for start in range(0, ds.shape[0], _HASH_BLOCK):
-        h.update(np.ascontiguousarray(ds[start:start + _HASH_BLOCK]).tobytes())
+        h.update(np.ascontiguousarray(ds[start : start + _HASH_BLOCK]).tobytes())
     return h.hexdigest()
 
 
@@ -87,8 +87,13 @@ def _check_datasets(f: h5py.File, manifest: Manifest) -> list[Problem]:
             problems.append(Problem(spec.path, f"shape {ds.shape} differs from manifest {meta.shape}"))
         actual = _hash_dataset(ds)
         if actual != meta.sha256:
-            problems.append(Problem(spec.path, f"checksum mismatch: sha256 {actual[:16]}..., manifest says "
-                                               f"{meta.sha256[:16]}... (the data was changed or damaged)"))
+            problems.append(
+                Problem(
+                    spec.path,
+                    f"checksum mismatch: sha256 {actual[:16]}..., manifest says "
+                    f"{meta.sha256[:16]}... (the data was changed or damaged)",
+                )
+            )
     for name in manifest.datasets:
         if name not in DATASETS_BY_PATH:
             problems.append(Problem(name, "listed in the manifest but not part of the format"))
@@ -101,21 +106,37 @@ def _check_values(f: h5py.File, manifest: Manifest) -> list[Problem]:
     problems: list[Problem] = []
     w, h = manifest.video.width, manifest.video.height
     rects = f["rects"][...]
-    bad = (rects[:, 0] < 0) | (rects[:, 1] < 0) | (rects[:, 2] > w) | (rects[:, 3] > h) | \
-          (rects[:, 2] <= rects[:, 0]) | (rects[:, 3] <= rects[:, 1])
+    bad = (
+        (rects[:, 0] < 0)
+        | (rects[:, 1] < 0)
+        | (rects[:, 2] > w)
+        | (rects[:, 3] > h)
+        | (rects[:, 2] <= rects[:, 0])
+        | (rects[:, 3] <= rects[:, 1])
+    )
     if bad.any():
-        problems.append(Problem("rects", f"{int(bad.sum())} rectangles lie outside the {w}x{h} frame or are "
-                                         f"empty (first at frame {int(np.argmax(bad))})"))
+        problems.append(
+            Problem(
+                "rects",
+                f"{int(bad.sum())} rectangles lie outside the {w}x{h} frame or are "
+                f"empty (first at frame {int(np.argmax(bad))})",
+            )
+        )
     mel_index = f["audio/mel_index"][...]
     columns = manifest.audio.mel_columns
     bad_mel = (mel_index < 0) | (mel_index + MEL_WINDOW > columns)
     if bad_mel.any():
-        problems.append(Problem("audio/mel_index", f"{int(bad_mel.sum())} windows fall outside the "
-                                                   f"{columns} mel columns"))
+        problems.append(
+            Problem("audio/mel_index", f"{int(bad_mel.sum())} windows fall outside the {columns} mel columns")
+        )
     filled = f["filled"][...]
     if int(filled.sum()) != manifest.faces.filled_frames or not np.isin(filled, (0, 1)).all():
-        problems.append(Problem("filled", f"holds {int(filled.sum())} filled frames, manifest says "
-                                          f"{manifest.faces.filled_frames}"))
+        problems.append(
+            Problem(
+                "filled",
+                f"holds {int(filled.sum())} filled frames, manifest says {manifest.faces.filled_frames}",
+            )
+        )
     input_mask = f["masks/input"][...]
     if not np.isin(input_mask, (0, 1)).all():
         problems.append(Problem("masks/input", "values other than 0 and 1"))

@@ -87,7 +87,10 @@ class PackageWriter:
             raise OutputNotWritableError(f"cannot create {self.tmp_path}: {exc}") from exc
         f = self._file
         self._frames = f.create_dataset(
-            "frames", shape=(n_frames,), dtype=h5py.vlen_dtype(np.uint8), chunks=(min(n_frames, 64),),
+            "frames",
+            shape=(n_frames,),
+            dtype=h5py.vlen_dtype(np.uint8),
+            chunks=(min(n_frames, 64),),
             track_times=False,
         )
         s = crop_size
@@ -116,7 +119,9 @@ class PackageWriter:
     def write_frame(self, index: int, encoded_frame: bytes, crop: np.ndarray, blend_mask: np.ndarray) -> None:
         """Store frame ``index`` (frames must come in order 0, 1, 2, ...)."""
         if index != self._next_frame:
-            raise PackageFormatError(f"internal: frame {index} written out of order (expected {self._next_frame})")
+            raise PackageFormatError(
+                f"internal: frame {index} written out of order (expected {self._next_frame})"
+            )
         self._frames[index] = np.frombuffer(encoded_frame, dtype=np.uint8)
         self._frames_hash.update(encoded_frame)
         crop = np.ascontiguousarray(crop, dtype=np.uint8)
@@ -135,16 +140,24 @@ class PackageWriter:
         ds = self._hot(name, array.shape, array.dtype.type)
         if array.size:
             ds[...] = array
-        self._written[name] = DatasetMeta(shape=list(array.shape), dtype=str(array.dtype),
-                                          sha256=dataset_sha256(array))
+        self._written[name] = DatasetMeta(
+            shape=list(array.shape), dtype=str(array.dtype), sha256=dataset_sha256(array)
+        )
 
     def write_checkpoint(self, data: bytes) -> None:
         """Embed a model checkpoint (MAY; chunked and compressed, it is read once at load time)."""
         arr = np.frombuffer(data, dtype=np.uint8)
-        self._file.create_dataset("model/checkpoint", data=arr, chunks=True, compression="gzip",
-                                  compression_opts=1, track_times=False)
-        self._written["model/checkpoint"] = DatasetMeta(shape=[arr.size], dtype="uint8",
-                                                        sha256=dataset_sha256(arr))
+        self._file.create_dataset(
+            "model/checkpoint",
+            data=arr,
+            chunks=True,
+            compression="gzip",
+            compression_opts=1,
+            track_times=False,
+        )
+        self._written["model/checkpoint"] = DatasetMeta(
+            shape=[arr.size], dtype="uint8", sha256=dataset_sha256(arr)
+        )
 
     # -- finish --------------------------------------------------------------------------------------
     def commit(self, manifest: Manifest) -> Manifest:
@@ -152,11 +165,13 @@ class PackageWriter:
         if self._next_frame != self.n_frames:
             raise PackageFormatError(f"internal: {self._next_frame} of {self.n_frames} frames were written")
         datasets = dict(self._written)
-        datasets["frames"] = DatasetMeta(shape=[self.n_frames], dtype="vlen-uint8",
-                                         sha256=self._frames_hash.hexdigest())
+        datasets["frames"] = DatasetMeta(
+            shape=[self.n_frames], dtype="vlen-uint8", sha256=self._frames_hash.hexdigest()
+        )
         for name, ds in (("crops", self._crops), ("masks/blend", self._blend)):
-            datasets[name] = DatasetMeta(shape=list(ds.shape), dtype="uint8",
-                                         sha256=self._stream_hash[name].hexdigest())
+            datasets[name] = DatasetMeta(
+                shape=list(ds.shape), dtype="uint8", sha256=self._stream_hash[name].hexdigest()
+            )
         manifest = replace(manifest, datasets=dict(sorted(datasets.items())))
         f = self._file
         f.attrs["format"] = FORMAT_NAME
@@ -180,8 +195,9 @@ class PackageWriter:
     def __enter__(self) -> PackageWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None or self.tmp_path.exists():
             self.abort()
 

@@ -29,8 +29,12 @@ class BatchReport:
         return [r for r in self.results if not r["ok"]]
 
     def summary(self) -> dict[str, Any]:
-        return {"ok": not self.failed, "built": len(self.results) - len(self.failed),
-                "failed": len(self.failed), "packages": self.results}
+        return {
+            "ok": not self.failed,
+            "built": len(self.results) - len(self.failed),
+            "failed": len(self.failed),
+            "packages": self.results,
+        }
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -67,8 +71,14 @@ def _build_one(video: Path, output: Path, options: BuildOptions, force: bool, de
 
 
 def error_entry(video: Path, output: Path, exc: LipsyncError) -> dict[str, Any]:
-    return {"video": str(video), "output": str(output), "ok": False, "exit_code": exc.exit_code,
-            "error": type(exc).__name__, "message": str(exc)}
+    return {
+        "video": str(video),
+        "output": str(output),
+        "ok": False,
+        "exit_code": exc.exit_code,
+        "error": type(exc).__name__,
+        "message": str(exc),
+    }
 
 
 def build_packages(
@@ -112,8 +122,14 @@ def build_packages(
             try:
                 entry = future.result()
             except Exception as exc:  # a worker crashed (e.g. killed): record it, keep going
-                entry = {"video": str(videos[i]), "output": str(names[i]), "ok": False, "exit_code": 1,
-                         "error": type(exc).__name__, "message": f"worker failed: {exc}"}
+                entry = {
+                    "video": str(videos[i]),
+                    "output": str(names[i]),
+                    "ok": False,
+                    "exit_code": 1,
+                    "error": type(exc).__name__,
+                    "message": f"worker failed: {exc}",
+                }
             ordered[i] = entry
             if on_done is not None:
                 on_done(entry)

@@ -70,7 +70,9 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.frame_codec not in FRAME_CODECS:
-            raise UsageError(f"frame codec is {self.frame_codec!r}; expected one of {', '.join(FRAME_CODECS)}")
+            raise UsageError(
+                f"frame codec is {self.frame_codec!r}; expected one of {', '.join(FRAME_CODECS)}"
+            )
         if self.frame_codec == "jpeg" and not 1 <= self.frame_quality <= 100:
             raise UsageError(f"JPEG quality is {self.frame_quality}; expected 1..100")
         if self.frame_codec == "png" and not 0 <= self.frame_quality <= 9:
@@ -80,9 +82,12 @@ class BuildOptions:
         DetectOptions(max_side=self.detect_max_side)
 
     def stage_options(self) -> tuple[CropOptions, SmoothOptions, TrackOptions, MaskOptions]:
-        return (CropOptions(size=self.crop_size, padding=self.padding),
-                SmoothOptions(window=self.smooth_window), TrackOptions(missing=self.missing_face),
-                MaskOptions(feather=self.feather))
+        return (
+            CropOptions(size=self.crop_size, padding=self.padding),
+            SmoothOptions(window=self.smooth_window),
+            TrackOptions(missing=self.missing_face),
+            MaskOptions(feather=self.feather),
+        )
 
     def recorded(self) -> dict[str, Any]:
         """The options as JSON-ready values, minus machine-specific paths."""
@@ -109,10 +114,17 @@ class BuildResult:
     def summary(self) -> dict[str, Any]:
         m = self.manifest
         return {
-            "video": str(self.video), "output": str(self.output), "ok": True,
-            "frames": m.video.frame_count, "fps": m.video.fps, "width": m.video.width, "height": m.video.height,
-            "filled_frames": m.faces.filled_frames, "face_backend": m.faces.backend,
-            "crop_size": m.crop.size, "audio_seconds": round(m.audio.samples / m.audio.sample_rate, 3),
+            "video": str(self.video),
+            "output": str(self.output),
+            "ok": True,
+            "frames": m.video.frame_count,
+            "fps": m.video.fps,
+            "width": m.video.width,
+            "height": m.video.height,
+            "filled_frames": m.faces.filled_frames,
+            "face_backend": m.faces.backend,
+            "crop_size": m.crop.size,
+            "audio_seconds": round(m.audio.samples / m.audio.sample_rate, 3),
             "package_bytes": self.output.stat().st_size,
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "total_seconds": round(self.total_seconds, 4),
@@ -279,9 +291,16 @@ def build_package(
     audio_job = _Background(load_audio_and_warm_up)
     detect_opts = DetectOptions(max_side=options.detect_max_side)
 
-    backend = create_backend(options.face_backend, FaceOptions(
-        max_faces=options.max_faces, min_confidence=options.min_confidence, video_mode=True,
-        weights_dir=options.weights_dir, debug=debug))
+    backend = create_backend(
+        options.face_backend,
+        FaceOptions(
+            max_faces=options.max_faces,
+            min_confidence=options.min_confidence,
+            video_mode=True,
+            weights_dir=options.weights_dir,
+            debug=debug,
+        ),
+    )
     try:
         per_frame: list[list[FaceObservation]] = []
         progress.start("Finding faces", info.frame_count or None)
@@ -308,12 +327,12 @@ def build_package(
     scheme = backend.scheme
     size = crop_opts.size
     with timer("write"):
-        writer = PackageWriter(output, n_frames=n_frames, crop_size=size, num_points=scheme.num_points,
-                               force=force)
+        writer = PackageWriter(
+            output, n_frames=n_frames, crop_size=size, num_points=scheme.num_points, force=force
+        )
     with writer:
         progress.start("Cropping and writing", n_frames)
-        index = 0
-        for frame in timer.timed_frames(video):
+        for index, frame in enumerate(timer.timed_frames(video)):
             if index >= n_frames:
                 break  # a second decode must not see more frames than the first
             rect = rects[index]
@@ -325,7 +344,6 @@ def build_package(
                 encoded = _encode_frame(frame, options)
             with timer("write"):
                 writer.write_frame(index, encoded, crop, mask)
-            index += 1
             progress.advance()
         progress.finish()
         with timer("write"):
@@ -337,11 +355,28 @@ def build_package(
             writer.write_array("audio/pcm", features.pcm)
             writer.write_array("audio/mel", features.mel)
             writer.write_array("audio/mel_index", features.mel_index)
-            manifest = writer.commit(_manifest(video, audio_path, info, n_frames, options, scheme.name,
-                                               scheme.num_points, int(track.filled.sum()), features))
+            manifest = writer.commit(
+                _manifest(
+                    video,
+                    audio_path,
+                    info,
+                    n_frames,
+                    options,
+                    scheme.name,
+                    scheme.num_points,
+                    int(track.filled.sum()),
+                    features,
+                )
+            )
     total = time.perf_counter() - started
-    return BuildResult(video=video, output=output, manifest=manifest, stage_seconds=timer.seconds,
-                       total_seconds=total, peak_rss_mb=_peak_rss_mb())
+    return BuildResult(
+        video=video,
+        output=output,
+        manifest=manifest,
+        stage_seconds=timer.seconds,
+        total_seconds=total,
+        peak_rss_mb=_peak_rss_mb(),
+    )
 
 
 def _encode_frame(frame: np.ndarray, options: BuildOptions) -> bytes:
@@ -350,24 +385,52 @@ def _encode_frame(frame: np.ndarray, options: BuildOptions) -> bytes:
     return encode_image(frame, "jpeg", options.frame_quality)
 
 
-def _manifest(video: Path, audio: Path | None, info: VideoInfo, n_frames: int, options: BuildOptions,
-              scheme: str, num_points: int, filled: int, features: Any) -> Manifest:
+def _manifest(
+    video: Path,
+    audio: Path | None,
+    info: VideoInfo,
+    n_frames: int,
+    options: BuildOptions,
+    scheme: str,
+    num_points: int,
+    filled: int,
+    features: Any,
+) -> Manifest:
     mel_opts = MelOptions()
     return Manifest(
         tool=ToolMeta(name="lipsync-tools", version=__version__),
         source_video=file_sha256(video),
         source_audio=file_sha256(audio) if audio is not None else None,
-        video=VideoMeta(fps=float(info.fps), fps_num=info.frame_rate.numerator,
-                        fps_den=info.frame_rate.denominator, frame_count=n_frames, width=info.width,
-                        height=info.height, rotation=info.rotation),
+        video=VideoMeta(
+            fps=float(info.fps),
+            fps_num=info.frame_rate.numerator,
+            fps_den=info.frame_rate.denominator,
+            frame_count=n_frames,
+            width=info.width,
+            height=info.height,
+            rotation=info.rotation,
+        ),
         frames=FramesMeta(codec=options.frame_codec, quality=options.frame_quality),
-        audio=AudioMeta(sample_rate=AUDIO_SAMPLE_RATE, samples=int(features.pcm.shape[0]),
-                        mel_bands=int(features.mel.shape[0]), mel_columns=int(features.mel.shape[1]),
-                        mel_window=MEL_WINDOW, mel_hop_seconds=mel_opts.hop_length / AUDIO_SAMPLE_RATE,
-                        mel_params={k: float(v) for k, v in asdict(mel_opts).items()
-                                    if isinstance(v, int | float) and not isinstance(v, bool)}),
-        faces=FacesMeta(backend=options.face_backend, scheme=scheme, num_points=num_points,
-                        filled_frames=filled, missing_policy=options.missing_face),
+        audio=AudioMeta(
+            sample_rate=AUDIO_SAMPLE_RATE,
+            samples=int(features.pcm.shape[0]),
+            mel_bands=int(features.mel.shape[0]),
+            mel_columns=int(features.mel.shape[1]),
+            mel_window=MEL_WINDOW,
+            mel_hop_seconds=mel_opts.hop_length / AUDIO_SAMPLE_RATE,
+            mel_params={
+                k: float(v)
+                for k, v in asdict(mel_opts).items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            },
+        ),
+        faces=FacesMeta(
+            backend=options.face_backend,
+            scheme=scheme,
+            num_points=num_points,
+            filled_frames=filled,
+            missing_policy=options.missing_face,
+        ),
         crop=CropMeta(size=options.crop_size, padding=options.padding, smooth_window=options.smooth_window),
         build_options=options.recorded(),
         datasets={},

@@ -58,4 +58,4 @@ def crop_face(frame: np.ndarray, rect: np.ndarray, size: int) -> np.ndarray:
 def to_crop_coordinates(points: np.ndarray, rect: np.ndarray, size: int) -> np.ndarray:
     """Map frame-pixel points ``(..., 2)`` into the ``size``-pixel crop of ``rect``."""
     scale = size / float(rect[2] - rect[0])
-    return (points - rect[:2].astype(np.float32)) * np.float32(scale)
+    return np.asarray((points - rect[:2].astype(np.float32)) * np.float32(scale), dtype=np.float32)

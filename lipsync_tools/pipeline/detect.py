@@ -32,8 +32,11 @@ def detect_faces(backend: FaceBackend, frame: np.ndarray, options: DetectOptions
     if options.max_side == 0 or longest <= options.max_side:
         return backend.detect(frame)
     scale = options.max_side / longest
-    small = cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)), interpolation=cv2.INTER_AREA
+    )
     back = np.float32(1.0 / scale)
-    return [FaceObservation(box=obs.box * back, landmarks=obs.landmarks * back, score=obs.score)
-            for obs in backend.detect(small)]
+    return [
+        FaceObservation(box=obs.box * back, landmarks=obs.landmarks * back, score=obs.score)
+        for obs in backend.detect(small)
+    ]

@@ -17,7 +17,9 @@ class AudioFeatures:
     mel_index: np.ndarray  # int32 (N,) first mel column of each frame's window
 
 
-def audio_features(pcm: np.ndarray, fps: float, n_frames: int, sample_rate: int, window: int) -> AudioFeatures:
+def audio_features(
+    pcm: np.ndarray, fps: float, n_frames: int, sample_rate: int, window: int
+) -> AudioFeatures:
     """Features for ``n_frames`` video frames at ``fps`` from float32 mono ``pcm``.
 
     Audio shorter than the video (plus one window) is padded with silence, so every frame has a full,

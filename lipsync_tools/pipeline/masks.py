@@ -30,11 +30,13 @@ class MaskOptions:
 def model_input_mask(size: int) -> np.ndarray:
     """``(size, size)`` uint8: 1 on the upper half, 0 on the lower half (rows ``size // 2`` and below)."""
     mask = np.ones((size, size), np.uint8)
-    mask[size // 2:] = 0
+    mask[size // 2 :] = 0
     return mask
 
 
-def blend_mask(crop_landmarks: np.ndarray, scheme: LandmarkScheme, size: int, options: MaskOptions) -> np.ndarray:
+def blend_mask(
+    crop_landmarks: np.ndarray, scheme: LandmarkScheme, size: int, options: MaskOptions
+) -> np.ndarray:
     """Feathered lower-face mask from landmarks already mapped to crop coordinates ``(K, 2)``."""
     jaw = crop_landmarks[list(scheme.jaw)]
     lips = crop_landmarks[list(scheme.outer_lips)]
@@ -48,10 +50,13 @@ def blend_mask(crop_landmarks: np.ndarray, scheme: LandmarkScheme, size: int, op
     points = np.clip(points, 0, size - 1)
     hull = cv2.convexHull(np.rint(points).astype(np.int32))
     mask = np.zeros((size, size), np.float32)
-    cv2.fillConvexPoly(mask, hull, 1.0)
+    cv2.fillConvexPoly(mask, hull, (1.0,))
     sigma = options.feather * size
     if sigma > 0:
-        mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+        mask = np.asarray(
+            cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT),
+            dtype=np.float32,
+        )
         # Fade to exactly 0 at the border over ~2 sigma, so the pasted rectangle has no visible edge.
         ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / max(2.0 * sigma, 1.0), 0, 1)
         mask *= np.minimum.outer(ramp, ramp).astype(np.float32)

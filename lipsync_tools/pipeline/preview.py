@@ -29,7 +29,7 @@ def sample_indices(n_frames: int, count: int) -> list[int]:
     if count < 1:
         raise UsageError(f"--frames is {count}; expected at least 1")
     count = min(count, n_frames)
-    return sorted({int(round(i)) for i in np.linspace(0, n_frames - 1, count)})
+    return sorted({round(i) for i in np.linspace(0, n_frames - 1, count)})
 
 
 def _tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -47,23 +47,38 @@ def render_row(package: Package, index: int) -> np.ndarray:
     frame = _tint(frame, full_mask, (255, 0, 255))
     # Scale first, then draw, so lines and points are one screen pixel wide whatever the video size.
     scale = ROW_HEIGHT / frame.shape[0]
-    frame = cv2.resize(frame, (max(1, int(round(frame.shape[1] * scale))), ROW_HEIGHT),
-                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    frame = cv2.resize(
+        frame,
+        (max(1, round(frame.shape[1] * scale)), ROW_HEIGHT),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+    )
     filled = bool(package.filled[index])
     r = np.rint(rect * scale).astype(int)
     cv2.rectangle(frame, (r[0], r[1]), (r[2] - 1, r[3] - 1), _RED if filled else _GREEN, 2)
     for x, y in package.landmarks[index] * scale:
         frame[int(np.clip(y, 0, ROW_HEIGHT - 1)), int(np.clip(x, 0, frame.shape[1] - 1))] = _LANDMARK
     crop = np.asarray(package.crops[index])
-    crop_view = cv2.resize(_tint(crop, package.blend_masks[index], (255, 0, 255)), (ROW_HEIGHT, ROW_HEIGHT),
-                           interpolation=cv2.INTER_NEAREST)
-    model_view = cv2.resize(crop * package.input_mask[..., None], (ROW_HEIGHT, ROW_HEIGHT),
-                            interpolation=cv2.INTER_NEAREST)
+    crop_view = cv2.resize(
+        _tint(crop, package.blend_masks[index], (255, 0, 255)),
+        (ROW_HEIGHT, ROW_HEIGHT),
+        interpolation=cv2.INTER_NEAREST,
+    )
+    model_view = cv2.resize(
+        crop * package.input_mask[..., None], (ROW_HEIGHT, ROW_HEIGHT), interpolation=cv2.INTER_NEAREST
+    )
     row = np.concatenate([frame, _gap(), crop_view, _gap(), model_view], axis=1)
     label = f"frame {index}" + ("  (filled)" if filled else "")
     cv2.putText(row, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(row, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, _RED if filled else (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        row,
+        label,
+        (8, 22),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.6,
+        _RED if filled else (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return row
 
 
@@ -71,8 +86,9 @@ def _gap() -> np.ndarray:
     return np.full((ROW_HEIGHT, 6, 3), 32, np.uint8)
 
 
-def make_contact_sheet(package_path: str | Path, output: str | Path, *, frames: int = 6,
-                       force: bool = False) -> Path:
+def make_contact_sheet(
+    package_path: str | Path, output: str | Path, *, frames: int = 6, force: bool = False
+) -> Path:
     """Write a PNG contact sheet of ``frames`` sampled frames of the package to ``output``."""
     output = Path(output)
     if output.suffix.lower() != ".png":

@@ -16,7 +16,9 @@ from ..errors import UsageError
 
 @dataclass(frozen=True)
 class SmoothOptions:
-    window: int = 5  # frames; 5 at 25 fps is 0.2 s, enough to remove detector jitter, short enough to follow turns
+    window: int = (
+        5  # frames; 5 at 25 fps is 0.2 s, enough to remove detector jitter, short enough to follow turns
+    )
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.window % 2 == 0:

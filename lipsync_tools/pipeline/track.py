@@ -61,15 +61,20 @@ def _area(box: np.ndarray) -> float:
     return float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
 
 
-def _link_tracks(per_frame: Sequence[Sequence[FaceObservation]], options: TrackOptions) -> list[dict[int, int]]:
+def _link_tracks(
+    per_frame: Sequence[Sequence[FaceObservation]], options: TrackOptions
+) -> list[dict[int, int]]:
     """Greedy IoU linking. Each track maps frame index -> index of the observation on that frame."""
     tracks: list[dict[int, int]] = []
     last: list[tuple[int, np.ndarray]] = []  # per track: (last frame seen, last box)
     for frame, observations in enumerate(per_frame):
         candidates = sorted(
-            ((box_iou(last[t][1], obs.box), t, o)
-             for t in range(len(tracks)) if frame - last[t][0] <= options.max_gap + 1
-             for o, obs in enumerate(observations)),
+            (
+                (box_iou(last[t][1], obs.box), t, o)
+                for t in range(len(tracks))
+                if frame - last[t][0] <= options.max_gap + 1
+                for o, obs in enumerate(observations)
+            ),
             reverse=True,
         )
         used_tracks: set[int] = set()
@@ -124,8 +129,12 @@ def track_main_face(per_frame: Sequence[Sequence[FaceObservation]], options: Tra
         have = np.flatnonzero(found)
         boxes = _interpolate(boxes, have, missing)
         landmarks = _interpolate(landmarks.reshape(n, -1), have, missing).reshape(n, num_points, 2)
-    return FaceTrack(boxes=boxes, landmarks=landmarks, filled=~found,
-                     faces_seen=max((len(obs) for obs in per_frame), default=0))
+    return FaceTrack(
+        boxes=boxes,
+        landmarks=landmarks,
+        filled=~found,
+        faces_seen=max((len(obs) for obs in per_frame), default=0),
+    )
 
 
 def _interpolate(values: np.ndarray, have: np.ndarray, missing: np.ndarray) -> np.ndarray:

@@ -48,8 +48,13 @@ def test_ci_example_script(tmp_path, astronaut_mp4, late_face_mp4, text_mp4):
     videos = _video_folder(tmp_path, astronaut_mp4, late_face_mp4, text_mp4)
     packages = tmp_path / "packages"
     env = {**os.environ, "CI": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(ROOT / "examples/ci/build-packages.sh"), str(videos), str(packages)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "examples/ci/build-packages.sh"), str(videos), str(packages)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 0  # broken.mp4 failed, and the job says so
     build = json.loads((packages / "build-report.json").read_text())
     validation = json.loads((packages / "validate-report.json").read_text())
@@ -57,6 +62,11 @@ def test_ci_example_script(tmp_path, astronaut_mp4, late_face_mp4, text_mp4):
     assert all(validate_package(p) == [] for p in packages.glob("*.sanders"))
     (videos / "broken.mp4").unlink()
     shutil.rmtree(packages)
-    proc = subprocess.run(["bash", str(ROOT / "examples/ci/build-packages.sh"), str(videos), str(packages)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "examples/ci/build-packages.sh"), str(videos), str(packages)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr

@@ -20,8 +20,13 @@ STAGES = {"decode", "detect", "track", "smooth", "crop", "masks", "encode", "aud
 
 def lipsync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a fresh process (as a user or CI job would)."""
-    return subprocess.run([sys.executable, "-m", "lipsync_tools", *args], capture_output=True, text=True,
-                          env={**os.environ, "CI": "true", **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lipsync_tools", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": "true", **(env or {})},
+        timeout=300,
+    )
 
 
 def test_talking_head_builds_validates_and_reports_stages(talking_head_mp4: Path, tmp_path: Path):
@@ -67,8 +72,10 @@ def test_late_face_is_filled_or_fails_on_request(late_face_mp4: Path, tmp_path: 
     pkg = open_package(out)
     assert pkg.manifest.faces.filled_frames == int(pkg.filled.sum()) >= 20
     assert pkg.filled[:20].all() and not pkg.filled[-10:].any()
-    failed = runner.invoke(app, ["build-package", str(late_face_mp4), "-o", str(tmp_path / "f.sanders"),
-                                 "--missing-face", "fail"])
+    failed = runner.invoke(
+        app,
+        ["build-package", str(late_face_mp4), "-o", str(tmp_path / "f.sanders"), "--missing-face", "fail"],
+    )
     assert failed.exit_code == 8 and "--missing-face interpolate" in failed.output
     assert not (tmp_path / "f.sanders").exists()
 
@@ -85,7 +92,9 @@ def test_stereo_44k_audio_is_resampled(stereo_44k_mp4: Path, tmp_path: Path):
 
 def test_separate_audio_file(silent_mp4: Path, speech_wav: Path, tmp_path: Path):
     out = tmp_path / "s.sanders"
-    result = runner.invoke(app, ["build-package", str(silent_mp4), "--audio", str(speech_wav), "-o", str(out)])
+    result = runner.invoke(
+        app, ["build-package", str(silent_mp4), "--audio", str(speech_wav), "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     manifest = open_package(out).manifest
     assert manifest.source_audio is not None and manifest.source_audio.name == speech_wav.name
@@ -104,7 +113,9 @@ def test_separate_audio_file(silent_mp4: Path, speech_wav: Path, tmp_path: Path)
     ],
     ids=["missing", "not-a-video", "truncated", "zero-frames", "no-audio", "no-face", "missing-audio"],
 )
-def test_bad_input_one_line_distinct_exit_code_nothing_written(request, tmp_path, fixture, extra, code, message):
+def test_bad_input_one_line_distinct_exit_code_nothing_written(
+    request, tmp_path, fixture, extra, code, message
+):
     video = request.getfixturevalue(fixture) if fixture else tmp_path / "missing.mp4"
     out = tmp_path / "out.sanders"
     proc = lipsync("build-package", str(video), "-o", str(out), *extra)
@@ -122,12 +133,17 @@ def test_existing_output_needs_force(astronaut_mp4: Path, tmp_path: Path):
     result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out)])
     assert result.exit_code == 9 and "--force" in result.output
     assert out.read_bytes() == b"keep me"
-    assert runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out), "--force", "-q"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out), "--force", "-q"]).exit_code
+        == 0
+    )
     assert validate_package(out) == []
 
 
 def test_unwritable_output_folder(astronaut_mp4: Path, tmp_path: Path):
-    result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(tmp_path / "no" / "a.sanders")])
+    result = runner.invoke(
+        app, ["build-package", str(astronaut_mp4), "-o", str(tmp_path / "no" / "a.sanders")]
+    )
     assert result.exit_code == 10 and "does not exist" in result.output
     # /proc refuses new files even to root
     result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", "/proc/a.sanders"])
@@ -139,8 +155,10 @@ def test_json_error_is_machine_readable(tmp_path: Path):
     result = runner.invoke(app, ["build-package", str(tmp_path / "x.mp4"), "--json"])
     assert result.exit_code == 3
     payload = json.loads(result.stdout)
-    assert payload == {"ok": False, "error": "InputNotFoundError", "exit_code": 3,
-                       "message": payload["message"]} and "Check the path" in payload["message"]
+    assert (
+        payload == {"ok": False, "error": "InputNotFoundError", "exit_code": 3, "message": payload["message"]}
+        and "Check the path" in payload["message"]
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path: Path):
@@ -149,7 +167,8 @@ def test_debug_shows_the_traceback(tmp_path: Path):
 
 
 def test_bad_option_values_are_usage_errors(astronaut_mp4: Path, tmp_path: Path):
-    result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(tmp_path / "a.sanders"),
-                                 "--smooth-window", "4"])
+    result = runner.invoke(
+        app, ["build-package", str(astronaut_mp4), "-o", str(tmp_path / "a.sanders"), "--smooth-window", "4"]
+    )
     assert result.exit_code == 2 and "odd number" in result.output
     assert list(tmp_path.iterdir()) == []

@@ -21,8 +21,12 @@ def test_inspect_human_and_json(head_package: Path):
     assert "frames 120" in result.output and "mediapipe" in result.output and "crops" in result.output
     info = json.loads(runner.invoke(app, ["inspect", str(head_package), "--json"]).stdout)
     assert info["video"]["frame_count"] == 120 and info["faces"]["filled_frames"] == 0
-    assert info["datasets"]["crops"] == {"shape": [120, 96, 96, 3], "dtype": "uint8", "storage": "contiguous",
-                                         "bytes": 120 * 96 * 96 * 3}
+    assert info["datasets"]["crops"] == {
+        "shape": [120, 96, 96, 3],
+        "dtype": "uint8",
+        "storage": "contiguous",
+        "bytes": 120 * 96 * 96 * 3,
+    }
     assert info["datasets"]["frames"]["storage"].startswith("chunked")
 
 

@@ -20,8 +20,16 @@ from lipsync_tools.package.manifest import (
 from lipsync_tools.package.writer import PackageWriter
 
 
-def write_synthetic_package(path: Path, n: int = 4, size: int = 16, k: int = 5, width: int = 64,
-                            height: int = 48, force: bool = False, checkpoint: bytes | None = None) -> Manifest:
+def write_synthetic_package(
+    path: Path,
+    n: int = 4,
+    size: int = 16,
+    k: int = 5,
+    width: int = 64,
+    height: int = 48,
+    force: bool = False,
+    checkpoint: bytes | None = None,
+) -> Manifest:
     rng = np.random.default_rng(0)
     mel_columns = 40
     with PackageWriter(path, n_frames=n, crop_size=size, num_points=k, force=force) as writer:
@@ -29,11 +37,15 @@ def write_synthetic_package(path: Path, n: int = 4, size: int = 16, k: int = 5, 
             frame = np.full((height, width, 3), 40 * i % 255, np.uint8)
             ok, data = cv2.imencode(".png", frame)
             assert ok
-            writer.write_frame(i, data.tobytes(), rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-                               rng.integers(0, 255, (size, size), dtype=np.uint8))
+            writer.write_frame(
+                i,
+                data.tobytes(),
+                rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+                rng.integers(0, 255, (size, size), dtype=np.uint8),
+            )
         writer.write_array("rects", np.tile(np.array([[4, 4, 36, 36]], np.int32), (n, 1)))
         mask = np.ones((size, size), np.uint8)
-        mask[size // 2:] = 0
+        mask[size // 2 :] = 0
         writer.write_array("masks/input", mask)
         writer.write_array("landmarks", rng.uniform(4, 36, (n, k, 2)).astype(np.float32))
         writer.write_array("boxes", np.tile(np.array([[6, 6, 34, 34]], np.float32), (n, 1)))
@@ -49,13 +61,22 @@ def write_synthetic_package(path: Path, n: int = 4, size: int = 16, k: int = 5, 
             tool=ToolMeta(name="lipsync-tools", version="test"),
             source_video=SourceFile(name="synthetic.mp4", sha256="0" * 64, size_bytes=0),
             source_audio=None,
-            video=VideoMeta(fps=25.0, fps_num=25, fps_den=1, frame_count=n, width=width, height=height,
-                            rotation=0),
+            video=VideoMeta(
+                fps=25.0, fps_num=25, fps_den=1, frame_count=n, width=width, height=height, rotation=0
+            ),
             frames=FramesMeta(codec="png", quality=1),
-            audio=AudioMeta(sample_rate=16000, samples=8000, mel_bands=80, mel_columns=mel_columns,
-                            mel_window=16, mel_hop_seconds=0.0125, mel_params={"hop_size": 200.0}),
-            faces=FacesMeta(backend="synthetic", scheme="toy", num_points=k, filled_frames=1,
-                            missing_policy="interpolate"),
+            audio=AudioMeta(
+                sample_rate=16000,
+                samples=8000,
+                mel_bands=80,
+                mel_columns=mel_columns,
+                mel_window=16,
+                mel_hop_seconds=0.0125,
+                mel_params={"hop_size": 200.0},
+            ),
+            faces=FacesMeta(
+                backend="synthetic", scheme="toy", num_points=k, filled_frames=1, missing_policy="interpolate"
+            ),
             crop=CropMeta(size=size, padding=0.1, smooth_window=5),
             build_options={"crop_size": size},
             datasets={},

@@ -29,9 +29,20 @@ def test_write_then_open_memory_maps_hot_arrays(tmp_path):
     assert pkg.read_checkpoint() == b"weights" * 100
     frames = pkg.decode_frames()
     assert len(frames) == 4 and frames[2].shape == (48, 64, 3) and frames[2][0, 0, 0] == 80
-    assert set(manifest.datasets) == {"frames", "crops", "rects", "masks/input", "masks/blend", "landmarks",
-                                      "boxes", "filled", "audio/pcm", "audio/mel", "audio/mel_index",
-                                      "model/checkpoint"}
+    assert set(manifest.datasets) == {
+        "frames",
+        "crops",
+        "rects",
+        "masks/input",
+        "masks/blend",
+        "landmarks",
+        "boxes",
+        "filled",
+        "audio/pcm",
+        "audio/mel",
+        "audio/mel_index",
+        "model/checkpoint",
+    }
     assert validate_package(path) == []
 
 
@@ -60,7 +71,7 @@ def test_unwritable_and_missing_folders(tmp_path):
     try:
         # root writes anywhere a mode allows; /proc refuses new files even to root
         target = locked if not os.access(locked, os.W_OK) else Path("/proc")
-        with pytest.raises(OutputNotWritableError, match="not writable|cannot create"):
+        with pytest.raises(OutputNotWritableError, match=r"not writable|cannot create"):
             write_synthetic_package(target / "a.sanders")
         assert not (target / "a.sanders").exists()
     finally:
@@ -69,7 +80,10 @@ def test_unwritable_and_missing_folders(tmp_path):
 
 def test_interrupted_write_leaves_nothing(tmp_path):
     path = tmp_path / "a.sanders"
-    with pytest.raises(RuntimeError), PackageWriter(path, n_frames=3, crop_size=16, num_points=5, force=False):
+    with (
+        pytest.raises(RuntimeError),
+        PackageWriter(path, n_frames=3, crop_size=16, num_points=5, force=False),
+    ):
         raise RuntimeError("killed mid-build")
     assert list(tmp_path.iterdir()) == []
 
@@ -94,8 +108,11 @@ def test_newer_major_version_is_refused_with_advice(tmp_path):
     path = tmp_path / "a.sanders"
     write_synthetic_package(path)
     _rewrite_attr(path, "format_version", "2.0")
-    with pytest.raises(PackageVersionError, match=r"package format 2.0 is newer than this lipsync-tools reads "
-                                                  r"\(up to 1.x\); upgrade lipsync-tools"):
+    with pytest.raises(
+        PackageVersionError,
+        match=r"package format 2.0 is newer than this lipsync-tools reads "
+        r"\(up to 1.x\); upgrade lipsync-tools",
+    ):
         open_package(path)
     assert [p.dataset for p in validate_package(path)] == ["manifest"]
 
@@ -134,10 +151,13 @@ def test_shape_disagreeing_with_manifest(tmp_path):
         open_package(path)
 
 
-@pytest.mark.parametrize("content, error", [
-    (b"not an hdf5 file at all", "not a sanders package"),
-    (b"", "not a sanders package"),
-])
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        (b"not an hdf5 file at all", "not a sanders package"),
+        (b"", "not a sanders package"),
+    ],
+)
 def test_not_a_package(tmp_path, content, error):
     path = tmp_path / "x.sanders"
     path.write_bytes(content)

@@ -6,10 +6,19 @@ from lipsync_tools.faces.base import LandmarkScheme
 from lipsync_tools.pipeline.masks import MaskOptions, blend_mask, model_input_mask
 
 # A toy 10-point face in a 96 px crop: jaw 0-4 (ear, cheek, chin, cheek, ear), lips 5-8, nose tip 9.
-SCHEME = LandmarkScheme(name="toy", num_points=10, jaw=(0, 1, 2, 3, 4), outer_lips=(5, 6, 7, 8), nose_tip=9,
-                        left_eye=(0,), right_eye=(4,))
-POINTS = np.array([[10, 40], [20, 75], [48, 90], [76, 75], [86, 40],
-                   [38, 68], [48, 64], [58, 68], [48, 74], [48, 50]], np.float32)
+SCHEME = LandmarkScheme(
+    name="toy",
+    num_points=10,
+    jaw=(0, 1, 2, 3, 4),
+    outer_lips=(5, 6, 7, 8),
+    nose_tip=9,
+    left_eye=(0,),
+    right_eye=(4,),
+)
+POINTS = np.array(
+    [[10, 40], [20, 75], [48, 90], [76, 75], [86, 40], [38, 68], [48, 64], [58, 68], [48, 74], [48, 50]],
+    np.float32,
+)
 
 
 def test_model_input_mask_hides_the_lower_half():

@@ -53,7 +53,9 @@ def test_leading_frames_without_face_copy_the_first_found():
 def test_fail_policy_names_frames():
     frames = [[face(100, 50, 80)] for _ in range(5)]
     frames[2] = []
-    with pytest.raises(NoFaceDetectedError, match=r"missing on 1 of 5 frames \(2\).*--missing-face interpolate"):
+    with pytest.raises(
+        NoFaceDetectedError, match=r"missing on 1 of 5 frames \(2\).*--missing-face interpolate"
+    ):
         track_main_face(frames, TrackOptions(missing="fail"))
 
 
