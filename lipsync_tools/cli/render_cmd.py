@@ -1,0 +1,104 @@
+"""``lipsync render``: a lip-synced mp4 from a package and a speech file (registered by ``cli/main.py``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
+from .output import RichProgress, interactive, print_json, stderr
+
+if TYPE_CHECKING:
+    from ..engine.model_loader import ModelInfo
+
+
+class ModelName(StrEnum):
+    random = "random"
+    wav2lip = "wav2lip"
+
+
+class BackendName(StrEnum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+@app.command("render")
+def render_cmd(
+    package: Annotated[Path, typer.Argument(help="A .sanders package.", show_default=False)],
+    audio: Annotated[
+        Path, typer.Option("--audio", help="Speech file (any format FFmpeg reads).", show_default=False)
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The mp4 to write.", show_default=False)],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Wav2Lip generator weights (wav2lip.pth / wav2lip_gan.pth)."),
+    ] = None,
+    model: Annotated[
+        ModelName | None,
+        typer.Option(
+            "--model",
+            help="random: deterministic random weights (NOT lip-sync, for demos); wav2lip: needs "
+            "--checkpoint or a package with embedded weights. Default: --checkpoint, else the package's "
+            "embedded weights.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --model random.")] = 0,
+    backend: Annotated[
+        BackendName | None,
+        typer.Option("--backend", help="Inference runtime (default: the faster one on CPU, onnx)."),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="Render through a running `lipsync serve` at this URL instead of locally."
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Frames per model call.")] = 8,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Render a lip-synced mp4 (speech muxed in) from a package and a speech file."""
+    from ..engine.engine import EngineOptions
+    from ..engine.model_loader import RANDOM_WEIGHTS_WARNING
+    from ..engine.render import render_video
+
+    def announce(info: ModelInfo) -> None:
+        if info.is_random and not quiet:  # stderr: --json output on stdout stays clean
+            stderr.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]", highlight=False, soft_wrap=True)
+
+    def action() -> None:
+        kwargs: dict[str, Any] = {
+            "model": model.value if model is not None else None,
+            "checkpoint": checkpoint,
+            "seed": seed,
+            "backend": backend.value if backend is not None else None,
+            "server_url": server,
+            "options": EngineOptions(max_batch=batch),
+            "force": force,
+            "on_model": announce,
+        }
+        if interactive(json_output, quiet):
+            with RichProgress() as progress:
+                result = render_video(package, audio, output, progress=progress, **kwargs)
+        else:
+            result = render_video(package, audio, output, **kwargs)
+        summary = result.summary()
+        if json_output:
+            print_json(summary)
+        elif not quiet:
+            model_text = f"{result.model.name} ({result.model.backend})" if result.model else "server"
+            stderr.print(
+                f"[green]rendered[/] {result.output}: {result.frames} frames {result.width}x{result.height} "
+                f"@ {result.fps:.5g} fps, {result.video_seconds:.2f} s with {result.audio_seconds:.2f} s of "
+                f"audio, model {model_text}, {result.frames_per_second:.1f} frames/s "
+                f"({summary['seconds']['total']:.1f} s total)",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    run_command(debug, json_output, action)

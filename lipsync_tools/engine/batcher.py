@@ -1,0 +1,185 @@
+"""Cross-caller micro-batching: requests from concurrent coroutines gathered into one worker-thread call.
+
+The rule (documented in docs/engine.md): a batch starts with the oldest waiting request and takes every
+request that arrives until it holds ``max_batch`` of them or ``max_wait_s`` has passed since that first
+request *arrived* (so requests that already waited while the previous batch ran go at once). The batch
+runs in a single worker thread, never on the event loop. At most ``queue_limit`` requests wait; one more
+is refused at once with ``ProtocolError(overloaded)``: memory never grows with the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..errors import ProtocolError, UsageError
+from ..protocol.messages import ErrorCode
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RunBatch = Callable[[list[T]], Sequence[R | BaseException]]
+"""Runs in the worker thread: one result or exception per item, in order."""
+
+
+@dataclass
+class _Waiting(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    arrived: float  # event-loop clock, seconds
+
+
+class Batcher(Generic[T, R]):
+    """Gathers :meth:`submit` calls into batches for ``run``; see the module docstring for the rule.
+
+    ``on_batch(size)`` and ``on_queue_depth(depth)`` are called on the event loop (metrics hooks).
+    """
+
+    def __init__(
+        self,
+        run: RunBatch[T, R],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_limit: int,
+        on_batch: Callable[[int], None] | None = None,
+        on_queue_depth: Callable[[int], None] | None = None,
+        thread_name: str = "lipsync-batch",
+    ) -> None:
+        if max_batch < 1 or queue_limit < 1 or max_wait_s < 0:
+            raise UsageError(
+                f"batcher needs max_batch >= 1, queue_limit >= 1 and max_wait >= 0; got {max_batch}, "
+                f"{queue_limit}, {max_wait_s}"
+            )
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.queue_limit = queue_limit
+        self._on_batch = on_batch
+        self._on_depth = on_queue_depth
+        self._thread_name = thread_name
+        self._queue: asyncio.Queue[_Waiting[T, R]] | None = None
+        self._arrived: asyncio.Event | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch being run)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        """Start the gathering task in the running loop and the one worker thread."""
+        if self.running:
+            return
+        self._queue = asyncio.Queue(maxsize=self.queue_limit)
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        self._task = asyncio.get_running_loop().create_task(self._gather_forever(), name=self._thread_name)
+
+    async def stop(self) -> None:
+        """Stop gathering; waiting and in-flight callers get ``ProtocolError(overloaded)``."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._fail(self._queue.get_nowait().future, _stopping())
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # The batch in flight finishes in its thread; wait for it without blocking the event loop.
+            await asyncio.to_thread(executor.shutdown, True)
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result (or its exception, re-raised here).
+
+        Raises ``ProtocolError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher
+        is not running. Cancelling the caller drops the item if its batch has not started.
+        """
+        if not self.running or self._queue is None or self._arrived is None:
+            raise _stopping()
+        loop = asyncio.get_running_loop()
+        waiting: _Waiting[T, R] = _Waiting(item, loop.create_future(), loop.time())
+        try:
+            self._queue.put_nowait(waiting)
+        except asyncio.QueueFull:
+            raise ProtocolError(
+                ErrorCode.OVERLOADED,
+                f"the engine's queue is full ({self.queue_limit} frames waiting); retry later or raise "
+                "queue_limit",
+            ) from None
+        self._arrived.set()
+        if self._on_depth is not None:
+            self._on_depth(self._queue.qsize())
+        return await waiting.future
+
+    async def _gather(self) -> list[_Waiting[T, R]]:
+        assert self._queue is not None and self._arrived is not None  # set by start()
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = batch[0].arrived + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Wait on an event, not on queue.get(): cancelling a timed-out get() can lose an item.
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _gather_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        live: list[_Waiting[T, R]] = []
+        try:
+            while True:
+                batch = await self._gather()
+                if self._on_depth is not None and self._queue is not None:
+                    self._on_depth(self._queue.qsize())
+                live = [w for w in batch if not w.future.done()]  # callers that gave up are skipped
+                if not live:
+                    continue
+                if self._on_batch is not None:
+                    self._on_batch(len(live))
+                try:
+                    results = await loop.run_in_executor(self._executor, self._run, [w.item for w in live])
+                except Exception as exc:  # run() itself failed: every caller of the batch gets the error
+                    results = [exc] * len(live)
+                for waiting, result in zip(live, results, strict=True):
+                    if isinstance(result, BaseException):
+                        self._fail(waiting.future, result)
+                    elif not waiting.future.done():
+                        waiting.future.set_result(result)
+                live = []
+        except asyncio.CancelledError:
+            for waiting in live:
+                self._fail(waiting.future, _stopping())
+            raise
+
+    @staticmethod
+    def _fail(future: asyncio.Future[R], error: BaseException) -> None:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _stopping() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.OVERLOADED, "the engine is not running (stopped or not started); retry later"
+    )
+

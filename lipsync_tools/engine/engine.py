@@ -1,0 +1,384 @@
+"""The per-frame engine: audio window -> mel features -> batched model call -> composite -> encode.
+
+One :class:`Engine` serves every loaded package. :meth:`Engine.process` is the async entry point of the
+server: requests from concurrent callers are batched (see :mod:`.batcher`) and run in one worker thread,
+so the event loop only validates and hands over. :meth:`Engine.process_batch_sync` runs the same code
+without an event loop (``render``, benchmarks).
+
+Each reply carries ``timings`` in microseconds, in this order (names in :data:`STAGES`):
+``features`` (this request's mel window), ``queue`` (arrival until its batch started), ``inference`` (the
+batched model call this frame was part of: shared by the batch), ``composite``, ``encode`` and ``total``
+(arrival at the engine until the reply was built).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..audio.mel import MEL_WINDOW_FRAMES, mel_from_pcm_window
+from ..errors import LipsyncError, ProtocolError, UsageError
+from ..models.backends import InferenceBackend
+from ..protocol import limits
+from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat
+from .batcher import Batcher
+from .compositor import composite_crop, composite_frame, encode_frame_image
+from .pacing import is_silent
+from .store import LoadedPackage, PackageStore
+
+STAGES: tuple[str, ...] = ("features", "queue", "inference", "composite", "encode", "total")
+"""Timing names of a model frame, in the order they appear in ``FrameReply.timings``."""
+
+SILENT_STAGES: tuple[str, ...] = ("encode", "total")
+"""Timing names of an original (silence) frame."""
+
+_MEL_BINS = 80
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+    """How the engine batches and answers.
+
+    ``max_batch``: most requests in one model call. ``max_wait_ms``: longest a batch waits for more
+    requests after its first one arrived (0: never wait). ``queue_limit``: most requests waiting; one more
+    is refused with ``overloaded``. ``jpeg_quality``: default JPEG quality where a caller does not give
+    one (render previews, original frames). ``silence_dbfs``: RMS level below which a PCM window is
+    silence (:func:`~lipsync_tools.engine.pacing.is_silent`).
+    """
+
+    max_batch: int = 8
+    max_wait_ms: float = 4.0
+    queue_limit: int = 64
+    jpeg_quality: int = 90
+    silence_dbfs: float = -50.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch <= 256:
+            raise UsageError(f"max_batch is {self.max_batch}; expected 1..256")
+        if not 0.0 <= self.max_wait_ms <= 1000.0:
+            raise UsageError(f"max_wait_ms is {self.max_wait_ms}; expected 0..1000 milliseconds")
+        if not 1 <= self.queue_limit <= 100_000:
+            raise UsageError(f"queue_limit is {self.queue_limit}; expected 1..100000")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError(f"jpeg_quality is {self.jpeg_quality}; expected 1..100")
+
+
+class Observer(Protocol):
+    """Receives the engine's measurements (the server's metrics implement it). Called on the event loop."""
+
+    def observe_stage(self, stage: str, seconds: float) -> None: ...
+
+    def observe_batch(self, size: int) -> None: ...
+
+    def set_queue_depth(self, depth: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request on its way through a batch (worker-thread side)."""
+
+    request: FrameRequest
+    package: LoadedPackage
+    arrived: float  # time.perf_counter() seconds
+    timings: dict[str, int] = field(default_factory=dict)
+
+
+def _us(seconds: float) -> int:
+    return max(0, min(limits.MAX_U32, round(seconds * 1e6)))
+
+
+class Engine:
+    """Renders frames of the packages in ``store`` with ``backend``; see the module docstring.
+
+    ``await start()`` before :meth:`process` (it starts the batcher in the running loop);
+    :meth:`process_batch_sync` needs no loop and no start.
+    """
+
+    def __init__(
+        self,
+        store: PackageStore,
+        backend: InferenceBackend,
+        options: EngineOptions | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.options = options or EngineOptions()
+        self.observer = observer
+        size = int(backend.crop_size)
+        batch = self.options.max_batch
+        # Batch buffers, reused by every model call (one call at a time: _compute_lock).
+        self._crop_buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
+        self._mel_buffer = np.empty((batch, 1, _MEL_BINS, MEL_WINDOW_FRAMES), dtype=np.float32)
+        self._compute_lock = threading.Lock()
+        self._batcher: Batcher[_Job, FrameReply] = Batcher(
+            self._run_jobs,
+            max_batch=batch,
+            max_wait_s=self.options.max_wait_ms / 1000.0,
+            queue_limit=self.options.queue_limit,
+            on_batch=observer.observe_batch if observer is not None else None,
+            on_queue_depth=observer.set_queue_depth if observer is not None else None,
+            thread_name="lipsync-infer",
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start batching in the running event loop (idempotent)."""
+        await self._batcher.start()
+
+    async def stop(self) -> None:
+        """Stop batching; requests still waiting get ``ProtocolError(overloaded)``."""
+        await self._batcher.stop()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch right now."""
+        return self._batcher.depth()
+
+    # --- entry points ----------------------------------------------------------------------------------
+
+    async def process(self, request: FrameRequest, *, skip_silence: bool = False) -> FrameReply:
+        """Render the frame ``request`` asks for (batched with concurrent callers).
+
+        With ``skip_silence``, a PCM16 window quieter than ``options.silence_dbfs`` gets the original frame
+        instead (:meth:`original_frame`, ``reply.silence`` true, no model call). Raises
+        :class:`ProtocolError` with code ``unknown_package``, ``frame_out_of_range``, ``bad_audio``,
+        ``bad_field`` (crop size the model cannot take) or ``overloaded`` (queue full / not started).
+        """
+        arrived = time.perf_counter()
+        package = self._validate(request)
+        if (
+            skip_silence
+            and request.audio is AudioFormat.PCM16
+            and is_silent(request.pcm_window(), self.options.silence_dbfs)
+        ):
+            return await self.original_frame(
+                request.package_id, request.frame_index, request.image, request.jpeg_quality,
+                request_id=request.request_id,
+            )
+        reply = await self._batcher.submit(_Job(request, package, arrived))
+        if self.observer is not None:
+            for stage, micros in reply.timings.items():
+                self.observer.observe_stage(stage, micros / 1e6)
+        return reply
+
+    async def original_frame(
+        self,
+        package_id: str,
+        frame_index: int,
+        image_format: ImageFormat = ImageFormat.JPEG,
+        jpeg_quality: int | None = None,
+        *,
+        request_id: int = 0,
+    ) -> FrameReply:
+        """The package's own frame, no model: the reply for a silent window (``reply.silence`` is true).
+
+        JPEG/PNG encoding runs in a helper thread so the loop stays responsive. A CROP_ONLY reply has no
+        crop (0x0, no rect, empty payload: "show your own frame"). Raises ``ProtocolError`` for an unknown
+        package or a frame out of range.
+        """
+        arrived = time.perf_counter()
+        package = self.store.get(package_id)
+        self._check_frame(package, frame_index)
+        quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
+        if image_format in (ImageFormat.JPEG, ImageFormat.PNG):
+            reply = await asyncio.to_thread(
+                self._original_reply, package, frame_index, image_format, quality, request_id, arrived
+            )
+        else:
+            reply = self._original_reply(package, frame_index, image_format, quality, request_id, arrived)
+        if self.observer is not None:
+            for stage, micros in reply.timings.items():
+                self.observer.observe_stage(stage, micros / 1e6)
+        return reply
+
+    def original_frame_sync(
+        self,
+        package_id: str,
+        frame_index: int,
+        image_format: ImageFormat = ImageFormat.JPEG,
+        jpeg_quality: int | None = None,
+        *,
+        request_id: int = 0,
+    ) -> FrameReply:
+        """:meth:`original_frame` without an event loop."""
+        arrived = time.perf_counter()
+        package = self.store.get(package_id)
+        self._check_frame(package, frame_index)
+        quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
+        return self._original_reply(package, frame_index, image_format, quality, request_id, arrived)
+
+    def process_batch_sync(self, requests: list[FrameRequest]) -> list[FrameReply]:
+        """Render ``requests`` in model calls of up to ``max_batch``, in the calling thread; replies in order.
+
+        Every request is validated first; raises the first :class:`ProtocolError` found (nothing is
+        rendered then). ``queue`` timings are 0.
+        """
+        arrived = time.perf_counter()
+        jobs = [_Job(request, self._validate(request), arrived) for request in requests]
+        replies: list[FrameReply] = []
+        step = self.options.max_batch
+        for first in range(0, len(jobs), step):
+            for result in self._run_jobs(jobs[first : first + step]):
+                if isinstance(result, BaseException):
+                    raise result
+                replies.append(result)
+        if self.observer is not None:
+            for reply in replies:
+                for stage, micros in reply.timings.items():
+                    self.observer.observe_stage(stage, micros / 1e6)
+        return replies
+
+    def is_silent(self, pcm_int16_window: np.ndarray) -> bool:
+        """:func:`~lipsync_tools.engine.pacing.is_silent` at ``options.silence_dbfs``."""
+        return is_silent(pcm_int16_window, self.options.silence_dbfs)
+
+    # --- checks (event loop side: cheap, no allocation) --------------------------------------------------
+
+    def _validate(self, request: FrameRequest) -> LoadedPackage:
+        package = self.store.get(request.package_id)
+        self._check_frame(package, request.frame_index)
+        if package.info.crop_size != self.backend.crop_size:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"package {request.package_id!r} has {package.info.crop_size}-pixel crops but the model "
+                f"takes {self.backend.crop_size}; rebuild it with --crop-size {self.backend.crop_size}",
+            )
+        size = len(request.payload)
+        expected = {AudioFormat.PCM16: limits.PCM_WINDOW_BYTES, AudioFormat.MEL: limits.MEL_WINDOW_BYTES}.get(
+            request.audio, 0
+        )
+        if size != expected:
+            raise ProtocolError(
+                ErrorCode.BAD_AUDIO,
+                f"{request.audio.wire_name} audio must be {expected} bytes, got {size}",
+            )
+        return package
+
+    @staticmethod
+    def _check_frame(package: LoadedPackage, frame_index: int) -> None:
+        if not 0 <= frame_index < package.n_frames:
+            raise ProtocolError(
+                ErrorCode.FRAME_OUT_OF_RANGE,
+                f"frame {frame_index} is out of range: package {package.info.id!r} has frames "
+                f"0..{package.n_frames - 1}",
+            )
+
+    # --- the work (worker thread, or the caller's thread for the sync path) ------------------------------
+
+    def _features(self, job: _Job) -> np.ndarray:
+        """The ``(80, 16)`` float32 mel window of one request."""
+        request = job.request
+        if request.audio is AudioFormat.REPLAY:
+            return job.package.mel_window(request.frame_index)
+        if request.audio is AudioFormat.MEL:
+            mel = request.mel_window()
+            if not np.isfinite(mel).all():
+                raise ProtocolError(ErrorCode.BAD_AUDIO, "mel window holds NaN or infinite values")
+            return mel
+        pcm = request.pcm_window().astype(np.float32)
+        pcm *= np.float32(1.0 / 32768.0)
+        return mel_from_pcm_window(pcm)
+
+    def _run_jobs(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
+        """Features, one model call, composite and encode for up to ``max_batch`` jobs."""
+        with self._compute_lock:
+            return self._run_jobs_locked(jobs)
+
+    def _run_jobs_locked(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
+        started = time.perf_counter()
+        results: list[FrameReply | BaseException | None] = [None] * len(jobs)
+        batch: list[int] = []
+        for k, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            try:
+                mel = self._features(job)
+            except ProtocolError as exc:
+                results[k] = exc
+                continue
+            except LipsyncError as exc:  # mel_from_pcm_window's UsageError: the audio is unusable
+                results[k] = ProtocolError(ErrorCode.BAD_AUDIO, str(exc))
+                continue
+            n = len(batch)
+            self._mel_buffer[n, 0] = mel
+            self._crop_buffer[n] = job.package.crops[job.request.frame_index]
+            batch.append(k)
+            job.timings["features"] = _us(time.perf_counter() - t0)
+            job.timings["queue"] = _us(started - job.arrived)
+        if batch:
+            n = len(batch)
+            t0 = time.perf_counter()
+            try:
+                generated = self.backend.infer(self._crop_buffer[:n], self._mel_buffer[:n])
+            except Exception as exc:
+                error = ProtocolError(ErrorCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                for k in batch:
+                    results[k] = error
+                batch = []
+            inference = _us(time.perf_counter() - t0)
+            for row, k in enumerate(batch):
+                job = jobs[k]
+                job.timings["inference"] = inference
+                try:
+                    results[k] = self._finish(job, generated[row])
+                except Exception as exc:
+                    results[k] = ProtocolError(
+                        ErrorCode.INTERNAL, f"compositing failed: {type(exc).__name__}: {exc}"
+                    )
+        return [r if r is not None else ProtocolError(ErrorCode.INTERNAL, "no result") for r in results]
+
+    def _finish(self, job: _Job, generated: np.ndarray) -> FrameReply:
+        request, package = job.request, job.package
+        index = request.frame_index
+        t0 = time.perf_counter()
+        rect: tuple[int, int, int, int] | None = None
+        if request.image is ImageFormat.CROP_ONLY:
+            image = composite_crop(package.crops[index], generated, package.blend_masks[index])
+            rect = package.rects[index]
+        else:
+            image = composite_frame(package.frames[index], generated, package.blend_masks[index],
+                                    package.rects[index])
+        t1 = time.perf_counter()
+        payload = encode_frame_image(image, request.image, request.jpeg_quality)
+        t2 = time.perf_counter()
+        timings = job.timings
+        timings["composite"] = _us(t1 - t0)
+        timings["encode"] = _us(t2 - t1)
+        timings["total"] = _us(t2 - job.arrived)
+        ordered = {stage: timings[stage] for stage in STAGES}
+        return FrameReply(
+            request_id=request.request_id, frame_index=index, image=request.image,
+            width=int(image.shape[1]), height=int(image.shape[0]), timings=ordered, rect=rect,
+            payload=payload,
+        )
+
+    @staticmethod
+    def _original_reply(
+        package: LoadedPackage,
+        index: int,
+        image_format: ImageFormat,
+        quality: int,
+        request_id: int,
+        arrived: float,
+    ) -> FrameReply:
+        t0 = time.perf_counter()
+        if image_format is ImageFormat.CROP_ONLY:
+            return FrameReply(
+                request_id=request_id, frame_index=index, image=image_format, width=0, height=0,
+                timings={"encode": 0, "total": _us(time.perf_counter() - arrived)}, silence=True,
+            )
+        frame = package.frames[index]
+        payload = encode_frame_image(frame, image_format, quality)  # frames are read-only: raw is a view
+        t1 = time.perf_counter()
+        return FrameReply(
+            request_id=request_id, frame_index=index, image=image_format, width=int(frame.shape[1]),
+            height=int(frame.shape[0]), timings={"encode": _us(t1 - t0), "total": _us(t1 - arrived)},
+            silence=True, payload=payload,
+        )

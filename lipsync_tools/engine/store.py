@@ -1,0 +1,241 @@
+"""The table of loaded packages: opened once, frames decoded into RAM, hot arrays memory-mapped.
+
+Everything per-frame code needs is prepared here at load time, so a frame costs no disk read, no metadata
+parsing and no validation beyond an index check: full frames are decoded BGR arrays (read-only), the crop
+rectangles are Python int tuples, and the memory-mapped arrays (crops, blend masks, mel, mel index) have
+had their pages touched once so the first frames do not fault them in from disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio.mel import MEL_WINDOW_FRAMES
+from ..errors import PackageFormatError, ProtocolError
+from ..package.reader import Package, open_package
+from ..protocol.messages import ErrorCode, check_package_id
+
+_PAGE = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageInfo:
+    """What a loaded package is and what loading it cost.
+
+    ``load_seconds`` has the keys ``open`` (manifest, shapes, memory maps), ``frame_preload`` (decoding
+    every full frame into RAM), ``feature_mapping`` (checks and page-touching of the mapped arrays) and
+    ``total``. ``ram_bytes`` is what the package holds in process memory (decoded frames and any arrays
+    that could not be mapped); ``mapped_bytes`` is the size of the memory-mapped arrays (page cache).
+    """
+
+    id: str
+    path: Path
+    n_frames: int
+    fps: float
+    width: int
+    height: int
+    crop_size: int
+    has_checkpoint: bool
+    load_seconds: dict[str, float]
+    ram_bytes: int
+    mapped_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (for ``GET /v1/packages`` and ``--json`` output)."""
+        return {
+            "id": self.id, "path": str(self.path), "n_frames": self.n_frames, "fps": self.fps,
+            "width": self.width, "height": self.height, "crop_size": self.crop_size,
+            "has_checkpoint": self.has_checkpoint,
+            "load_seconds": {k: round(v, 6) for k, v in self.load_seconds.items()},
+            "ram_bytes": self.ram_bytes, "mapped_bytes": self.mapped_bytes,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LoadedPackage:
+    """A package ready for per-frame work. Shapes: N frames, S crop size, H x W frame size, T mel columns.
+
+    ``frames``: N read-only uint8 ``(H, W, 3)`` BGR arrays in RAM. ``crops`` uint8 ``(N, S, S, 3)``,
+    ``blend_masks`` uint8 ``(N, S, S)``, ``mel`` float32 ``(80, T)``: memory-mapped, read-only.
+    ``rects``: N ``(x0, y0, x1, y1)`` int tuples (half-open, square, inside the frame). ``mel_starts``: N
+    ints, the first mel column of each frame's window (every window lies inside ``mel``).
+    """
+
+    info: PackageInfo
+    package: Package = field(repr=False)
+    frames: list[np.ndarray] = field(repr=False)
+    crops: np.ndarray = field(repr=False)
+    blend_masks: np.ndarray = field(repr=False)
+    mel: np.ndarray = field(repr=False)
+    rects: list[tuple[int, int, int, int]] = field(repr=False)
+    mel_starts: list[int] = field(repr=False)
+
+    @property
+    def n_frames(self) -> int:
+        return self.info.n_frames
+
+    def mel_window(self, frame_index: int) -> np.ndarray:
+        """The package's own ``(80, 16)`` float32 mel window for ``frame_index`` (a view, no copy)."""
+        start = self.mel_starts[frame_index]
+        return self.mel[:, start : start + MEL_WINDOW_FRAMES]
+
+    def read_checkpoint(self) -> bytes | None:
+        """The embedded checkpoint's bytes, or ``None``. Reads the file: call at startup only."""
+        return self.package.read_checkpoint()
+
+
+class PackageStore:
+    """Packages by id. Built at startup, passed to the engine and the server; safe to use from threads.
+
+    ``expected_crop_size`` (the model's input size), when given, makes :meth:`load` refuse packages whose
+    crops have another size. ``decode_threads`` bounds the threads that decode full frames at load
+    (default: the CPU count).
+    """
+
+    def __init__(self, *, expected_crop_size: int | None = None, decode_threads: int | None = None) -> None:
+        self._packages: dict[str, LoadedPackage] = {}
+        self._lock = threading.Lock()
+        self.expected_crop_size = expected_crop_size
+        self.decode_threads = decode_threads or os.cpu_count() or 1
+
+    def load(self, package_id: str, path: str | Path, *, replace: bool = False) -> PackageInfo:
+        """Open ``path`` read-only under ``package_id`` and prepare it for serving.
+
+        Raises ``ProtocolError(bad_field)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
+        letter or digit: no path can be expressed) or an id already loaded (unless ``replace``);
+        :class:`~lipsync_tools.errors.InputNotFoundError` and :class:`PackageFormatError` for a missing or
+        invalid file, or a crop size other than ``expected_crop_size``.
+        """
+        check_package_id(package_id)
+        if not replace and package_id in self._packages:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"package id {package_id!r} is already loaded; unload it first or choose another id",
+            )
+        loaded = self._prepare(package_id, Path(path))
+        with self._lock:
+            if not replace and package_id in self._packages:
+                raise ProtocolError(
+                    ErrorCode.BAD_FIELD, f"package id {package_id!r} was loaded by another caller meanwhile"
+                )
+            self._packages[package_id] = loaded
+        return loaded.info
+
+    def unload(self, package_id: str) -> None:
+        """Forget ``package_id``; memory is freed once in-flight frames finish. Unknown: ProtocolError."""
+        with self._lock:
+            if self._packages.pop(package_id, None) is None:
+                raise _unknown(package_id)
+
+    def get(self, package_id: str) -> LoadedPackage:
+        """The loaded package ``package_id``; ``ProtocolError(unknown_package)`` when it is not loaded."""
+        loaded = self._packages.get(package_id)
+        if loaded is None:
+            raise _unknown(package_id)
+        return loaded
+
+    def infos(self) -> list[PackageInfo]:
+        """Every loaded package's info, in load order."""
+        return [p.info for p in list(self._packages.values())]
+
+    def __contains__(self, package_id: object) -> bool:
+        return package_id in self._packages
+
+    def __len__(self) -> int:
+        return len(self._packages)
+
+    def _prepare(self, package_id: str, path: Path) -> LoadedPackage:
+        started = time.perf_counter()
+        package = open_package(path, mmap=True)
+        opened = time.perf_counter()
+
+        from ..media.images import decode_image
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.decode_threads, package.n_frames))) as pool:
+            # cv2.imdecode releases the GIL, so frames decode in parallel.
+            frames = list(pool.map(decode_image, package.encoded_frames))
+        m = package.manifest
+        for i, frame in enumerate(frames):
+            if frame.shape != (m.video.height, m.video.width, 3):
+                raise PackageFormatError(
+                    f"{path}: frame {i} decodes to {frame.shape[1]}x{frame.shape[0]}; the manifest says "
+                    f"{m.video.width}x{m.video.height}. Rebuild the package"
+                )
+            frame.flags.writeable = False  # shared by every request: replies copy, never write
+        package.encoded_frames.clear()  # the decoded frames replace them; keep RAM to one copy
+        preloaded = time.perf_counter()
+
+        rects, mel_starts = self._check_and_map(package, path)
+        mapped = time.perf_counter()
+        load_seconds = {
+            "open": opened - started,
+            "frame_preload": preloaded - opened,
+            "feature_mapping": mapped - preloaded,
+            "total": mapped - started,
+        }
+        hot = (package.crops, package.rects, package.input_mask, package.blend_masks, package.mel,
+               package.mel_index, package.pcm, package.landmarks, package.boxes, package.filled)
+        in_ram = sum(int(a.nbytes) for a in hot if not isinstance(a, np.memmap))
+        mapped_bytes = sum(int(a.nbytes) for a in hot if isinstance(a, np.memmap))
+        info = PackageInfo(
+            id=package_id, path=path, n_frames=package.n_frames, fps=float(m.video.fps),
+            width=m.video.width, height=m.video.height, crop_size=package.crop_size,
+            has_checkpoint=package.has_checkpoint, load_seconds=load_seconds,
+            ram_bytes=sum(int(f.nbytes) for f in frames) + in_ram, mapped_bytes=mapped_bytes,
+        )
+        return LoadedPackage(
+            info=info, package=package, frames=frames, crops=package.crops, blend_masks=package.blend_masks,
+            mel=package.mel, rects=rects, mel_starts=mel_starts,
+        )
+
+    def _check_and_map(
+        self, package: Package, path: Path
+    ) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+        """Check what per-frame code relies on, once; touch every mapped page; return plain-int tables."""
+        m = package.manifest
+        s = package.crop_size
+        if self.expected_crop_size is not None and s != self.expected_crop_size:
+            raise PackageFormatError(
+                f"{path}: crops are {s}x{s} but the model takes {self.expected_crop_size}x"
+                f"{self.expected_crop_size}; rebuild the package with --crop-size {self.expected_crop_size}"
+            )
+        rects_array = np.asarray(package.rects, dtype=np.int64)
+        x0, y0, x1, y1 = rects_array.T
+        bad = (x0 < 0) | (y0 < 0) | (x1 > m.video.width) | (y1 > m.video.height) | (x1 <= x0) | (y1 <= y0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PackageFormatError(
+                f"{path}: crop rectangle {i} {tuple(rects_array[i])} is empty or outside the "
+                f"{m.video.width}x{m.video.height} frame; rebuild the package"
+            )
+        starts = np.asarray(package.mel_index, dtype=np.int64)
+        columns = package.mel.shape[1]
+        out_of_range = (starts < 0) | (starts + MEL_WINDOW_FRAMES > columns)
+        if out_of_range.any():
+            i = int(np.flatnonzero(out_of_range)[0])
+            raise PackageFormatError(
+                f"{path}: audio/mel_index[{i}] = {int(starts[i])} puts the 16-column window outside the "
+                f"{columns} mel columns; rebuild the package"
+            )
+        for array in (package.crops, package.blend_masks, package.mel):
+            if isinstance(array, np.memmap):
+                # One read per page faults the whole mapping into the page cache now, not on a live frame.
+                flat = np.frombuffer(array, dtype=np.uint8)
+                int(flat[::_PAGE].sum())
+        rects = [(int(a), int(b), int(c), int(d)) for a, b, c, d in rects_array]
+        return rects, [int(v) for v in starts]
+
+
+def _unknown(package_id: str) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.UNKNOWN_PACKAGE,
+        f"package {package_id[:64]!r} is not loaded; list the loaded ones with GET /v1/packages",
+    )

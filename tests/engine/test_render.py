@@ -1,0 +1,82 @@
+"""``render_video`` and ``lipsync render``: a playable mp4 with the speech, at the package's fps."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lipsync_tools.cli.main import app
+from lipsync_tools.engine import EngineOptions, PackageStore, pingpong_index
+from lipsync_tools.engine.render import render_video
+from lipsync_tools.errors import OutputExistsError, UsageError
+from lipsync_tools.media.audio import load_audio
+from lipsync_tools.media.video import iter_frames, probe_video
+from tests import samples
+
+runner = CliRunner()
+
+
+def test_render_identity_follows_the_speech_and_pingpongs(
+    head_package: Path, speech_wav: Path, tmp_path: Path, store: PackageStore
+):
+    out = tmp_path / "out.mp4"
+    speech = load_audio(speech_wav)
+    result = render_video(head_package, speech_wav, out, model="identity", backend="torch",
+                          options=EngineOptions(max_batch=16))
+    fps = 30000 / 1001
+    expected = math.ceil(speech.size / 16000 * fps)
+    assert result.frames == expected > 120  # longer than the package: the walk turns around
+    info = probe_video(out)
+    assert (info.width, info.height, info.has_audio) == (176, 144, True)
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert info.frame_count == expected
+    assert info.audio_sample_rate == 16000
+    assert abs(load_audio(out).size - speech.size) <= 0.05 * 16000
+    assert abs(result.video_seconds - result.audio_seconds) <= 1 / fps
+    assert set(result.stage_ms) == {"features", "queue", "inference", "composite", "encode", "total"}
+    summary = result.summary()
+    assert summary["model"]["name"] == "identity" and summary["frames"] == expected
+    # frame 130 of the video shows avatar frame pingpong_index(130, 120) = 108 (identity model: the source)
+    frames = list(iter_frames(out))
+    assert len(frames) == expected
+    source = store.get("head").frames[pingpong_index(130, 120)]
+    assert pingpong_index(130, 120) == 108
+    assert np.abs(frames[130].astype(float) - source.astype(float)).mean() < 4.0  # H.264 at crf 20
+
+
+def test_render_refusals(head_package: Path, speech_wav: Path, tmp_path: Path):
+    existing = tmp_path / "exists.mp4"
+    existing.write_bytes(b"x")
+    with pytest.raises(OutputExistsError):
+        render_video(head_package, speech_wav, existing, model="identity")
+    with pytest.raises(UsageError, match=r"lipsync_tools\.client"):
+        render_video(head_package, speech_wav, tmp_path / "o.mp4", model="identity", server_url="http://x")
+    short = samples.tone_wav(tmp_path / "short.wav", seconds=0.1)
+    with pytest.raises(UsageError, match="at least that long"):
+        render_video(head_package, short, tmp_path / "o.mp4", model="identity")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_render_with_random_weights_warns_and_reports(head_package: Path, tmp_path: Path):
+    audio = samples.tone_wav(tmp_path / "tone.wav", seconds=0.4)
+    out = tmp_path / "cli.mp4"
+    args = ["render", str(head_package), "--audio", str(audio), "-o", str(out), "--model", "random",
+            "--seed", "1", "--backend", "torch"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["frames"] == math.ceil(0.4 * 30000 / 1001) == 12
+    assert summary["model"] == {**summary["model"], "name": "random", "is_random": True, "backend": "torch"}
+    assert probe_video(out).frame_count == 12
+    assert "NOT lip-sync" in result.stderr  # said loudly, on stderr, even with --json
+    again = runner.invoke(app, args)
+    assert again.exit_code == OutputExistsError.exit_code and "--force" in again.stderr
+    server = runner.invoke(app, [*args, "--force", "--server", "http://127.0.0.1:1"])
+    assert server.exit_code == UsageError.exit_code
+

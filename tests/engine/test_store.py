@@ -1,0 +1,82 @@
+"""PackageStore: load, unload, id validation, what a load reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync_tools.engine import PackageStore
+from lipsync_tools.errors import InputNotFoundError, PackageFormatError, ProtocolError
+
+
+def test_load_reports_timings_and_ram(head_package: Path):
+    store = PackageStore()
+    info = store.load("alice", head_package)
+    assert (info.id, info.path, info.n_frames, info.width, info.height, info.crop_size) == (
+        "alice", head_package, 120, 176, 144, 96)
+    assert info.fps == pytest.approx(30000 / 1001)
+    assert not info.has_checkpoint
+    assert list(info.load_seconds) == ["open", "frame_preload", "feature_mapping", "total"]
+    assert all(v >= 0 for v in info.load_seconds.values())
+    assert info.load_seconds["total"] >= info.load_seconds["frame_preload"]
+    assert info.ram_bytes >= 120 * 176 * 144 * 3  # every frame decoded in RAM
+    assert info.mapped_bytes >= 120 * 96 * 96 * 3  # crops mapped, not copied
+    assert info.to_dict()["load_seconds"].keys() == info.load_seconds.keys()
+    loaded = store.get("alice")
+    assert len(loaded.frames) == 120 and loaded.frames[0].shape == (144, 176, 3)
+    assert not loaded.frames[0].flags.writeable
+    assert isinstance(loaded.crops, np.memmap) and not loaded.crops.flags.writeable
+    assert loaded.mel_window(5).shape == (80, 16)
+    assert loaded.package.encoded_frames == []  # the decoded frames replace the encoded ones
+    assert [i.id for i in store.infos()] == ["alice"]
+    assert "alice" in store and len(store) == 1
+
+
+def test_unload_and_unknown(head_package: Path):
+    store = PackageStore()
+    store.load("a", head_package)
+    store.load("b", head_package)
+    store.unload("a")
+    assert [i.id for i in store.infos()] == ["b"]
+    with pytest.raises(ProtocolError) as err:
+        store.get("a")
+    assert err.value.code == "unknown_package" and "'a' is not loaded" in str(err.value)
+    with pytest.raises(ProtocolError) as err:
+        store.unload("a")
+    assert err.value.code == "unknown_package"
+
+
+@pytest.mark.parametrize("bad", ["../x", "", "a/b", "a\\b", ".hidden", "..", "x" * 65, "sp ace", "é"])
+def test_invalid_ids_are_refused_before_any_file_access(bad: str, tmp_path: Path):
+    store = PackageStore()
+    with pytest.raises(ProtocolError) as err:
+        store.load(bad, tmp_path / "does-not-exist.sanders")
+    assert err.value.code == "bad_field"
+    assert len(store) == 0
+
+
+def test_duplicate_id(head_package: Path):
+    store = PackageStore()
+    store.load("a", head_package)
+    with pytest.raises(ProtocolError, match="already loaded") as err:
+        store.load("a", head_package)
+    assert err.value.code == "bad_field"
+    assert store.load("a", head_package, replace=True).id == "a"
+
+
+def test_missing_and_invalid_files(tmp_path: Path):
+    store = PackageStore()
+    with pytest.raises(InputNotFoundError):
+        store.load("a", tmp_path / "nope.sanders")
+    junk = tmp_path / "junk.sanders"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(PackageFormatError):
+        store.load("a", junk)
+
+
+def test_crop_size_mismatch_is_refused(head_package: Path):
+    store = PackageStore(expected_crop_size=128)
+    with pytest.raises(PackageFormatError, match="crops are 96x96 but the model takes 128x128"):
+        store.load("a", head_package)
