@@ -2,9 +2,12 @@
 
 The rule (documented in docs/engine.md): a batch starts with the oldest waiting request and takes every
 request that arrives until it holds ``max_batch`` of them or ``max_wait_s`` has passed since that first
-request *arrived* (so requests that already waited while the previous batch ran go at once). The batch
-runs in a single worker thread, never on the event loop. At most ``queue_limit`` requests wait; one more
-is refused at once with ``ProtocolError(overloaded)``: memory never grows with the load.
+request *arrived* (so requests that already waited while the previous batch ran go at once). There is one
+exception: when the engine is uncontended (the previous batch held one request and no other arrived while
+it ran), a lone request runs at once instead of waiting for company that is not coming; one caller then
+pays no batching delay at all. The batch runs in a single worker thread, never on the event loop. At most
+``queue_limit`` requests wait; one more is refused at once with ``ProtocolError(overloaded)``: memory never
+grows with the load.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class Batcher(Generic[T, R]):
         self._arrived: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
+        self._contended = True  # until a lone request has run alone
+        self._arrivals = 0  # requests submitted since the current batch started
 
     @property
     def running(self) -> bool:
@@ -118,6 +123,7 @@ class Batcher(Generic[T, R]):
                 "queue_limit",
             ) from None
         self._arrived.set()
+        self._arrivals += 1
         if self._on_depth is not None:
             self._on_depth(self._queue.qsize())
         return await waiting.future
@@ -126,7 +132,8 @@ class Batcher(Generic[T, R]):
         assert self._queue is not None and self._arrived is not None  # set by start()
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        deadline = batch[0].arrived + self.max_wait_s
+        wait = self.max_wait_s if self._contended else 0.0
+        deadline = batch[0].arrived + wait
         while len(batch) < self.max_batch:
             try:
                 batch.append(self._queue.get_nowait())
@@ -157,10 +164,12 @@ class Batcher(Generic[T, R]):
                     continue
                 if self._on_batch is not None:
                     self._on_batch(len(live))
+                self._arrivals = 0
                 try:
                     results = await loop.run_in_executor(self._executor, self._run, [w.item for w in live])
                 except Exception as exc:  # run() itself failed: every caller of the batch gets the error
                     results = [exc] * len(live)
+                self._contended = len(live) > 1 or self._arrivals > 0
                 for waiting, result in zip(live, results, strict=True):
                     if isinstance(result, BaseException):
                         self._fail(waiting.future, result)

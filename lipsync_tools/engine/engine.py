@@ -129,8 +129,17 @@ class Engine:
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start batching in the running event loop (idempotent)."""
+        """Warm the PCM feature path, then start batching in the running event loop (idempotent)."""
+        await asyncio.to_thread(self.warm_up)
         await self._batcher.start()
+
+    def warm_up(self) -> None:
+        """Run the PCM16 feature path once on silence.
+
+        Its first call imports librosa and builds the mel filterbank (about 1.5 s); without this the first
+        client to send PCM audio would wait for it. The model itself is warmed by its loader.
+        """
+        mel_from_pcm_window(np.zeros(limits.PCM_WINDOW_SAMPLES, np.float32))
 
     async def stop(self) -> None:
         """Stop batching; requests still waiting get ``ProtocolError(overloaded)``."""

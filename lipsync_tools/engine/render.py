@@ -9,7 +9,9 @@ render never leaves a partial mp4.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..audio.mel import MEL_WINDOW_FRAMES, mel_window_starts, wav2lip_mel
-from ..errors import UsageError
+from ..errors import LipsyncError, UsageError
 from ..media.audio import load_audio
 from ..media.writer import write_video
 from ..package.writer import check_output_path
@@ -99,76 +101,205 @@ def render_video(
     :meth:`Engine.process_batch_sync` in batches of ``options.max_batch``. ``on_model`` is called once the
     model is loaded (the CLI prints the random-weights warning from it).
 
+    With ``server_url`` the server's model renders: ``package_path`` is a package id the server has
+    loaded, or the path of a package (found among the server's packages by path, else loaded there for
+    the render and unloaded after); ``options.max_batch`` requests at a time are pipelined over one
+    WebSocket so the server can batch them.
+
     Raises :class:`~lipsync_tools.errors.OutputExistsError` (exists, no ``force``),
     :class:`~lipsync_tools.errors.InputNotFoundError`, :class:`~lipsync_tools.errors.NoAudioError`,
-    :class:`UsageError` (audio shorter than one 0.2 s window, model options, a server URL without the
-    client), :class:`~lipsync_tools.errors.PackageFormatError` and model loading errors.
+    :class:`UsageError` (audio shorter than one 0.2 s window, model options, model options given with a
+    server, an unreachable server or unknown package), :class:`~lipsync_tools.errors.PackageFormatError`,
+    model loading errors and the server's :class:`~lipsync_tools.errors.ProtocolError`.
     """
     started = time.perf_counter()
     options = options or EngineOptions()
     progress = progress or NullProgress()
     output = Path(output)
     check_output_path(output, force)
-    if server_url is not None:
+    if server_url is not None and (model is not None or checkpoint is not None or backend is not None):
         raise UsageError(
-            f"rendering through a server ({server_url}) needs lipsync_tools.client, which this installation "
-            "does not have yet; render locally (drop --server)"
+            "--model, --checkpoint and --backend choose the local model; a server (--server) renders with "
+            "its own model. Drop them, or drop --server"
         )
-    audio_path = Path(audio_path)
-    pcm = load_audio(audio_path, SAMPLE_RATE)
+    pcm = load_audio(Path(audio_path), SAMPLE_RATE)
     mel = wav2lip_mel(pcm) if pcm.size else np.zeros((80, 0), np.float32)
+    audio_seconds = pcm.size / SAMPLE_RATE
     audio_done = time.perf_counter()
 
-    store = PackageStore()
-    info = store.load(RENDER_PACKAGE_ID, Path(package_path))
-    package = store.get(RENDER_PACKAGE_ID)
-    embedded = package.read_checkpoint() if checkpoint is None and model in (None, "wav2lip") else None
-    runtime, model_info = load_inference_backend(
-        model, checkpoint, seed, backend, embedded, cache_dir, package_label=str(package_path),
-        warmup_batches=(),  # the first batch is real work either way
-    )
-    if on_model is not None:
-        on_model(model_info)
-    engine = Engine(store, runtime, options)
-    loaded = time.perf_counter()
+    source: _FrameSource
+    if server_url is None:
+        source = _LocalSource(package_path, model, checkpoint, seed, backend, cache_dir, options, on_model)
+    else:
+        source = _ServerSource(server_url, package_path, options.max_batch)
+    with source:
+        loaded = time.perf_counter()
+        fps = source.fps
+        n_out = max(1, math.ceil(audio_seconds * fps - 1e-9))
+        starts = mel_window_starts(n_out, fps, mel.shape[1])  # UsageError for audio under one window
+        timings: dict[str, list[int]] = {stage: [] for stage in STAGES}
 
-    fps = info.fps
-    audio_seconds = pcm.size / SAMPLE_RATE
-    n_out = max(1, math.ceil(audio_seconds * fps - 1e-9))
-    starts = mel_window_starts(n_out, fps, mel.shape[1])  # UsageError for audio under one window
-    timings: dict[str, list[int]] = {stage: [] for stage in STAGES}
+        def frames() -> Iterator[np.ndarray]:
+            progress.start("Rendering frames", n_out)
+            for first in range(0, n_out, options.max_batch):
+                requests = [
+                    FrameRequest.from_mel(
+                        np.ascontiguousarray(mel[:, int(starts[k]) : int(starts[k]) + MEL_WINDOW_FRAMES]),
+                        request_id=k, package_id=source.package_id,
+                        frame_index=pingpong_index(k, source.n_frames), image=source.image_format,
+                    )
+                    for k in range(first, min(first + options.max_batch, n_out))
+                ]
+                replies = source.render(requests)
+                for reply in replies:
+                    _collect(timings, reply)
+                    yield _pixels(reply)
+                progress.advance(len(replies))
+            progress.finish()
 
-    def frames() -> Iterator[np.ndarray]:
-        progress.start("Rendering frames", n_out)
-        for first in range(0, n_out, options.max_batch):
-            requests = [
-                FrameRequest.from_mel(
-                    np.ascontiguousarray(mel[:, int(starts[k]) : int(starts[k]) + MEL_WINDOW_FRAMES]),
-                    request_id=k, package_id=RENDER_PACKAGE_ID, frame_index=pingpong_index(k, info.n_frames),
-                    image=ImageFormat.RAW_BGR,
-                )
-                for k in range(first, min(first + options.max_batch, n_out))
-            ]
-            replies = engine.process_batch_sync(requests)
-            for reply in replies:
-                _collect(timings, reply)
-                yield reply.image_array()
-            progress.advance(len(replies))
-        progress.finish()
-
-    rate = Fraction(fps).limit_denominator(1001 * 1000)
-    manifest = package.package.manifest
-    if manifest.video.fps_num > 0 and manifest.video.fps_den > 0:
-        rate = Fraction(manifest.video.fps_num, manifest.video.fps_den)
-    written = write_video(output, frames(), rate, audio=pcm if pcm.size else None, sample_rate=SAMPLE_RATE)
+        written = write_video(output, frames(), source.frame_rate, audio=pcm if pcm.size else None,
+                              sample_rate=SAMPLE_RATE)
     finished = time.perf_counter()
     return RenderResult(
-        output=output, frames=written, fps=fps, width=info.width, height=info.height,
-        audio_seconds=audio_seconds, video_seconds=written / fps, model=model_info,
+        output=output, frames=written, fps=fps, width=source.width, height=source.height,
+        audio_seconds=audio_seconds, video_seconds=written / fps, server_url=server_url, model=source.model,
         seconds={"audio": audio_done - started, "load": loaded - audio_done, "render": finished - loaded,
                  "total": finished - started},
         stage_ms={stage: statistics.median(values) / 1000.0 for stage, values in timings.items() if values},
     )
+
+
+def _pixels(reply: FrameReply) -> np.ndarray:
+    if reply.image is ImageFormat.RAW_BGR:
+        return reply.image_array()
+    from ..media.images import decode_image
+
+    return decode_image(reply.payload)
+
+
+class _FrameSource:
+    """Where frames come from: the local engine or a server. A context manager; fields set on enter."""
+
+    package_id: str
+    n_frames: int
+    fps: float
+    frame_rate: Fraction
+    width: int
+    height: int
+    image_format: ImageFormat = ImageFormat.RAW_BGR
+    model: ModelInfo | None = None
+
+    def __enter__(self) -> _FrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def render(self, requests: list[FrameRequest]) -> list[FrameReply]:
+        raise NotImplementedError
+
+
+class _LocalSource(_FrameSource):
+    """The package and the model loaded here; frames from :meth:`Engine.process_batch_sync`."""
+
+    def __init__(self, package_path: str | Path, model: str | None, checkpoint: Path | None, seed: int,
+                 backend: str | None, cache_dir: Path | None, options: EngineOptions,
+                 on_model: Callable[[ModelInfo], None] | None) -> None:
+        store = PackageStore()
+        info = store.load(RENDER_PACKAGE_ID, Path(package_path))
+        package = store.get(RENDER_PACKAGE_ID)
+        embedded = package.read_checkpoint() if checkpoint is None and model in (None, "wav2lip") else None
+        runtime, self.model = load_inference_backend(
+            model, checkpoint, seed, backend, embedded, cache_dir, package_label=str(package_path),
+            warmup_batches=(),  # the first batch is real work either way
+        )
+        if on_model is not None:
+            on_model(self.model)
+        self.engine = Engine(store, runtime, options)
+        self.package_id, self.n_frames, self.fps = RENDER_PACKAGE_ID, info.n_frames, info.fps
+        self.width, self.height = info.width, info.height
+        video = package.package.manifest.video
+        self.frame_rate = Fraction(video.fps_num, video.fps_den) if video.fps_num > 0 and video.fps_den > 0 \
+            else Fraction(info.fps).limit_denominator(1001 * 1000)
+
+    def render(self, requests: list[FrameRequest]) -> list[FrameReply]:
+        return self.engine.process_batch_sync(requests)
+
+
+class _ServerSource(_FrameSource):
+    """A running ``lipsync serve``: requests pipelined over one WebSocket so the server can batch them.
+
+    ``package`` names a package the server has loaded (its id, or the path it was loaded from); failing
+    that, a package file is loaded at run time (the server must be able to read the path) and unloaded at
+    the end. Frames travel as raw BGR on loopback (no lossy step before the mp4) and as JPEG (quality 95)
+    to another host.
+    """
+
+    def __init__(self, url: str, package: str | Path, window: int) -> None:
+        from urllib.parse import urlsplit
+
+        from ..client import LipsyncClient
+
+        self.client = LipsyncClient(url)
+        self.window = window
+        self.loaded_here: str | None = None
+        host = (urlsplit(url if "://" in url else f"http://{url}").hostname or "").lower()
+        local = host in ("localhost", "127.0.0.1", "::1")
+        self.image_format = ImageFormat.RAW_BGR if local else ImageFormat.JPEG
+        import httpx
+
+        try:
+            info = self._find(str(package))
+        except httpx.TransportError as exc:
+            self.client.close()
+            raise UsageError(
+                f"cannot reach a lipsync server at {url} ({exc}); start one with `lipsync serve PKG` or "
+                "check --server"
+            ) from exc
+        except BaseException:
+            self.client.close()
+            raise
+        self.package_id = str(info["id"])
+        self.n_frames, self.fps = int(info["n_frames"]), float(info["fps"])
+        self.width, self.height = int(info["width"]), int(info["height"])
+        self.frame_rate = Fraction(self.fps).limit_denominator(1001 * 1000)
+        self.stream = self.client.stream()
+
+    def _find(self, package: str) -> dict[str, Any]:
+        listed = self.client.packages()
+        for info in listed:
+            if info.get("id") == package:
+                return info
+        wanted = Path(package).expanduser().resolve()
+        for info in listed:
+            if Path(str(info.get("path", ""))).expanduser().resolve() == wanted:
+                return info
+        if not wanted.is_file():
+            names = ", ".join(str(i.get("id")) for i in listed) or "none"
+            raise UsageError(
+                f"the server has no package {package!r} (loaded: {names}) and {wanted} is not a file; pass a "
+                "loaded package id or a package path the server can read"
+            )
+        stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in wanted.stem)[:48].lstrip("._-")
+        package_id = f"{stem or 'avatar'}-render-{os.getpid()}"
+        info = self.client.load_package(package_id, str(wanted))
+        self.loaded_here = package_id
+        return info
+
+    def render(self, requests: list[FrameRequest]) -> list[FrameReply]:
+        for request in requests:
+            self.stream.send(request)
+        replies = {reply.request_id: reply for reply in (self.stream.recv_frame() for _ in requests)}
+        return [replies[request.request_id] for request in requests]
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stream.close()
+            if self.loaded_here is not None:
+                with contextlib.suppress(LipsyncError, OSError):
+                    self.client.unload_package(self.loaded_here)
+        finally:
+            self.client.close()
 
 
 def _collect(timings: dict[str, list[int]], reply: FrameReply) -> None:

@@ -252,7 +252,29 @@ def test_batch_waits_at_most_max_wait(store: PackageStore, identity_backend: Inf
 
     elapsed = asyncio.run(scenario())
     assert backend.sizes == [1]  # a lone caller is not held for a full batch...
-    assert 0.025 <= elapsed < 2.0  # ...only for the wait window
+    assert 0.025 <= elapsed < 2.0  # ...only for the wait window (at start the engine counts as contended)
+
+
+def test_an_uncontended_caller_does_not_wait(store: PackageStore, identity_backend: InferenceBackend):
+    backend = SlowBackend(identity_backend)
+    engine = Engine(store, backend, EngineOptions(max_batch=8, max_wait_ms=200.0))
+
+    async def scenario() -> list[float]:
+        await engine.start()
+        try:
+            times = []
+            for i in range(4):
+                started = time.perf_counter()
+                await engine.process(request(i))
+                times.append(time.perf_counter() - started)
+            return times
+        finally:
+            await engine.stop()
+
+    times = asyncio.run(scenario())
+    assert backend.sizes == [1, 1, 1, 1]
+    assert times[0] >= 0.19  # the first request waits the window: others might have come
+    assert max(times[1:]) < 0.15  # then a lone caller goes straight to the model
 
 
 def test_full_queue_answers_overloaded(store: PackageStore, identity_backend: InferenceBackend):

@@ -55,8 +55,10 @@ def test_render_refusals(head_package: Path, speech_wav: Path, tmp_path: Path):
     existing.write_bytes(b"x")
     with pytest.raises(OutputExistsError):
         render_video(head_package, speech_wav, existing, model="identity")
-    with pytest.raises(UsageError, match=r"lipsync_tools\.client"):
+    with pytest.raises(UsageError, match="renders with its own model"):
         render_video(head_package, speech_wav, tmp_path / "o.mp4", model="identity", server_url="http://x")
+    with pytest.raises(UsageError, match=r"cannot reach a lipsync server at http://127\.0\.0\.1:9"):
+        render_video(head_package, speech_wav, tmp_path / "o.mp4", server_url="http://127.0.0.1:9")
     short = samples.tone_wav(tmp_path / "short.wav", seconds=0.1)
     with pytest.raises(UsageError, match="at least that long"):
         render_video(head_package, short, tmp_path / "o.mp4", model="identity")
@@ -80,3 +82,22 @@ def test_cli_render_with_random_weights_warns_and_reports(head_package: Path, tm
     server = runner.invoke(app, [*args, "--force", "--server", "http://127.0.0.1:1"])
     assert server.exit_code == UsageError.exit_code
 
+
+
+def test_render_through_a_server_matches_local(head_package: Path, speech_wav: Path, tmp_path: Path):
+    from lipsync_tools.server import PackageSpec, ServerConfig
+    from tests.server.servers import running_server
+
+    config = ServerConfig(packages=(PackageSpec(id="served", path=head_package),), port=0, model="identity",
+                          backend="torch")
+    local = render_video(head_package, speech_wav, tmp_path / "local.mp4", model="identity", backend="torch")
+    with running_server(config) as server:
+        by_id = render_video("served", speech_wav, tmp_path / "by_id.mp4", server_url=server.url)
+        by_path = render_video(head_package, speech_wav, tmp_path / "by_path.mp4", server_url=server.url)
+    assert by_id.server_url == server.url and by_id.model is None
+    assert by_id.frames == by_path.frames == local.frames
+    assert by_id.fps == pytest.approx(local.fps)
+    served = list(iter_frames(tmp_path / "by_id.mp4"))
+    mine = list(iter_frames(tmp_path / "local.mp4"))
+    assert all(np.array_equal(a, b) for a, b in zip(served, mine, strict=True))  # same pixels, same encoder
+    assert probe_video(tmp_path / "by_path.mp4").has_audio
