@@ -1,0 +1,147 @@
+"""``lipsync serve``: parse options, build a :class:`~lipsync_tools.server.ServerConfig`, call ``run``.
+
+Importing this module registers the command on :data:`lipsync_tools.cli.main.app` (main imports it at its
+"commands that live in their own modules" line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .main import app, run_command
+from .output import stderr
+
+
+class ModelChoice(StrEnum):
+    random = "random"
+    wav2lip = "wav2lip"
+    identity = "identity"
+
+
+class BackendChoice(StrEnum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+@app.command("serve")
+def serve_cmd(
+    packages: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Package file(s) to load at startup: PATH (id = file stem) or ID=PATH.", show_default=False
+        ),
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="TCP port (0: any free port, printed when ready).")
+    ] = 8000,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Interface to bind. The default serves this machine only; 0.0.0.0 exposes the server "
+            "to the network (use --token then).",
+        ),
+    ] = "127.0.0.1",
+    model: Annotated[
+        ModelChoice | None,
+        typer.Option(
+            "--model",
+            help="random: deterministic random weights (NOT lip-sync; demos/benchmarks); wav2lip "
+            "(default): --checkpoint, else the checkpoint embedded in the package.",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Wav2Lip checkpoint (wav2lip.pth / wav2lip_gan.pth).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --model random.")] = 0,
+    backend: Annotated[
+        BackendChoice | None,
+        typer.Option(
+            "--backend", help="Inference runtime (default: the one measured faster, docs/models.md)."
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Most frames (from all clients) in one model call.")
+    ] = 8,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", help="How long a batch waits for more frames, in milliseconds.")
+    ] = 4.0,
+    queue_limit: Annotated[
+        int,
+        typer.Option("--queue-limit", help="Frames waiting for the model before requests get 'overloaded'."),
+    ] = 64,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="LIPSYNC_TOKEN",
+            show_envvar=True,
+            help="Bearer token every request but /healthz must carry.",
+        ),
+    ] = None,
+    package_dir: Annotated[
+        Path | None,
+        typer.Option("--package-dir", help="Run-time loads (POST /v1/packages) only from this folder."),
+    ] = None,
+    no_runtime_loading: Annotated[
+        bool, typer.Option("--no-runtime-loading", help="Refuse POST/DELETE /v1/packages.")
+    ] = False,
+    onnx_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--onnx-cache", help="Folder for exported ONNX models, so a second start skips the export."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Print one JSON line per event on stdout ({"event": "ready", "url": ...}).'
+        ),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and server logs.")] = False,
+) -> None:
+    """Serve lip-sync frames from preloaded packages over HTTP and WebSocket (docs/protocol.md)."""
+    from ..server import PackageSpec, ServerConfig, StartupReport, format_startup, run
+
+    def on_ready(report: StartupReport) -> None:
+        if json_output:
+            # one line per event, so a supervising process (the benchmark) can read it with readline()
+            sys.stdout.write(json.dumps({"event": "ready", **report.to_dict()}) + "\n")
+            sys.stdout.flush()
+            return
+        for line in format_startup(report).splitlines():
+            style = "bold red" if line.startswith("!!!") else None
+            stderr.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
+        sys.stderr.flush()
+
+    def action() -> None:
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
+        config = ServerConfig(
+            packages=tuple(PackageSpec.parse(p) for p in packages or ()),
+            host=host,
+            port=port,
+            model=model.value if model else None,
+            checkpoint=checkpoint,
+            seed=seed,
+            backend=backend.value if backend else None,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_limit=queue_limit,
+            token=token,
+            package_dir=package_dir,
+            allow_runtime_loading=not no_runtime_loading,
+            onnx_cache_dir=onnx_cache,
+            log_level="debug" if debug else "warning",
+        )
+        run(config, on_ready=on_ready)
+
+    run_command(debug, json_output, action)

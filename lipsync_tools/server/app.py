@@ -1,0 +1,515 @@
+"""The ASGI application: endpoints, bearer-token check, and the state they share.
+
+State lives in one :class:`ServerState` built by :func:`lipsync_tools.server.run.LipsyncServer` and passed
+to :func:`create_app`; nothing is kept in module globals, so tests can run several servers in one process.
+How the engine parts are made is a :class:`Components` object, so tests can swap in a fake engine.
+
+Endpoints (docs/protocol.md, *Transport*): ``WebSocket /v1/stream``, ``POST /v1/frame``,
+``GET|POST /v1/packages``, ``DELETE /v1/packages/{id}``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+Every error body is an ``error_reply`` (JSON, or binary when answering a binary ``/v1/frame`` request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from lipsync_tools.errors import InputNotFoundError, LipsyncError, PackageFormatError, ProtocolError
+from lipsync_tools.protocol import (
+    CODECS,
+    HTTP_STATUS,
+    PCM_WINDOW_SAMPLES,
+    AudioFormat,
+    Codec,
+    ErrorCode,
+    ErrorReply,
+    FrameRequest,
+    ImageFormat,
+    check_package_id,
+    codec_for_content_type,
+)
+from lipsync_tools.server.config import (
+    MAX_BINARY_REQUEST_BYTES,
+    MAX_JSON_REQUEST_BYTES,
+    MAX_PACKAGE_API_BODY,
+    ServerConfig,
+    SessionLimits,
+)
+from lipsync_tools.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lipsync_tools.server.metrics import Metrics
+from lipsync_tools.server.sessions import EngineLike, PackageInfoLike, StreamConnection
+
+log = logging.getLogger("lipsync.server")
+
+# Error codes of the package API beside the protocol's (new codes are allowed; docs/protocol.md lists them).
+NOT_FOUND = "not_found"
+FORBIDDEN = "forbidden"
+CONFLICT = "conflict"
+BAD_PACKAGE = "bad_package"
+API_STATUS = {NOT_FOUND: 404, FORBIDDEN: 403, CONFLICT: 409, BAD_PACKAGE: 422}
+
+
+class StoreLike(Protocol):
+    """What the server needs from :class:`lipsync_tools.engine.PackageStore`."""
+
+    def load(self, package_id: str, path: str | Path) -> PackageInfoLike: ...
+
+    def unload(self, package_id: str) -> None: ...
+
+    def get(self, package_id: str) -> Any: ...
+
+    def infos(self) -> list[Any]: ...
+
+    def __contains__(self, package_id: object) -> bool: ...
+
+
+class ManagedEngine(EngineLike, Protocol):
+    """An engine with a lifecycle (:class:`lipsync_tools.engine.Engine`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ModelInfoLike(Protocol):
+    """What the server reads of :class:`lipsync_tools.engine.ModelInfo`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_random(self) -> bool: ...
+
+    @property
+    def load_seconds(self) -> float: ...
+
+    def to_dict(self) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Components:
+    """How the server makes its engine parts (the real ones by default; tests may pass fakes).
+
+    ``make_store()`` → an empty package store; ``load_model(config, store)`` → (backend, model info), run
+    in a worker thread after the startup packages are loaded (a package may carry the checkpoint);
+    ``make_engine(store, backend, config, observer)`` → an engine, started by the server.
+    """
+
+    make_store: Callable[[], StoreLike]
+    load_model: Callable[[ServerConfig, StoreLike], tuple[Any, ModelInfoLike]]
+    make_engine: Callable[[StoreLike, Any, ServerConfig, Metrics], ManagedEngine]
+
+
+def default_components() -> Components:
+    """The real engine (imported here, not at module import, so ``lipsync --help`` stays fast)."""
+    from lipsync_tools.server.run import engine_components
+
+    return engine_components()
+
+
+@dataclass
+class StartupReport:
+    """What startup cost: seconds per phase, the model, the packages, and the process RSS afterwards."""
+
+    url: str
+    seconds: dict[str, float]
+    model: ModelInfoLike
+    packages: list[dict[str, Any]]
+    rss_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``lipsync serve --json`` prints it as the ``ready`` event)."""
+        return {
+            "url": self.url,
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "model": self.model.to_dict(),
+            "packages": self.packages,
+            "rss_bytes": self.rss_bytes,
+            "warnings": self.warnings,
+        }
+
+
+RANDOM_MODEL_WARNING = (
+    "the model has RANDOM weights (--model random): output is NOT lip-sync, only load and speed are real. "
+    "Serve a real model with --checkpoint wav2lip.pth"
+)
+
+
+class ServerState:
+    """Everything the endpoints share: config, metrics, package store, engine (once started), readiness."""
+
+    def __init__(self, config: ServerConfig, components: Components | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.components = components or default_components()
+        self.store = self.components.make_store()
+        self.engine: ManagedEngine | None = None
+        self.model: ModelInfoLike | None = None
+        self.ready = False
+        self.startup_error: BaseException | None = None
+        self.startup_report: StartupReport | None = None
+        self.url = f"http://{config.host}:{config.port}"
+        self.on_ready: Callable[[StartupReport], None] | None = None
+        self.request_shutdown: Callable[[], None] = lambda: None
+        self._load_lock: asyncio.Lock | None = None
+
+    # --- what sessions need (sessions.ServerLike) ---------------------------------------------------------
+
+    @property
+    def limits(self) -> SessionLimits:
+        return self.config.sessions
+
+    @property
+    def silence_dbfs(self) -> float:
+        return self.config.silence_dbfs
+
+    def require_engine(self) -> EngineLike:
+        """The running engine; ``ProtocolError(overloaded)`` while the server is still starting."""
+        if self.engine is None or not self.ready:
+            reason = f"startup failed: {self.startup_error}" if self.startup_error else "still loading"
+            raise ProtocolError(ErrorCode.OVERLOADED, f"the server is not ready ({reason}); wait until GET "
+                                "/readyz answers 200")
+        return self.engine
+
+    def package_info(self, package_id: str) -> PackageInfoLike:
+        """Info of a loaded package; ``ProtocolError(unknown_package)`` otherwise."""
+        info: PackageInfoLike = self.store.get(package_id).info
+        return info
+
+    @property
+    def load_lock(self) -> asyncio.Lock:
+        # Created on first use, inside the server's event loop.
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        return self._load_lock
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Load the startup packages and the model, start and warm the engine, then report ready.
+
+        Runs as a background task so ``/healthz`` answers (and ``/readyz`` says 503) while it works. A failure
+        is kept in ``startup_error`` and asks the server to shut down (``lipsync serve`` then exits non-zero).
+        """
+        started = time.perf_counter()
+        seconds: dict[str, float] = {"package_open": 0.0, "frame_preload": 0.0, "feature_mapping": 0.0}
+        try:
+            async with self.load_lock:
+                infos = []
+                for spec in self.config.packages:
+                    info = await asyncio.to_thread(self.store.load, spec.id, spec.path)
+                    infos.append(info)
+                    for key, phase in (("package_open", "open"), ("frame_preload", "frame_preload"),
+                                       ("feature_mapping", "feature_mapping")):
+                        seconds[key] += float(info.load_seconds.get(phase, 0.0))
+                    self.metrics.add_gauge("lipsync_packages_loaded", 1)
+                backend, model = await asyncio.to_thread(self.components.load_model, self.config, self.store)
+                seconds["model_load"] = model.load_seconds
+                self.model = model
+                if model.is_random and self.on_ready is None:  # with on_ready, the report carries it
+                    log.warning(RANDOM_MODEL_WARNING)
+                engine = self.components.make_engine(self.store, backend, self.config, self.metrics)
+                t = time.perf_counter()
+                await engine.start()
+                self.engine = engine
+                await self._warm_up(engine)
+                seconds["warmup"] = time.perf_counter() - t
+            seconds["total"] = time.perf_counter() - started
+            self.ready = True
+            self.metrics.set_gauge("lipsync_ready", 1)
+            import psutil
+
+            self.startup_report = StartupReport(
+                url=self.url, seconds=seconds, model=model, packages=[i.to_dict() for i in infos],
+                rss_bytes=int(psutil.Process().memory_info().rss),
+                warnings=[RANDOM_MODEL_WARNING] if model.is_random else [],
+            )
+            if self.on_ready is not None:
+                self.on_ready(self.startup_report)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.startup_error = exc
+            log.error("startup failed: %s", exc, exc_info=not isinstance(exc, LipsyncError))
+            self.request_shutdown()
+
+    async def _warm_up(self, engine: ManagedEngine) -> None:
+        """Run ``warmup_frames`` real (loud-noise, so not silent) frames through the whole path."""
+        infos = self.store.infos()
+        if not infos or self.config.warmup_frames <= 0:
+            return
+        noise = np.random.default_rng(0).integers(-8000, 8000, PCM_WINDOW_SAMPLES, dtype=np.int16)
+        for i in range(self.config.warmup_frames):
+            request = FrameRequest(request_id=0, package_id=infos[0].id, frame_index=i % infos[0].n_frames,
+                                   audio=AudioFormat.PCM16, image=ImageFormat.JPEG, payload=noise.tobytes())
+            await engine.process(request)
+
+    async def shutdown(self) -> None:
+        """Stop the engine (pending frames are dropped)."""
+        self.ready = False
+        self.metrics.set_gauge("lipsync_ready", 0)
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                await self.engine.stop()
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _status(code: str) -> int:
+    return API_STATUS.get(code) or HTTP_STATUS.get(code, 500)
+
+
+def error_response(error: ProtocolError, codec: Codec | None = None, status: int | None = None,
+                   request_id: int = 0) -> Response:
+    """An ``error_reply`` body (JSON unless ``codec`` is binary) with the code's HTTP status."""
+    codec = codec or CODECS["json"]
+    body = codec.encode(ErrorReply.from_error(error, request_id))
+    headers = {"WWW-Authenticate": "Bearer"} if error.code == ErrorCode.UNAUTHORIZED else None
+    return Response(body, status_code=status or _status(error.code), media_type=codec.content_type,
+                    headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with ``oversize`` as soon as it is known to exceed ``limit`` bytes.
+
+    The ``Content-Length`` header is checked first, and the stream is counted as it arrives, so a liar or a
+    chunked upload cannot make the server buffer more than ``limit`` bytes.
+    """
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"Content-Length {length[:32]!r} is not a number")
+        if int(length) > limit:
+            raise ProtocolError(ErrorCode.OVERSIZE, f"body is {int(length)} bytes, the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ProtocolError(ErrorCode.OVERSIZE, f"body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+class BearerAuth:
+    """ASGI middleware: with a token configured, every request but ``/healthz`` must carry it.
+
+    HTTP: 401 with an ``unauthorized`` error_reply. WebSocket: accepted, then the error_reply as a JSON text
+    frame and close 1008 (docs/protocol.md, *Transport*), so a client learns why instead of seeing a bare
+    handshake failure.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        token = state.config.token
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self._expected is None or scope["type"] not in ("http", "websocket")
+                or scope.get("path") == "/healthz"):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        # compare_digest: the time taken does not reveal how much of the token was right
+        if hmac.compare_digest(given, self._expected):
+            await self.app(scope, receive, send)
+            return
+        self.state.metrics.error(ErrorCode.UNAUTHORIZED)
+        error = ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong bearer token; send the header "
+                              "'Authorization: Bearer <token>' with the server's --token")
+        if scope["type"] == "http":
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+            codec = CODECS["binary"] if content_type.startswith(CODECS["binary"].content_type) else None
+            await error_response(error, codec)(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": CODECS["json"].encode(ErrorReply.from_error(error))})
+        await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
+
+
+# --- endpoints --------------------------------------------------------------------------------------------
+
+
+class Endpoints:
+    """The route handlers, bound to one :class:`ServerState`."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.metrics = state.metrics
+
+    def _api_error(self, error: ProtocolError) -> Response:
+        self.metrics.error(error.code)
+        return error_response(error)
+
+    async def healthz(self, request: Request) -> Response:
+        """200 while the process serves HTTP (no token needed)."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """200 once every startup package and the model are loaded and warm; 503 before (or on failure)."""
+        state = self.state
+        if state.ready:
+            return JSONResponse({"ready": True, "packages": [i.id for i in state.store.infos()],
+                                 "model": state.model.name if state.model else None})
+        reason = f"startup failed: {state.startup_error}" if state.startup_error else "loading"
+        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        """Prometheus text exposition of :class:`Metrics`."""
+        return PlainTextResponse(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    async def frame(self, request: Request) -> Response:
+        """One ``frame_request`` in, one ``frame_reply`` (or ``error_reply``) out, in its encoding."""
+        started = time.perf_counter()
+        try:
+            codec = codec_for_content_type(request.headers.get("content-type"))
+        except ProtocolError as exc:
+            return self._api_error_status(exc, 415)
+        request_id = 0
+        try:
+            limit = MAX_BINARY_REQUEST_BYTES if codec.name == "binary" else MAX_JSON_REQUEST_BYTES
+            message = codec.decode(await read_body(request, limit))
+            self.metrics.inc("lipsync_messages_total", protocol=codec.name, type=message.TYPE.wire_name)
+            if not isinstance(message, FrameRequest):
+                raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
+                                    f"POST /v1/frame takes a frame_request, got {message.TYPE.wire_name}; "
+                                    "sessions run on the /v1/stream WebSocket")
+            request_id = message.request_id
+            reply = await self.state.require_engine().process(message)
+        except ProtocolError as exc:
+            self.metrics.error(exc.code)
+            return error_response(exc, codec, request_id=request_id)
+        except Exception as exc:
+            log.exception("POST /v1/frame failed")
+            self.metrics.error(ErrorCode.INTERNAL)
+            return error_response(ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), codec,
+                                  request_id=request_id)
+        body = codec.encode(reply)
+        self.metrics.frame_sent("http", reply.silence)
+        self.metrics.observe("lipsync_request_seconds", time.perf_counter() - started, endpoint="frame")
+        return Response(body, media_type=codec.content_type)
+
+    def _api_error_status(self, error: ProtocolError, status: int) -> Response:
+        self.metrics.error(error.code)
+        return error_response(error, status=status)
+
+    async def list_packages(self, request: Request) -> Response:
+        """``{"packages": [info, ...]}`` of every loaded package."""
+        return JSONResponse({"packages": [i.to_dict() for i in self.state.store.infos()]})
+
+    async def load_package(self, request: Request) -> Response:
+        """``{"id": ID, "path": PATH}`` → load it (201 + its info). See docs/protocol.md for the rules."""
+        try:
+            if not self.state.config.allow_runtime_loading:
+                raise ProtocolError(FORBIDDEN, "this server does not load packages at run time")
+            body = await read_body(request, MAX_PACKAGE_API_BODY)
+            try:
+                obj = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
+            if not isinstance(obj, dict) or set(obj) != {"id", "path"}:
+                raise ProtocolError(ErrorCode.BAD_FIELD, 'send a JSON object with exactly "id" and "path"')
+            package_id, raw_path = obj["id"], obj["path"]
+            check_package_id(package_id)
+            if not isinstance(raw_path, str) or not raw_path or "\0" in raw_path:
+                raise ProtocolError(ErrorCode.BAD_FIELD, '"path" must be a non-empty string')
+            path = self._checked_path(Path(raw_path))
+            async with self.state.load_lock:
+                if package_id in self.state.store:
+                    raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded; DELETE "
+                                        f"/v1/packages/{package_id} first or choose another id")
+                try:
+                    info = await asyncio.to_thread(self.state.store.load, package_id, path)
+                except InputNotFoundError as exc:
+                    raise ProtocolError(NOT_FOUND, str(exc)) from None
+                except PackageFormatError as exc:
+                    raise ProtocolError(BAD_PACKAGE, str(exc)) from None
+                except OSError as exc:
+                    raise ProtocolError(BAD_PACKAGE, f"{path}: cannot read it ({exc})") from None
+            self.metrics.add_gauge("lipsync_packages_loaded", 1)
+        except ProtocolError as exc:
+            return self._api_error(exc)
+        return JSONResponse(info.to_dict(), status_code=201)
+
+    def _checked_path(self, path: Path) -> Path:
+        """``path`` resolved; must be an existing file, inside ``package_dir`` when one is configured."""
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise ProtocolError(NOT_FOUND, f"{path} does not exist on the server") from None
+        if not resolved.is_file():
+            raise ProtocolError(NOT_FOUND, f"{path} is not a file")
+        folder = self.state.config.package_dir
+        if folder is not None and not resolved.is_relative_to(folder.resolve()):
+            # resolve() first: symlinks and '..' cannot lead outside the folder
+            raise ProtocolError(FORBIDDEN, f"{path} is outside the server's package folder; this server "
+                                "loads packages only from its --package-dir")
+        return resolved
+
+    async def unload_package(self, request: Request) -> Response:
+        """Forget a package (200 ``{"unloaded": id}``); sessions on it end with ``unknown_package``."""
+        package_id = request.path_params["package_id"]
+        try:
+            if not self.state.config.allow_runtime_loading:
+                raise ProtocolError(FORBIDDEN, "this server does not unload packages at run time")
+            check_package_id(package_id)
+            async with self.state.load_lock:
+                self.state.store.unload(package_id)
+            self.metrics.add_gauge("lipsync_packages_loaded", -1)
+        except ProtocolError as exc:
+            return self._api_error(exc)
+        return JSONResponse({"unloaded": package_id})
+
+    async def stream(self, websocket: WebSocket) -> None:
+        """``/v1/stream``: sessions and request/response frames (sessions.StreamConnection)."""
+        await websocket.accept()
+        await StreamConnection(websocket, self.state).serve()
+
+
+def create_app(state: ServerState) -> ASGIApp:
+    """The ASGI app for ``state``; its lifespan runs :meth:`ServerState.startup` in the background."""
+    ep = Endpoints(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(state.startup())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await state.shutdown()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", ep.healthz, methods=["GET"]),
+            Route("/readyz", ep.readyz, methods=["GET"]),
+            Route("/metrics", ep.metrics_text, methods=["GET"]),
+            Route("/v1/frame", ep.frame, methods=["POST"]),
+            Route("/v1/packages", ep.list_packages, methods=["GET"]),
+            Route("/v1/packages", ep.load_package, methods=["POST"]),
+            Route("/v1/packages/{package_id}", ep.unload_package, methods=["DELETE"]),
+            WebSocketRoute("/v1/stream", ep.stream),
+        ],
+        lifespan=lifespan,
+    )
+    return BearerAuth(app, state)

@@ -1,0 +1,195 @@
+"""Run the server: ``run(config)`` → :class:`LipsyncServer` → uvicorn (the shape of uvicorn's own ``run``).
+
+``lipsync serve`` is a thin shell over :func:`run`. Tests and the benchmark use :class:`LipsyncServer`
+directly: :meth:`LipsyncServer.bind` binds first (port 0 gives a free port whose URL is known before
+serving), :meth:`LipsyncServer.start_in_thread` serves from a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from lipsync_tools.errors import LipsyncError
+from lipsync_tools.server.app import Components, ServerState, StartupReport, StoreLike, create_app
+from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES, ServerConfig
+from lipsync_tools.server.metrics import Metrics
+
+
+def engine_components() -> Components:
+    """The real engine parts: :class:`PackageStore`, :func:`load_inference_backend`, :class:`Engine`."""
+    from lipsync_tools.engine import Engine, EngineOptions, PackageStore, load_inference_backend
+
+    def load_model(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
+        package_checkpoint: bytes | None = None
+        label = "the package"
+        if config.use_package_checkpoint and config.checkpoint is None and config.model in (None, "wav2lip"):
+            # One model serves every package: the first startup package that embeds weights provides them.
+            for info in store.infos():
+                if info.has_checkpoint:
+                    package_checkpoint = store.get(info.id).read_checkpoint()
+                    label = str(info.path)
+                    break
+        backend, info = load_inference_backend(
+            config.model, config.checkpoint, config.seed, config.backend, package_checkpoint,
+            config.onnx_cache_dir, package_label=label,
+            warmup_batches=tuple(sorted({1, config.max_batch})),
+        )
+        if isinstance(store, PackageStore):
+            # From now on a run-time load of a package the model cannot take is refused at load time.
+            store.expected_crop_size = int(backend.crop_size)
+        return backend, info
+
+    def make_engine(store: StoreLike, backend: Any, config: ServerConfig, metrics: Metrics) -> Any:
+        options = EngineOptions(max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                                queue_limit=config.queue_limit, jpeg_quality=config.jpeg_quality,
+                                silence_dbfs=config.silence_dbfs)
+        return Engine(store, backend, options, metrics)  # type: ignore[arg-type]
+
+    return Components(make_store=PackageStore, load_model=load_model, make_engine=make_engine)
+
+
+class LipsyncServer:
+    """One server: its state, its ASGI app and the uvicorn server running it.
+
+    Raises :class:`~lipsync_tools.errors.UsageError` / ``InputNotFoundError`` from ``config.check()`` at
+    construction, before anything is loaded.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        components: Components | None = None,
+        on_ready: Callable[[StartupReport], None] | None = None,
+    ) -> None:
+        config.check()
+        self.config = config
+        self.state = ServerState(config, components)
+        self.state.on_ready = on_ready
+        self.state.request_shutdown = self.stop
+        self.app = create_app(self.state)
+        self.uvicorn = uvicorn.Server(uvicorn.Config(
+            self.app,
+            host=config.host,
+            port=config.port,
+            lifespan="on",
+            log_config=None,  # leave the process's logging alone; the CLI sets levels
+            log_level=config.log_level,
+            access_log=config.access_log,
+            # the transport cap of docs/protocol.md: nothing bigger than a client may send is buffered
+            ws_max_size=max(MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES),
+            # frames are JPEG/PNG or raw pixels: deflate costs CPU per frame and gains little
+            ws_per_message_deflate=False,
+            timeout_graceful_shutdown=5,
+        ))
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (the bound port once :meth:`bind` ran)."""
+        return self.state.url
+
+    def bind(self) -> socket.socket:
+        """Bind and listen now (port 0: a free port), so :attr:`url` is final before serving starts."""
+        if self._socket is None:
+            family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+            # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+            # without it a response written as headers + body waits 40 ms for the client's delayed ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.config.host, self.config.port))
+            except OSError as exc:
+                sock.close()
+                raise LipsyncError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}; choose "
+                                   "another --port or --host") from None
+            sock.listen(2048)
+            sock.set_inheritable(True)
+            port = sock.getsockname()[1]
+            host = f"[{self.config.host}]" if family == socket.AF_INET6 else self.config.host
+            self.state.url = f"http://{host}:{port}"
+            self._socket = sock
+        return self._socket
+
+    def run(self) -> None:
+        """Serve until stopped (Ctrl-C, :meth:`stop`, or a failed startup, which is then raised)."""
+        sock = self.bind()
+        try:
+            self.uvicorn.run(sockets=[sock])
+        finally:
+            sock.close()
+        if self.state.startup_error is not None:
+            raise self.state.startup_error
+
+    def start_in_thread(self, ready_timeout: float | None = None) -> threading.Thread:
+        """Serve from a daemon thread; with ``ready_timeout`` (seconds) wait until ready (or raise).
+
+        Raises ``TimeoutError`` when not ready in time, or the startup error if startup failed.
+        """
+        self.bind()
+        self._thread = threading.Thread(target=self._run_quietly, name="lipsync-server", daemon=True)
+        self._thread.start()
+        if ready_timeout is not None:
+            deadline = time.monotonic() + ready_timeout
+            while not self.state.ready:
+                if self.state.startup_error is not None:
+                    raise self.state.startup_error
+                if time.monotonic() > deadline or not self._thread.is_alive():
+                    raise TimeoutError(f"server not ready after {ready_timeout:g} s")
+                time.sleep(0.01)
+        return self._thread
+
+    def _run_quietly(self) -> None:
+        with contextlib.suppress(BaseException):  # kept in state.startup_error for the caller
+            self.run()
+
+    def stop(self, join_timeout: float | None = None) -> None:
+        """Ask the server to stop; with ``join_timeout``, wait that long for the serving thread."""
+        self.uvicorn.should_exit = True
+        thread = self._thread
+        if join_timeout is not None and thread is not None and thread is not threading.current_thread():
+            thread.join(join_timeout)
+
+
+def run(
+    config: ServerConfig,
+    *,
+    components: Components | None = None,
+    on_ready: Callable[[StartupReport], None] | None = None,
+) -> None:
+    """Serve ``config`` until interrupted. ``on_ready`` gets the :class:`StartupReport` once ready.
+
+    Raises ``UsageError``/``InputNotFoundError`` for a bad config and the startup error (e.g.
+    ``PackageFormatError``, ``CheckpointError``) if loading failed.
+    """
+    LipsyncServer(config, components=components, on_ready=on_ready).run()
+
+
+def format_startup(report: StartupReport) -> str:
+    """The startup report as the lines ``lipsync serve`` prints (a banner first when the model is random)."""
+    s = report.seconds
+    model = report.model.to_dict()
+    lines = []
+    for warning in report.warnings:
+        bar = "!" * 100
+        lines += [bar, f"!!! {warning}", bar]
+    lines.append(f"lipsync server ready on {report.url}")
+    lines.append(f"  model     {model['name']} ({model['source']}) on {model['backend']}")
+    for p in report.packages:
+        lines.append(f"  package   {p['id']}: {p['n_frames']} frames {p['width']}x{p['height']} @ "
+                     f"{p['fps']:.3g} fps, {p['ram_bytes'] / 1e6:.1f} MB in RAM ({p['path']})")
+    lines.append(
+        f"  startup   model load {s.get('model_load', 0):.2f} s, frame preload {s['frame_preload']:.2f} s, "
+        f"feature mapping {s['feature_mapping']:.2f} s, package open {s['package_open']:.2f} s, warm-up "
+        f"{s.get('warmup', 0):.2f} s; total {s['total']:.2f} s"
+    )
+    lines.append(f"  memory    {report.rss_bytes / 1e6:.0f} MB resident")
+    return "\n".join(lines)

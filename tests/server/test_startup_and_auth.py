@@ -1,0 +1,160 @@
+"""Readiness while loading, failed startups, the bearer token, and ``lipsync serve`` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from lipsync_tools.client import LipsyncClient
+from lipsync_tools.errors import InputNotFoundError, ProtocolError, UsageError
+from lipsync_tools.protocol import CODECS, AudioFormat, ErrorReply, FrameRequest
+from lipsync_tools.server import LipsyncServer, PackageSpec, ServerConfig, engine_components
+from lipsync_tools.server.config import ServerConfig as Config
+from tests.server.servers import PACKAGE_ID, running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def identity_config(package: Path, **overrides: Any) -> ServerConfig:
+    """The identity model on torch: loads in a fraction of a second (no export, no weights)."""
+    base = Config(packages=(PackageSpec(id=PACKAGE_ID, path=package),), port=0, model="identity",
+                  backend="torch", warmup_frames=1)
+    return replace(base, **overrides)
+
+
+def test_readyz_is_503_until_packages_and_model_are_loaded(avatar_package: Path) -> None:
+    gate = threading.Event()
+    real = engine_components()
+
+    def slow_load_model(config: ServerConfig, store: Any) -> Any:
+        assert gate.wait(30), "the test never opened the gate"
+        return real.load_model(config, store)
+
+    components = replace(real, load_model=slow_load_model)
+    with running_server(identity_config(avatar_package), components, ready_timeout=None) as server:
+        with LipsyncClient(server.url) as client:
+            assert client.health()
+            assert not client.ready(wait_seconds=0.3)
+            r = httpx.get(f"{server.url}/readyz")
+            assert (r.status_code, r.json()) == (503, {"ready": False, "reason": "loading"})
+            with pytest.raises(ProtocolError) as early:
+                client.frame(FrameRequest(request_id=1, package_id=PACKAGE_ID, frame_index=0,
+                                          audio=AudioFormat.REPLAY))
+            assert early.value.code == "overloaded"
+            gate.set()
+            assert client.ready(wait_seconds=60)
+            assert client.frame(FrameRequest(request_id=2, package_id=PACKAGE_ID, frame_index=0,
+                                             audio=AudioFormat.REPLAY)).frame_index == 0
+        report = server.state.startup_report
+        assert report is not None
+        assert {"model_load", "frame_preload", "feature_mapping", "warmup", "total"} <= set(report.seconds)
+        assert report.rss_bytes > 0 and report.packages[0]["id"] == PACKAGE_ID
+
+
+def test_a_failed_startup_is_reported_and_stops_the_server(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sanders"
+    junk.write_bytes(b"this is not a package")
+    server = LipsyncServer(identity_config(junk))
+    with pytest.raises(Exception, match=r"junk\.sanders"):
+        server.start_in_thread(ready_timeout=60)
+    server.stop(join_timeout=15)
+    assert server.state.startup_error is not None
+
+
+def test_config_is_checked_before_anything_loads(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        LipsyncServer(Config(packages=(PackageSpec(id="a", path=tmp_path / "missing.sanders"),)))
+    pkg = tmp_path / "a.sanders"
+    pkg.write_bytes(b"")
+    with pytest.raises(UsageError, match="given twice"):
+        Config(packages=(PackageSpec(id="a", path=pkg), PackageSpec(id="a", path=pkg))).check()
+    alice = Path("avatars/alice.sanders")
+    assert PackageSpec.parse(str(alice)) == PackageSpec(id="alice", path=alice)
+    assert PackageSpec.parse("bob=x/y.sanders") == PackageSpec(id="bob", path=Path("x/y.sanders"))
+    with pytest.raises(UsageError, match="ID=PATH"):
+        PackageSpec.parse("avatars/.hidden.sanders")
+
+
+def test_bearer_token_guards_every_endpoint_but_healthz(avatar_package: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.sanders"
+    outside.write_bytes(avatar_package.read_bytes())
+    config = identity_config(avatar_package, token="s3cret", package_dir=avatar_package.parent)
+    with running_server(config) as server:
+        url = server.url
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        for method, path in (("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/packages"),
+                             ("POST", "/v1/frame"), ("DELETE", "/v1/packages/astro")):
+            r = httpx.request(method, f"{url}{path}", headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401, path
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert CODECS["json"].decode(r.content) == ErrorReply(
+                request_id=0, code="unauthorized", message="missing or wrong bearer token; send the header "
+                "'Authorization: Bearer <token>' with the server's --token")
+        with LipsyncClient(url) as anonymous, pytest.raises(ProtocolError) as denied:
+            anonymous.packages()
+        assert denied.value.code == "unauthorized"
+        with LipsyncClient(url) as anonymous, anonymous.stream() as stream:
+            reply = stream.recv(10)
+            assert isinstance(reply, ErrorReply) and reply.code == "unauthorized"
+            with pytest.raises(ConnectionClosed):
+                stream.recv(10)
+            assert stream.ws.close_code == 1008
+        with LipsyncClient(url, token="s3cret") as client:
+            assert client.ready()
+            assert client.frame(FrameRequest(request_id=1, package_id=PACKAGE_ID, frame_index=1,
+                                             audio=AudioFormat.REPLAY)).frame_index == 1
+            with client.stream() as stream:
+                assert stream.frame(FrameRequest(request_id=2, package_id=PACKAGE_ID, frame_index=2,
+                                                 audio=AudioFormat.REPLAY)).request_id == 2
+            with pytest.raises(ProtocolError) as forbidden:
+                client.load_package("outside", str(outside))
+            assert forbidden.value.code == "forbidden"
+            escape = str(avatar_package.parent / ".." / outside.parent.name / outside.name)
+            with pytest.raises(ProtocolError) as dotdot:
+                client.load_package("outside", escape)
+            assert dotdot.value.code == "forbidden"
+            assert 'lipsync_errors_total{code="unauthorized"} 7' in client.metrics()
+
+
+def test_lipsync_serve_runs_as_a_process(avatar_package: Path) -> None:
+    env = {**os.environ, "LIPSYNC_TOKEN": "from-env"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lipsync_tools", "serve", f"{PACKAGE_ID}={avatar_package}", "--port", "0",
+         "--model", "identity", "--backend", "torch", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        event = json.loads(proc.stdout.readline())  # one JSON line when ready
+        assert event["event"] == "ready"
+        assert event["url"].startswith("http://127.0.0.1:")
+        assert set(event["seconds"]) >= {"model_load", "frame_preload", "feature_mapping", "total"}
+        assert event["model"]["name"] == "identity" and event["rss_bytes"] > 0
+        with LipsyncClient(event["url"], token="from-env") as client:
+            assert client.ready() and [p["id"] for p in client.packages()] == [PACKAGE_ID]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status still says "terminated"
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Traceback" not in err
+
+
+def test_lipsync_serve_exits_with_the_error_code_of_a_bad_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lipsync_tools", "serve", str(tmp_path / "missing.sanders"), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == InputNotFoundError.exit_code
+    assert "missing.sanders does not exist" in result.stderr
