@@ -2,7 +2,7 @@
 
 Every error is a :class:`LipsyncError`. Messages say what was found, what was expected and how to fix it;
 the CLI prints ``str(error)`` as one line and exits with ``error.exit_code``, which is distinct per kind of
-failure so scripts can tell them apart (see ``docs/cli.md``). Each subclass also derives from the closest
+failure so scripts can tell them apart (the README lists them). Each subclass also derives from the closest
 built-in exception so ``except FileNotFoundError`` style code keeps working.
 """
 
