@@ -15,7 +15,7 @@ At 16 kHz and hop 200 there are 80 mel frames per second: mel frame ``j`` is cen
 and a clip of ``n`` samples has ``1 + n // 200`` frames. Wav2Lip feeds the network a window of 16 frames
 (200 ms) per video frame, starting at mel frame ``int(i * 80 / fps)`` for video frame ``i``.
 
-librosa and scipy.signal are imported inside the functions: importing librosa's feature code costs
+librosa is imported inside the functions: importing librosa's feature code costs
 seconds (numba), and ``lipsync --help`` must stay fast.
 """
 
@@ -115,9 +115,13 @@ def _check_pcm(pcm: np.ndarray, name: str = "pcm") -> np.ndarray:
 def _spectrogram(pcm: np.ndarray, opts: MelOptions, *, center: bool) -> np.ndarray:
     """Steps 1..5 above on one clip; ``center`` False means the clip already holds every frame's context."""
     import librosa
-    import scipy.signal
 
-    emphasised = scipy.signal.lfilter([1.0, -opts.preemphasis], [1.0], pcm).astype(np.float32)
+    # Pre-emphasis y[n] = x[n] - k x[n-1] (y[0] = x[0]), in float64 like scipy.signal.lfilter([1, -k], [1], x),
+    # which Wav2Lip calls; written out because importing scipy.signal alone costs about a second.
+    samples = pcm.astype(np.float64)
+    emphasised64 = samples.copy()
+    emphasised64[1:] -= opts.preemphasis * samples[:-1]
+    emphasised = emphasised64.astype(np.float32)
     stft_kwargs: dict[str, Any] = {"pad_mode": opts.pad_mode} if center else {}
     magnitude = np.abs(
         librosa.stft(
