@@ -117,7 +117,7 @@ def _spectrogram(pcm: np.ndarray, opts: MelOptions, *, center: bool) -> np.ndarr
     import librosa
 
     # Pre-emphasis y[n] = x[n] - k x[n-1] (y[0] = x[0]) in float64, as Wav2Lip's
-    # scipy.signal.lfilter([1, -k], [1], x) computes it; written out because importing scipy.signal costs ~1 s.
+    # scipy.signal.lfilter([1, -k], [1], x) computes it; written out: importing scipy.signal costs ~1 s.
     samples = pcm.astype(np.float64)
     emphasised64 = samples.copy()
     emphasised64[1:] -= opts.preemphasis * samples[:-1]
