@@ -128,6 +128,9 @@ def build_package_cmd(
         int | None,
         typer.Option("--frame-quality", help="JPEG quality 1-100 (default 95) or PNG level 0-9 (default 1)."),
     ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="Embed this Wav2Lip checkpoint (a per-avatar fine-tune) in the package; it is "
+        "checked against the architecture first. Servers use it unless given another.")] = None,
     detect_size: Annotated[
         int,
         typer.Option(
@@ -165,6 +168,10 @@ def build_package_cmd(
             detect_max_side=detect_size,
         )
         inputs = expand_inputs(videos)
+        if checkpoint is not None:
+            from ..models.checkpoint import load_wav2lip
+
+            load_wav2lip(checkpoint)  # refuse a wrong or damaged checkpoint before any video work
         if len(inputs) == 1 and not videos[0].is_dir():
             show = interactive(json_output, quiet)
             if show:
@@ -174,13 +181,15 @@ def build_package_cmd(
                         output,
                         audio=audio,
                         options=options,
+                        checkpoint=checkpoint,
                         force=force,
                         debug=debug,
                         progress=progress,
                     )
             else:
                 result = build_package(
-                    inputs[0], output, audio=audio, options=options, force=force, debug=debug
+                    inputs[0], output, audio=audio, options=options, checkpoint=checkpoint, force=force,
+                    debug=debug,
                 )
             summary = result.summary()
             if json_output:
@@ -199,7 +208,8 @@ def build_package_cmd(
                 stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False, soft_wrap=True)
 
         report = build_packages(
-            inputs, output, options=options, force=force, workers=workers, debug=debug, on_done=done
+            inputs, output, options=options, checkpoint=checkpoint, force=force, workers=workers, debug=debug,
+            on_done=done,
         )
         if json_output:
             print_json(report.summary())

@@ -60,12 +60,16 @@ def output_for(video: Path, output_dir: Path | None) -> Path:
     return (output_dir / name) if output_dir is not None else video.with_suffix(FILE_SUFFIX)
 
 
-def _build_one(video: Path, output: Path, options: BuildOptions, force: bool, debug: bool) -> dict[str, Any]:
+def _build_one(
+    video: Path, output: Path, options: BuildOptions, checkpoint: Path | None, force: bool, debug: bool
+) -> dict[str, Any]:
     from .._quiet import quiet_third_party
 
     quiet_third_party(debug)
     try:
-        return build_package(video, output, options=options, force=force, debug=debug).summary()
+        return build_package(
+            video, output, options=options, checkpoint=checkpoint, force=force, debug=debug
+        ).summary()
     except LipsyncError as exc:
         return error_entry(video, output, exc)
 
@@ -86,6 +90,7 @@ def build_packages(
     output_dir: str | Path | None = None,
     *,
     options: BuildOptions | None = None,
+    checkpoint: str | Path | None = None,
     force: bool = False,
     workers: int | None = None,
     debug: bool = False,
@@ -93,7 +98,7 @@ def build_packages(
 ) -> BatchReport:
     """Build one package per video in ``inputs`` (files or folders) using ``workers`` processes.
 
-    Outputs go to ``output_dir`` (created if missing) or next to each video. Worker processes are started
+    ``checkpoint`` is embedded in every package. Outputs go to ``output_dir`` (created if missing) or next to each video. Worker processes are started
     with "spawn" so native libraries (MediaPipe, torch) start clean in each. ``on_done`` is called in the
     parent as each video finishes.
     """
@@ -109,11 +114,12 @@ def build_packages(
     if duplicates:
         raise UsageError(f"several videos would write the same package {sorted(duplicates)[0]}; rename them")
     workers = max(1, min(workers or (os.cpu_count() or 1), len(videos)))
+    ckpt = Path(checkpoint) if checkpoint is not None else None
     report = BatchReport()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures: dict[Future[dict[str, Any]], int] = {
-            pool.submit(_build_one, video, out, options, force, debug): i
+            pool.submit(_build_one, video, out, options, ckpt, force, debug): i
             for i, (video, out) in enumerate(zip(videos, names, strict=True))
         }
         ordered: list[dict[str, Any] | None] = [None] * len(videos)

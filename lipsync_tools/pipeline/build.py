@@ -252,11 +252,15 @@ def build_package(
     *,
     audio: str | Path | None = None,
     options: BuildOptions | None = None,
+    checkpoint: str | Path | None = None,
     force: bool = False,
     debug: bool = False,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build one sanders package from ``video`` (and ``audio``, else the video's own audio track).
+
+    ``checkpoint`` is a model checkpoint file to embed (a per-avatar fine-tune); servers use it unless told
+    otherwise. It is stored as given: check it first (the CLI loads it against the architecture).
 
     Raises a :class:`~lipsync_tools.errors.LipsyncError` subclass for every bad input (missing file, not a
     video, corrupt video, no frames, no audio, no face, existing output, unwritable folder); nothing is
@@ -274,6 +278,9 @@ def build_package(
     # Everything that can be refused cheaply is refused before the slow passes.
     check_output_path(output, force)
     info = probe_video(video)
+    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint_path is not None and not checkpoint_path.is_file():
+        raise InputNotFoundError(f"checkpoint {checkpoint_path} does not exist; check the --checkpoint path")
     if audio_path is not None and not audio_path.is_file():
         raise InputNotFoundError(f"audio file {audio_path} does not exist; check the --audio path")
     if audio_path is None and not info.has_audio:
@@ -355,6 +362,8 @@ def build_package(
             writer.write_array("audio/pcm", features.pcm)
             writer.write_array("audio/mel", features.mel)
             writer.write_array("audio/mel_index", features.mel_index)
+            if checkpoint_path is not None:
+                writer.write_checkpoint(checkpoint_path.read_bytes())
             manifest = writer.commit(
                 _manifest(
                     video,
@@ -366,6 +375,7 @@ def build_package(
                     scheme.num_points,
                     int(track.filled.sum()),
                     features,
+                    checkpoint_path,
                 )
             )
     total = time.perf_counter() - started
@@ -395,6 +405,7 @@ def _manifest(
     num_points: int,
     filled: int,
     features: Any,
+    checkpoint: Path | None,
 ) -> Manifest:
     mel_opts = MelOptions()
     return Manifest(
@@ -432,7 +443,8 @@ def _manifest(
             missing_policy=options.missing_face,
         ),
         crop=CropMeta(size=options.crop_size, padding=options.padding, smooth_window=options.smooth_window),
-        build_options=options.recorded(),
+        build_options={**options.recorded(),
+                       "checkpoint": checkpoint.name if checkpoint is not None else None},
         datasets={},
     )
 

@@ -172,3 +172,27 @@ def test_bad_option_values_are_usage_errors(astronaut_mp4: Path, tmp_path: Path)
     )
     assert result.exit_code == 2 and "odd number" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embedded_checkpoint_is_checked_then_stored(astronaut_mp4: Path, tmp_path: Path):
+    import torch
+
+    from lipsync_tools.models.checkpoint import load_wav2lip, random_wav2lip
+
+    good = tmp_path / "avatar-finetune.pth"
+    torch.save({"state_dict": random_wav2lip(seed=3).state_dict()}, good)
+    out = tmp_path / "a.sanders"
+    result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out), "--checkpoint", str(good)])
+    assert result.exit_code == 0, result.output
+    pkg = open_package(out)
+    assert pkg.has_checkpoint and pkg.manifest.build_options["checkpoint"] == "avatar-finetune.pth"
+    stored = load_wav2lip(pkg.read_checkpoint() or b"")
+    expected = random_wav2lip(seed=3).state_dict()
+    assert all(torch.equal(stored.state_dict()[k], expected[k]) for k in expected)
+    assert validate_package(out) == []
+
+    bad = tmp_path / "not-a-checkpoint.pth"
+    bad.write_bytes(b"\x00" * 100)
+    out2 = tmp_path / "b.sanders"
+    result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out2), "--checkpoint", str(bad)])
+    assert result.exit_code == 15 and not out2.exists()
