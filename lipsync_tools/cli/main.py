@@ -330,6 +330,7 @@ def preview_cmd(
 
 
 # --- commands that live in their own modules register here (one line each) ---
+from . import bench_cmd as _bench_cmd  # noqa: E402, F401  (registers `lipsync bench`)
 from . import render_cmd as _render_cmd  # noqa: E402, F401  (registers `lipsync render`)
 from . import serve_cmd as _serve_cmd  # noqa: E402, F401  (registers `lipsync serve`)
 

@@ -106,6 +106,18 @@ def serve_cmd(
         ),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and server logs.")] = False,
+    original: Annotated[
+        str | None,
+        typer.Option(
+            "--original",
+            help="Serve a raw VIDEO (or ID=VIDEO) instead of packages, running every stage (decode, face "
+            "detection, crop, masks, features) per request: the path `lipsync bench --compare` measures.",
+        ),
+    ] = None,
+    audio: Annotated[
+        Path | None,
+        typer.Option("--audio", help="With --original: the file replay requests take their audio from."),
+    ] = None,
 ) -> None:
     """Serve lip-sync frames from preloaded packages over HTTP and WebSocket (docs/protocol.md)."""
     from ..server import PackageSpec, ServerConfig, StartupReport, format_startup, run
@@ -122,11 +134,19 @@ def serve_cmd(
         sys.stderr.flush()
 
     def action() -> None:
+        from ..errors import UsageError
+        from ..server.run import original_components
+
+        if original is not None and packages:
+            raise UsageError("--original serves one raw video; give it without package arguments")
+        if audio is not None and original is None:
+            raise UsageError("--audio goes with --original VIDEO (packages carry their own audio)")
+        specs = [original] if original is not None else packages or []
         logging.basicConfig(
             level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
         config = ServerConfig(
-            packages=tuple(PackageSpec.parse(p) for p in packages or ()),
+            packages=tuple(PackageSpec.parse(p) for p in specs),
             host=host,
             port=port,
             model=model.value if model else None,
@@ -142,6 +162,7 @@ def serve_cmd(
             onnx_cache_dir=onnx_cache,
             log_level="debug" if debug else "warning",
         )
-        run(config, on_ready=on_ready)
+        components = original_components(audio) if original is not None else None
+        run(config, components=components, on_ready=on_ready)
 
     run_command(debug, json_output, action)

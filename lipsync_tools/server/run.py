@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -53,6 +54,22 @@ def engine_components() -> Components:
         return Engine(store, backend, options, metrics)  # type: ignore[arg-type]
 
     return Components(make_store=PackageStore, load_model=load_model, make_engine=make_engine)
+
+
+def original_components(audio: Path | None = None) -> Components:
+    """The original per-frame path: startup "packages" are raw videos, every stage runs per request.
+
+    ``lipsync serve --original VIDEO`` and ``lipsync bench --compare`` use it (same endpoints and codecs;
+    see :mod:`lipsync_tools.engine.original`). ``audio``: the file replay requests are cut from.
+    """
+    from lipsync_tools.engine.original import OriginalEngine, OriginalOptions, VideoStore
+
+    def make_engine(store: StoreLike, backend: Any, config: ServerConfig, metrics: Metrics) -> Any:
+        options = OriginalOptions(jpeg_quality=config.jpeg_quality, silence_dbfs=config.silence_dbfs)
+        return OriginalEngine(store, backend, options, metrics)  # type: ignore[arg-type]
+
+    return Components(make_store=lambda: VideoStore(audio=audio), load_model=engine_components().load_model,
+                      make_engine=make_engine)
 
 
 class LipsyncServer:

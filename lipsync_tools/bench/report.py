@@ -1,0 +1,346 @@
+"""The comparison's result document: its schema, a checker, and the tables (Rich and Markdown) made from it.
+
+One row builder (:func:`tables`) feeds both renderers, so the terminal and ``--markdown`` always show
+the same numbers. ``--json`` writes the document itself; :data:`RESULT_SCHEMA` is its contract for CI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import LipsyncError
+from .machine import hardware_line
+
+NUM = (int, float)
+OPT_NUM = (int, float, type(None))
+STATS = {"median_ms": OPT_NUM, "p90_ms": OPT_NUM}
+
+RESULT_SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "machine": {
+        "cpu": str,
+        "cores_logical": int,
+        "cores_physical": (int, type(None)),
+        "memory_gb": NUM,
+        "gpu": (str, type(None)),
+        "os": str,
+        "python": str,
+        "libraries": dict,
+        "load_average": list,
+    },
+    "load_average_after": list,
+    "input": {
+        "video": (str, type(None)),
+        "package": str,
+        "width": int,
+        "height": int,
+        "n_frames": int,
+        "fps": NUM,
+        "sample": bool,
+    },
+    "settings": dict,
+    "model": dict,
+    "components": list,
+    "modes": {
+        "*": {
+            "description": str,
+            "server": str,
+            "protocol": str,
+            "image": str,
+            "frames": int,
+            "stages": {"*": STATS},
+            "server_total": STATS,
+            "end_to_end": STATS,
+            "fps": NUM,
+            "non_model": STATS,
+            "startup": {
+                "process_to_ready_s": NUM,
+                "model_load_s": NUM,
+                "frame_preload_s": NUM,
+                "audio_features_s": NUM,
+                "package_open_s": NUM,
+                "warmup_s": NUM,
+                "server_total_s": NUM,
+            },
+            "memory": {"ready_rss_mb": NUM, "peak_rss_mb": NUM},
+        }
+    },
+    "scaling": {
+        "*": [
+            {
+                "clients": int,
+                "frames": int,
+                "total_fps": NUM,
+                "per_client_fps": NUM,
+                "latency_median_ms": OPT_NUM,
+                "latency_p90_ms": OPT_NUM,
+            }
+        ]
+    },
+    "backends": [
+        {
+            "backend": str,
+            "batch": int,
+            "ms_per_frame_median": OPT_NUM,
+            "ms_per_frame_p90": OPT_NUM,
+            "prepare_ms": OPT_NUM,
+            "note": str,
+        }
+    ],
+    "notes": list,
+    "headline": {
+        "non_model_ratio_original_over_preloaded": OPT_NUM,
+        "preloaded_end_to_end_over_model": OPT_NUM,
+        "preloaded_overhead_pct": OPT_NUM,
+        "speedup_vs_original": dict,
+        "goal_non_model_ratio": NUM,
+        "goal_overhead_pct": NUM,
+    },
+    "duration_seconds": NUM,
+}
+"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 1.
+
+A dict value is a nested object whose keys are all required (``"*"``: any key, each value of that shape);
+a one-element list: a list whose items all have that shape; a type or tuple of types: the value's type.
+Times are milliseconds (``*_ms``) or seconds (``*_s``); memory in MB (10^6 bytes).
+"""
+
+
+class SchemaError(LipsyncError, ValueError):
+    """A result document that does not follow :data:`RESULT_SCHEMA`."""
+
+
+def check_result(document: Any, schema: Any = None, where: str = "result") -> None:
+    """Raise :class:`SchemaError` naming the first place where ``document`` breaks ``schema``."""
+    schema = RESULT_SCHEMA if schema is None else schema
+    if isinstance(schema, dict):
+        if not isinstance(document, dict):
+            raise SchemaError(f"{where} is {type(document).__name__}, expected an object")
+        if set(schema) == {"*"}:
+            for key, value in document.items():
+                check_result(value, schema["*"], f"{where}.{key}")
+            return
+        missing = [key for key in schema if key not in document]
+        if missing:
+            raise SchemaError(f"{where} lacks {', '.join(missing)}")
+        for key, sub in schema.items():
+            check_result(document[key], sub, f"{where}.{key}")
+    elif isinstance(schema, list):
+        if not isinstance(document, list):
+            raise SchemaError(f"{where} is {type(document).__name__}, expected a list")
+        for i, item in enumerate(document):
+            check_result(item, schema[0], f"{where}[{i}]")
+    else:
+        types = schema if isinstance(schema, tuple) else (schema,)
+        # bool is an int subclass: accept it only where bool is asked for
+        if isinstance(document, bool) and bool not in types:
+            raise SchemaError(f"{where} is a bool, expected {_names(types)}")
+        if not isinstance(document, types):
+            raise SchemaError(f"{where} is {type(document).__name__}, expected {_names(types)}")
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+# --- tables -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of strings: what both the Rich and the Markdown renderers print."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def _ms(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{float(value):.{digits}f}"
+
+
+def _x(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.2f}x"
+
+
+def tables(result: dict[str, Any]) -> list[Table]:
+    """Every table of the report, in order."""
+    modes: dict[str, Any] = result["modes"]
+    names = list(modes)
+    out: list[Table] = []
+
+    header = ["component"] + [f"{m} median / p90 ms" for m in names]
+    rows = []
+    for label in result["components"]:
+        rows.append(
+            [label]
+            + [
+                f"{_ms(modes[m]['stages'][label]['median_ms'])} / {_ms(modes[m]['stages'][label]['p90_ms'])}"
+                for m in names
+            ]
+        )
+    for label, key in (
+        ("server total", "server_total"),
+        ("end-to-end (client)", "end_to_end"),
+        ("non-model (end-to-end minus inference)", "non_model"),
+    ):
+        rows.append(
+            [label] + [f"{_ms(modes[m][key]['median_ms'])} / {_ms(modes[m][key]['p90_ms'])}" for m in names]
+        )
+    rows.append(["FPS (one client, sequential)"] + [f"{modes[m]['fps']:.2f}" for m in names])
+    speed = result["headline"]["speedup_vs_original"]
+    rows.append(["speed-up vs original, end-to-end"] + [_x(speed[m]["end_to_end"]) for m in names])
+    rows.append(["speed-up vs original, non-model"] + [_x(speed[m]["non_model"]) for m in names])
+    rows.append(["frames measured (checked)"] + [str(modes[m]["frames"]) for m in names])
+    out.append(
+        Table(
+            "Per component, one client (FrameReply.timings; transport = client minus server total)",
+            header,
+            rows,
+        )
+    )
+
+    h = result["headline"]
+    out.append(
+        Table(
+            "Headline",
+            ["figure", "measured", "goal"],
+            [
+                [
+                    "non-model time, original / preloaded",
+                    _x(h["non_model_ratio_original_over_preloaded"]),
+                    f">= {h['goal_non_model_ratio']:g}x",
+                ],
+                [
+                    "preloaded end-to-end over its model time",
+                    "–" if h["preloaded_overhead_pct"] is None else f"+{h['preloaded_overhead_pct']:.1f} %",
+                    f"<= {h['goal_overhead_pct']:g} %",
+                ],
+            ],
+        )
+    )
+
+    scaling = result["scaling"]
+    levels = sorted({p["clients"] for points in scaling.values() for p in points})
+    rows = []
+    for m, points in scaling.items():
+        by_clients = {p["clients"]: p for p in points}
+        rows.append(
+            [m]
+            + [
+                f"{by_clients[c]['total_fps']:.1f} / {by_clients[c]['per_client_fps']:.1f} / "
+                f"{_ms(by_clients[c]['latency_median_ms'], 0)}"
+                if c in by_clients
+                else "–"
+                for c in levels
+            ]
+        )
+    out.append(
+        Table(
+            "Concurrency scaling: total FPS / FPS per client / median latency ms",
+            ["mode"] + [f"{c} client{'s' if c > 1 else ''}" for c in levels],
+            rows,
+        )
+    )
+
+    rows = []
+    for m in names:
+        s, mem = modes[m]["startup"], modes[m]["memory"]
+        rows.append(
+            [
+                m,
+                f"{s['model_load_s']:.2f}",
+                f"{s['frame_preload_s']:.3f}",
+                f"{s['audio_features_s']:.3f}",
+                f"{s['package_open_s']:.3f}",
+                f"{s['warmup_s']:.2f}",
+                f"{s['server_total_s']:.2f}",
+                f"{s['process_to_ready_s']:.2f}",
+                f"{mem['ready_rss_mb']:.0f}",
+                f"{mem['peak_rss_mb']:.0f}",
+            ]
+        )
+    out.append(
+        Table(
+            "Startup (s) and memory (MB) per server process",
+            [
+                "mode",
+                "model load",
+                "frame preload",
+                "audio/features",
+                "open",
+                "warm-up",
+                "server total",
+                "spawn to ready",
+                "RSS at ready",
+                "peak RSS",
+            ],
+            rows,
+        )
+    )
+
+    rows = [
+        [
+            b["backend"],
+            str(b["batch"]),
+            _ms(b["ms_per_frame_median"]),
+            _ms(b["ms_per_frame_p90"]),
+            _ms(b["prepare_ms"], 3),
+            b["note"],
+        ]
+        for b in result["backends"]
+    ]
+    out.append(
+        Table(
+            "Model alone, ms per frame (random Wav2Lip weights, real crops and mels)",
+            ["backend", "batch", "median", "p90", "input build (in median)", "note"],
+            rows,
+        )
+    )
+    return out
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The lines above the tables: machine, load, input, model."""
+    i, machine = result["input"], result["machine"]
+    model = result.get("model", {})
+    source = "sample talking head" if i["sample"] else (i["video"] or i["package"])
+    return [
+        f"machine: {hardware_line(machine)}",
+        f"load average before / after: {machine['load_average']} / {result['load_average_after']}",
+        f"input: {source}, {i['width']}x{i['height']}, {i['n_frames']} frames at {i['fps']:g} fps",
+        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}; "
+        f"run took {result['duration_seconds']:.0f} s",
+        *[f"note: {n}" for n in result["notes"]],
+    ]
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The report as Markdown (``--markdown OUT``)."""
+    lines = [f"- {line}" for line in summary_lines(result)]
+    for table in tables(result):
+        lines += [
+            "",
+            f"**{table.title}**",
+            "",
+            "| " + " | ".join(table.header) + " |",
+            "|" + "|".join("---" for _ in table.header) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_report(result: dict[str, Any], console: Any) -> None:
+    """The report as Rich tables on ``console`` (a :class:`rich.console.Console`)."""
+    from rich.table import Table as RichTable
+
+    for line in summary_lines(result):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    for table in tables(result):
+        rich_table = RichTable(title=table.title, title_justify="left")
+        for i, name in enumerate(table.header):
+            rich_table.add_column(name, justify="left" if i == 0 else "right")
+        for row in table.rows:
+            rich_table.add_row(*row)
+        console.print(rich_table)

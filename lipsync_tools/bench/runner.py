@@ -1,0 +1,690 @@
+"""``lipsync bench --compare``: the three serving modes, measured side by side in one run.
+
+:func:`run_compare` does, in order (every loop bounded in count and in time):
+
+1. **input**: the given video (a package is built from it), the given package (its source video is looked
+   for beside it), or, with neither, a sample talking head made locally (:mod:`.sample`);
+2. **servers**: one ``lipsync serve`` process per server kind the modes need (``--original VIDEO``, and
+   ``PKG``), started one after the other so their startup timings do not overlap, all with the same model
+   (``--model random --seed N``, same backend);
+3. **latency**: one client per mode, warm-up frames discarded, then frames interleaved A B C A B C ... so
+   machine drift hits every mode alike; every request carries the same real PCM16 speech window; every
+   reply is decoded and checked (right frame, right size), so no mode can win by skipping work;
+4. **scaling**: 1, 2, 4, 8 ... concurrent clients per mode (threads, one WebSocket each);
+5. **memory**: each server's RSS sampled throughout (psutil on the child pids), peak reported;
+6. **model backends**: torch eager, torch channels_last and ONNX Runtime at batch 1 and batched, in this
+   process after the servers stopped.
+
+The result is one JSON-ready dict, documented (and checked) by
+:data:`lipsync_tools.bench.report.RESULT_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputNotFoundError, LipsyncError, UsageError
+from ..protocol.messages import FrameReply, FrameRequest, ImageFormat
+from .machine import machine_facts
+from .modes import DEFAULT_MODES, MODES, ModeSpec, ServerKind, ServerLaunch, ServerProcess, parse_modes
+
+SCHEMA_VERSION = 1
+PACKAGE_ID = "avatar"
+
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("decode", "decode"),
+    ("face detection", "detect"),
+    ("face cropping", "crop"),
+    ("audio extraction", "features"),
+    ("mouth masking", "masks"),
+    ("data preparation", "queue"),
+    ("model inference", "inference"),
+    ("compositing", "composite"),
+    ("encoding", "encode"),
+)
+"""The published comparison's components and the ``FrameReply.timings`` stage each one reads.
+
+``data preparation`` is the request's hand-off inside the server (validation, queueing, batch assembly:
+the ``queue`` stage); building the network's input tensor happens inside ``inference`` in every mode (it
+is timed on its own in the model-backend section). ``transport`` (client round trip minus the server's
+``total``: protocol encode/decode, base64, WebSocket, loopback) is added by the report.
+"""
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions:
+    """What ``lipsync bench --compare`` measures and how long it may take.
+
+    ``input``: a video or ``.sanders`` package (``None``: make the sample talking head; ``hd`` makes it
+    1280x720). ``frames``: measured frames per mode in the latency phase, after ``warmup`` discarded ones.
+    ``clients``: concurrency levels; ``scaling_frames``: frames per mode and level, split among its
+    clients (at least ``min_frames_per_client`` each). ``seed``/``backend``: the servers' model
+    (``--model random``; ``None`` = the library's default backend). ``model_batch``/``model_repeats``: the
+    model-backend section, after ``model_warmup`` discarded calls (oneDNN needs several).
+    ``phase_seconds``: time cap of each phase per mode (a phase stops early, with fewer frames, rather
+    than run on). ``work_dir``: where the sample, package and server logs go
+    (``None``: a temporary folder, removed afterwards).
+    """
+
+    input: Path | None = None
+    frames: int = 100
+    warmup: int = 5
+    clients: tuple[int, ...] = (1, 2, 4, 8)
+    scaling_frames: int = 48
+    min_frames_per_client: int = 3
+    modes: tuple[str, ...] = DEFAULT_MODES
+    seed: int = 0
+    backend: str | None = None
+    jpeg_quality: int = 90
+    model_batch: int = 8
+    model_repeats: int = 20
+    model_warmup: int = 6
+    hd: bool = False
+    phase_seconds: float = 300.0
+    server_start_seconds: float = 180.0
+    work_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        parse_modes(self.modes)
+        if not 1 <= self.frames <= 100_000:
+            raise UsageError(f"--frames is {self.frames}; expected 1..100000")
+        if not 0 <= self.warmup <= 1000:
+            raise UsageError(f"warm-up is {self.warmup} frames; expected 0..1000")
+        if not self.clients or any(not 1 <= c <= 64 for c in self.clients):
+            raise UsageError(f"--clients {','.join(map(str, self.clients))}: expected counts in 1..64")
+        if not 1 <= self.model_batch <= 64 or self.model_repeats < 1:
+            raise UsageError("model batch must be 1..64 and repeats >= 1")
+        if self.backend not in (None, "torch", "onnx"):
+            raise UsageError(f"backend {self.backend!r}: expected torch or onnx")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError(f"jpeg_quality is {self.jpeg_quality}; expected 1..100")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> CompareOptions:
+        """The ``--quick`` settings: a couple of minutes at most on a 2-core laptop."""
+        values: dict[str, Any] = {
+            "frames": 12,
+            "warmup": 2,
+            "scaling_frames": 8,
+            "min_frames_per_client": 1,
+            "model_batch": 4,
+            "model_repeats": 3,
+            "phase_seconds": 30.0,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchInput:
+    """The media every mode serves: the raw video (``None`` when a package's source cannot be found), the
+    package built from it, the frame size and count, and the package's 16 kHz PCM16 speech."""
+
+    video: Path | None
+    package: Path
+    width: int
+    height: int
+    n_frames: int
+    fps: float
+    crop_size: int
+    pcm: np.ndarray = field(repr=False)
+    crops: np.ndarray = field(repr=False)  # (N, S, S, 3) uint8, for the model-backend section
+
+    def window(self, frame_index: int) -> np.ndarray:
+        """The int16 PCM window (3200 samples) of ``frame_index``: Wav2Lip's mel start times 200 samples."""
+        from ..protocol.limits import PCM_WINDOW_SAMPLES
+
+        start = int(frame_index * 80 / self.fps) * 200
+        window = np.zeros(PCM_WINDOW_SAMPLES, np.int16)
+        chunk = self.pcm[start : start + PCM_WINDOW_SAMPLES]
+        window[: chunk.size] = chunk
+        return window
+
+
+@dataclass
+class _Sample:
+    seconds: float
+    timings: dict[str, int]
+
+
+def run_compare(options: CompareOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole comparison (see the module docstring) and return the result document.
+
+    Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input, a server that does not
+    start, or a reply that fails its check.
+    """
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(f"{time.perf_counter() - started:6.1f} s  {message}")
+
+    facts = machine_facts()
+    with ExitStack() as stack:
+        if options.work_dir is None:
+            work = Path(tempfile.mkdtemp(prefix="lipsync-bench-"))
+            stack.callback(shutil.rmtree, work, True)
+        else:
+            work = options.work_dir
+            work.mkdir(parents=True, exist_ok=True)
+        bench_input = prepare_input(options, work, say)
+        modes = list(options.modes)
+        notes: list[str] = []
+        if bench_input.video is None:
+            dropped = [m for m in modes if MODES[m].server == "original"]
+            modes = [m for m in modes if MODES[m].server != "original"]
+            notes.append(
+                f"modes {', '.join(dropped)} skipped: the package's source video was not found beside "
+                "it; pass the VIDEO instead"
+            )
+            if not modes:
+                raise InputNotFoundError(
+                    f"{bench_input.package}: its source video is not beside it, and every "
+                    "requested mode needs it; pass the VIDEO instead"
+                )
+        servers = start_servers(options, bench_input, modes, work, say)
+        for server in servers.values():
+            stack.callback(server.stop)
+        monitor = stack.enter_context(_rss_monitor({k: s.pid for k, s in servers.items()}))
+        say(f"latency: {options.frames} frames per mode after {options.warmup} warm-up, interleaved")
+        latency = latency_phase(options, bench_input, modes, servers)
+        scaling: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for level, clients in enumerate(options.clients):
+            say(f"scaling: {clients} concurrent client(s) per mode")
+            order = modes[level % len(modes) :] + modes[: level % len(modes)]  # rotate who goes first
+            for mode in order:
+                scaling[mode].append(
+                    scaling_point(options, bench_input, MODES[mode], servers[MODES[mode].server], clients)
+                )
+        peaks = monitor.peaks()
+        for server in servers.values():
+            server.stop()
+        say("model backends: torch eager, torch channels_last, ONNX Runtime")
+        backends = model_backends(options, bench_input, work)
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "machine": facts,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "input": {
+            "video": None if bench_input.video is None else str(bench_input.video),
+            "package": str(bench_input.package),
+            "width": bench_input.width,
+            "height": bench_input.height,
+            "n_frames": bench_input.n_frames,
+            "fps": round(bench_input.fps, 3),
+            "sample": options.input is None,
+        },
+        "settings": {
+            k: (list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v))
+            for k, v in asdict(replace(options, modes=tuple(modes))).items()
+        },
+        "model": next(iter(servers.values())).ready.get("model", {}),
+        "components": [label for label, _ in COMPONENTS] + ["transport"],
+        "modes": {m: summarize_mode(MODES[m], latency[m], servers[MODES[m].server], peaks) for m in modes},
+        "scaling": scaling,
+        "backends": backends,
+        "notes": notes,
+    }
+    result["headline"] = headline(result)
+    result["duration_seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+# --- input ------------------------------------------------------------------------------------------------
+
+
+def prepare_input(options: CompareOptions, work: Path, say: Progress) -> BenchInput:
+    """The video and package every mode uses (building or making what is missing), opened once."""
+    from ..package.reader import open_package
+    from ..package.spec import FILE_SUFFIX
+    from ..pipeline.build import build_package
+
+    source = options.input
+    video: Path | None
+    if source is not None and not source.is_file():
+        raise InputNotFoundError(
+            f"{source} does not exist; give a video, a {FILE_SUFFIX} package, or nothing "
+            "(a sample talking head is made)"
+        )
+    if source is not None and source.suffix == FILE_SUFFIX:
+        package_path = source
+        manifest_video = open_package(source, mmap=True).manifest.source_video.name
+        candidate = source.parent / manifest_video
+        video = candidate if candidate.is_file() else None
+    else:
+        if source is None:
+            from .sample import make_sample_video
+
+            video = work / ("sample-720p.mp4" if options.hd else "sample.mp4")
+            if not video.is_file():
+                say(
+                    f"input: making the sample talking head ({'1280x720' if options.hd else '176x144'}) "
+                    f"in {work}"
+                )
+                from .sample import make_sample_video
+
+                make_sample_video(video, hd=options.hd)
+        else:
+            video = source
+        package_path = work / (video.stem + FILE_SUFFIX)
+        if not package_path.is_file():
+            say(f"input: building a package from {video.name}")
+            build_package(video, package_path)
+    package = open_package(package_path, mmap=False)
+    m = package.manifest
+    return BenchInput(
+        video=video,
+        package=package_path,
+        width=m.video.width,
+        height=m.video.height,
+        n_frames=package.n_frames,
+        fps=float(m.video.fps),
+        crop_size=package.crop_size,
+        pcm=np.asarray(package.pcm, dtype=np.int16),
+        crops=np.asarray(package.crops),
+    )
+
+
+# --- servers ----------------------------------------------------------------------------------------------
+
+
+def start_servers(
+    options: CompareOptions, bench_input: BenchInput, modes: list[str], work: Path, say: Progress
+) -> dict[ServerKind, ServerProcess]:
+    """One server per kind the modes need, started one at a time; stops what started if one fails."""
+    kinds: list[ServerKind] = []
+    for mode in modes:
+        if MODES[mode].server not in kinds:
+            kinds.append(MODES[mode].server)
+    servers: dict[ServerKind, ServerProcess] = {}
+    try:
+        for kind in kinds:
+            path = bench_input.video if kind == "original" else bench_input.package
+            assert path is not None  # original modes were dropped when there is no video
+            say(f"server: starting the {kind} server ({path.name})")
+            launch = ServerLaunch(
+                kind=kind,
+                package_id=PACKAGE_ID,
+                path=path,
+                seed=options.seed,
+                backend=options.backend,
+                max_batch=8,
+                log_dir=work / "logs",
+                onnx_cache=work / "onnx",
+            )
+            servers[kind] = ServerProcess.start(launch, timeout=options.server_start_seconds)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+class _RssMonitor:
+    """Samples the RSS of each server process (and its children) every ``interval`` s in a thread."""
+
+    def __init__(self, pids: dict[ServerKind, int], interval: float = 0.1) -> None:
+        import psutil
+
+        self._processes = {kind: psutil.Process(pid) for kind, pid in pids.items()}
+        self._peaks = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name="lipsync-bench-rss", daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for kind, process in self._processes.items():
+                try:
+                    rss = process.memory_info().rss + sum(
+                        c.memory_info().rss for c in process.children(recursive=True)
+                    )
+                except psutil.Error:
+                    continue
+                self._peaks[kind] = max(self._peaks[kind], rss)
+            self._stop.wait(self._interval)
+
+    def peaks(self) -> dict[ServerKind, int]:
+        """Peak RSS in bytes per server so far."""
+        return dict(self._peaks)
+
+
+@contextmanager
+def _rss_monitor(pids: dict[ServerKind, int]) -> Iterator[_RssMonitor]:
+    monitor = _RssMonitor(pids)
+    monitor._thread.start()
+    try:
+        yield monitor
+    finally:
+        monitor._stop.set()
+        monitor._thread.join(timeout=5)
+
+
+# --- checks -----------------------------------------------------------------------------------------------
+
+
+def check_reply(
+    reply: FrameReply, spec: ModeSpec, frame_index: int, bench_input: BenchInput, *, decode: bool = True
+) -> None:
+    """Raise LipsyncError unless ``reply`` is the frame asked for, at the right size, with a real image.
+
+    ``decode``: also decode the JPEG and compare its pixel size (the proof that an image was made).
+    """
+    import cv2
+
+    problem = ""
+    if reply.frame_index != frame_index:
+        problem = f"frame {reply.frame_index} instead of {frame_index}"
+    elif reply.silence:
+        problem = "a silence frame (the model did not run)"
+    elif "inference" not in reply.timings:
+        problem = "no inference timing"
+    elif spec.image is ImageFormat.CROP_ONLY:
+        s = bench_input.crop_size
+        if (reply.width, reply.height) != (s, s) or len(reply.payload) != s * s * 3 or reply.rect is None:
+            problem = f"a {reply.width}x{reply.height} crop of {len(reply.payload)} bytes, expected {s}x{s}"
+    elif (reply.width, reply.height) != (bench_input.width, bench_input.height):
+        problem = f"{reply.width}x{reply.height}, expected {bench_input.width}x{bench_input.height}"
+    elif decode:
+        image = cv2.imdecode(np.frombuffer(reply.payload, np.uint8), cv2.IMREAD_COLOR)
+        if image is None or image.shape != (bench_input.height, bench_input.width, 3):
+            shape = "undecodable" if image is None else f"{image.shape[1]}x{image.shape[0]}"
+            problem = f"an image that decodes to {shape}"
+    if problem:
+        raise LipsyncError(
+            f"mode {spec.name}: the reply for frame {frame_index} is {problem}; the benchmark "
+            "refuses numbers from a mode that does not do the work"
+        )
+
+
+def _request(
+    spec: ModeSpec, bench_input: BenchInput, frame_index: int, request_id: int, jpeg_quality: int
+) -> FrameRequest:
+    return FrameRequest.from_pcm(
+        bench_input.window(frame_index),
+        request_id=request_id,
+        package_id=PACKAGE_ID,
+        frame_index=frame_index,
+        image=spec.image,
+        jpeg_quality=jpeg_quality,
+    )
+
+
+# --- phases -----------------------------------------------------------------------------------------------
+
+
+def latency_phase(
+    options: CompareOptions,
+    bench_input: BenchInput,
+    modes: list[str],
+    servers: dict[ServerKind, ServerProcess],
+) -> dict[str, list[_Sample]]:
+    """One client per mode, frames interleaved across modes; warm-up discarded; every reply checked."""
+    from ..client import LipsyncClient
+
+    samples: dict[str, list[_Sample]] = {m: [] for m in modes}
+    with ExitStack() as stack:
+        streams = {}
+        for mode in modes:
+            spec = MODES[mode]
+            client = stack.enter_context(LipsyncClient(servers[spec.server].url, protocol=spec.protocol))
+            streams[mode] = stack.enter_context(client.stream())
+        deadline = time.monotonic() + options.phase_seconds * len(modes)
+        for k in range(options.warmup + options.frames):
+            if k >= options.warmup and time.monotonic() > deadline:
+                break
+            index = k % bench_input.n_frames
+            for mode in modes:  # A B C A B C: drift hits every mode alike
+                spec = MODES[mode]
+                request = _request(spec, bench_input, index, k + 1, options.jpeg_quality)
+                t0 = time.perf_counter()
+                reply = streams[mode].frame(request)
+                elapsed = time.perf_counter() - t0
+                check_reply(reply, spec, index, bench_input)
+                if k >= options.warmup:
+                    samples[mode].append(_Sample(elapsed, dict(reply.timings)))
+    return samples
+
+
+def scaling_point(
+    options: CompareOptions, bench_input: BenchInput, spec: ModeSpec, server: ServerProcess, clients: int
+) -> dict[str, Any]:
+    """``clients`` concurrent clients (one thread and WebSocket each) on one mode; FPS and latency."""
+    from ..client import LipsyncClient
+
+    per_client = max(options.min_frames_per_client, -(-options.scaling_frames // clients))
+    barrier = threading.Barrier(clients + 1)
+    deadline = time.monotonic() + options.phase_seconds
+    done: list[tuple[int, float, list[float]]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client_loop(number: int) -> None:
+        latencies: list[float] = []
+        try:
+            with LipsyncClient(server.url, protocol=spec.protocol) as client, client.stream() as stream:
+                first = number * bench_input.n_frames // clients  # clients walk different frames
+                warm = _request(spec, bench_input, first, 1, options.jpeg_quality)
+                check_reply(stream.frame(warm), spec, first, bench_input)
+                barrier.wait(timeout=120)
+                start = time.perf_counter()
+                for k in range(per_client):
+                    if time.monotonic() > deadline:
+                        break
+                    index = (first + 1 + k) % bench_input.n_frames
+                    request = _request(spec, bench_input, index, k + 2, options.jpeg_quality)
+                    t0 = time.perf_counter()
+                    reply = stream.frame(request)
+                    latencies.append(time.perf_counter() - t0)
+                    # Headers of every reply are checked; pixels of the last one (decoding all of them
+                    # would take CPU from the servers on a small machine).
+                    check_reply(reply, spec, index, bench_input, decode=k == per_client - 1)
+                end = time.perf_counter()
+            with lock:
+                done.append((len(latencies), end - start, latencies))
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            barrier.abort()
+
+    threads = [
+        threading.Thread(target=client_loop, args=(i,), name=f"bench-client-{i}", daemon=True)
+        for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a failed client: reported below
+        barrier.wait(timeout=120)
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=options.phase_seconds + 60)
+    wall = time.perf_counter() - started
+    real_errors = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real_errors or errors or len(done) != clients:
+        cause = (real_errors or errors or [TimeoutError("a client did not finish")])[0]
+        raise LipsyncError(
+            f"mode {spec.name} with {clients} clients failed: {type(cause).__name__}: {cause}"
+        ) from cause
+    frames = sum(n for n, _, _ in done)
+    latencies = [x for _, _, lat in done for x in lat]
+    return {
+        "clients": clients,
+        "frames": frames,
+        "total_fps": round(frames / wall, 3) if wall > 0 else 0.0,
+        "per_client_fps": round(float(np.mean([n / s for n, s, _ in done if s > 0])), 3),
+        "latency_median_ms": round(float(np.median(latencies)) * 1000, 3) if latencies else None,
+        "latency_p90_ms": round(float(np.percentile(latencies, 90)) * 1000, 3) if latencies else None,
+    }
+
+
+def model_backends(options: CompareOptions, bench_input: BenchInput, work: Path) -> list[dict[str, Any]]:
+    """ms per frame of the model alone: torch eager, torch channels_last, ONNX Runtime; batch 1 and N.
+
+    Real crops and the matching mel windows of the input; warm-up calls discarded. Also times the
+    network-input build (``network_input_nhwc``: masking, scaling, stacking) per frame as ``prepare_ms``.
+    """
+    from ..audio.mel import mel_from_pcm_window
+    from ..errors import BackendUnavailableError
+    from ..models import BackendOptions, create_backend, network_input_nhwc, random_wav2lip
+
+    batch = options.model_batch
+    n = bench_input.crops.shape[0]
+    crops = np.ascontiguousarray(bench_input.crops[np.arange(batch) % n])
+    mels = np.stack(
+        [mel_from_pcm_window(bench_input.window(i % n).astype(np.float32) / 32768.0) for i in range(batch)]
+    )[:, None].astype(np.float32)
+    variants = (
+        ("torch eager", "torch", False),
+        ("torch channels_last", "torch", True),
+        ("onnxruntime", "onnx", True),
+    )
+    rows: list[dict[str, Any]] = []
+    for label, name, channels_last in variants:
+        try:
+            backend = create_backend(
+                name,
+                random_wav2lip(options.seed),
+                BackendOptions(channels_last=channels_last, onnx_cache_dir=work / "onnx"),
+            )
+        except BackendUnavailableError as exc:
+            rows.append(
+                {
+                    "backend": label,
+                    "batch": 1,
+                    "ms_per_frame_median": None,
+                    "ms_per_frame_p90": None,
+                    "prepare_ms": None,
+                    "note": str(exc),
+                }
+            )
+            continue
+        for size in sorted({1, batch}):
+            c, m = crops[:size], mels[:size]
+            # oneDNN (torch) builds its kernels over the first few calls: measured up to 5 calls of 10x
+            # the steady time at batch 1, so warm-up is several calls (model_warmup), not one.
+            for _ in range(options.model_warmup if size == 1 else max(1, options.model_warmup // 3)):
+                backend.infer(c, m)
+            repeats = max(3, options.model_repeats // size)
+            times = []
+            deadline = time.monotonic() + options.phase_seconds
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                backend.infer(c, m)
+                times.append((time.perf_counter() - t0) / size)
+                if time.monotonic() > deadline:
+                    break
+            t0 = time.perf_counter()
+            for _ in range(10):
+                network_input_nhwc(c)
+            prepare = (time.perf_counter() - t0) / (10 * size)
+            rows.append(
+                {
+                    "backend": label,
+                    "batch": size,
+                    "ms_per_frame_median": round(float(np.median(times)) * 1000, 3),
+                    "ms_per_frame_p90": round(float(np.percentile(times, 90)) * 1000, 3),
+                    "prepare_ms": round(prepare * 1000, 4),
+                    "note": "",
+                }
+            )
+    return rows
+
+
+# --- summaries --------------------------------------------------------------------------------------------
+
+
+def _stats(values_ms: list[float]) -> dict[str, float | None]:
+    if not values_ms:
+        return {"median_ms": None, "p90_ms": None}
+    return {
+        "median_ms": round(float(np.median(values_ms)), 4),
+        "p90_ms": round(float(np.percentile(values_ms, 90)), 4),
+    }
+
+
+def summarize_mode(
+    spec: ModeSpec, samples: list[_Sample], server: ServerProcess, peaks: dict[ServerKind, int]
+) -> dict[str, Any]:
+    """Per-component median/p90, totals, FPS, non-model time, startup and memory of one mode."""
+    stages: dict[str, dict[str, float | None]] = {}
+    for label, stage in COMPONENTS:
+        values = [s.timings.get(stage, 0) / 1000 for s in samples]
+        stages[label] = _stats(values)
+    e2e = [s.seconds * 1000 for s in samples]
+    server_total = [s.timings.get("total", 0) / 1000 for s in samples]
+    stages["transport"] = _stats([e - t for e, t in zip(e2e, server_total, strict=True)])
+    inference = [s.timings.get("inference", 0) / 1000 for s in samples]
+    seconds = server.ready.get("seconds", {})
+    return {
+        "description": spec.description,
+        "server": spec.server,
+        "protocol": spec.protocol,
+        "image": spec.image.wire_name,
+        "frames": len(samples),
+        "stages": stages,
+        "server_total": _stats(server_total),
+        "end_to_end": _stats(e2e),
+        "fps": round(len(e2e) / (sum(e2e) / 1000), 3) if e2e else 0.0,
+        "non_model": _stats([e - i for e, i in zip(e2e, inference, strict=True)]),
+        "startup": {
+            "process_to_ready_s": round(server.process_seconds, 3),
+            "model_load_s": float(seconds.get("model_load", 0.0)),
+            "frame_preload_s": float(seconds.get("frame_preload", 0.0)),
+            "audio_features_s": float(seconds.get("feature_mapping", 0.0)),
+            "package_open_s": float(seconds.get("package_open", 0.0)),
+            "warmup_s": float(seconds.get("warmup", 0.0)),
+            "server_total_s": float(seconds.get("total", 0.0)),
+        },
+        "memory": {
+            "ready_rss_mb": round(int(server.ready.get("rss_bytes", 0)) / 1e6, 1),
+            "peak_rss_mb": round(peaks.get(spec.server, 0) / 1e6, 1),
+        },
+    }
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's two numbers, and each mode's speed relative to ``original``."""
+    modes = result["modes"]
+
+    def median(mode: str, key: str) -> float | None:
+        value = modes.get(mode, {}).get(key, {}).get("median_ms")
+        return None if value is None else float(value)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    orig_e2e, orig_nm = median("original", "end_to_end"), median("original", "non_model")
+    pre_e2e, pre_nm = median("preloaded", "end_to_end"), median("preloaded", "non_model")
+    pre_model = modes.get("preloaded", {}).get("stages", {}).get("model inference", {}).get("median_ms")
+    over = ratio(pre_e2e, pre_model)
+    speedups = {
+        m: {
+            "end_to_end": ratio(orig_e2e, median(m, "end_to_end")),
+            "non_model": ratio(orig_nm, median(m, "non_model")),
+        }
+        for m in modes
+    }
+    return {
+        "non_model_ratio_original_over_preloaded": ratio(orig_nm, pre_nm),
+        "preloaded_end_to_end_over_model": over,
+        "preloaded_overhead_pct": None if over is None else round((over - 1) * 100, 2),
+        "speedup_vs_original": speedups,
+        "goal_non_model_ratio": 20.0,
+        "goal_overhead_pct": 2.0,
+    }

@@ -1,0 +1,300 @@
+"""``lipsync bench --compare`` on a tiny configuration: it runs, produces every figure, the schema holds.
+
+No absolute time is asserted anywhere: the machine may be shared, and the numbers are the benchmark's job.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import lipsync_tools.bench
+from lipsync_tools.bench import (
+    COMPONENTS,
+    CompareOptions,
+    SchemaError,
+    check_result,
+    parse_modes,
+    run_compare,
+    tables,
+    to_markdown,
+)
+from lipsync_tools.bench.modes import ServerLaunch
+from lipsync_tools.bench.plot import write_plot
+from lipsync_tools.cli.main import app
+from lipsync_tools.errors import UsageError
+
+MODES = ("original", "binary", "preloaded", "preloaded-crop")
+
+
+@pytest.fixture(scope="module")
+def result(talking_head_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One real run: two server processes, four modes, 1 and 2 clients, a couple of frames each."""
+    options = CompareOptions(
+        input=talking_head_mp4,
+        frames=2,
+        warmup=1,
+        clients=(1, 2),
+        scaling_frames=2,
+        min_frames_per_client=1,
+        modes=MODES,
+        model_batch=2,
+        model_repeats=1,
+        model_warmup=1,
+        phase_seconds=60,
+        work_dir=tmp_path_factory.mktemp("bench"),
+    )
+    messages: list[str] = []
+    document = run_compare(options, progress=messages.append)
+    assert any("latency" in m for m in messages)
+    return document
+
+
+@pytest.mark.slow
+def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any]):
+    check_result(result)
+    json.loads(json.dumps(result))  # JSON-ready, no NumPy scalars
+    assert list(result["modes"]) == list(MODES)
+    for name, mode in result["modes"].items():
+        assert mode["frames"] == 2
+        assert set(mode["stages"]) == {label for label, _ in COMPONENTS} | {"transport"}
+        assert mode["stages"]["model inference"]["median_ms"] > 0
+        assert mode["end_to_end"]["median_ms"] >= mode["server_total"]["median_ms"] > 0
+        assert mode["fps"] > 0 and mode["memory"]["peak_rss_mb"] > 0
+        assert mode["startup"]["model_load_s"] > 0
+        original_path = name in ("original", "binary")
+        assert (mode["stages"]["face detection"]["median_ms"] > 0) == original_path
+        assert (mode["startup"]["frame_preload_s"] > 0) == (not original_path)
+    assert [p["clients"] for p in result["scaling"]["preloaded"]] == [1, 2]
+    assert all(p["total_fps"] > 0 for points in result["scaling"].values() for p in points)
+    backends = {(b["backend"], b["batch"]) for b in result["backends"]}
+    assert backends >= {
+        ("torch eager", 1),
+        ("torch channels_last", 2),
+        ("onnxruntime", 1),
+        ("onnxruntime", 2),
+    }
+    headline = result["headline"]
+    assert headline["non_model_ratio_original_over_preloaded"] > 0
+    assert headline["preloaded_end_to_end_over_model"] > 1
+    assert result["machine"]["cores_logical"] >= 1 and result["machine"]["libraries"]["numpy"]
+
+
+@pytest.mark.slow
+def test_tables_markdown_and_plot_show_every_figure(result: dict[str, Any], tmp_path: Path):
+    titles = [t.title for t in tables(result)]
+    assert len(titles) == 5
+    markdown = to_markdown(result)
+    for needle in (
+        "face detection",
+        "model inference",
+        "transport",
+        "non-model",
+        "FPS",
+        "2 clients",
+        "peak RSS",
+        "onnxruntime",
+        "torch eager",
+        "original / preloaded",
+    ):
+        assert needle in markdown
+    png = write_plot(result, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 300_000
+
+
+@pytest.mark.slow
+def test_cli_writes_json_markdown_and_plot(
+    result: dict[str, Any], tmp_path: Path, monkeypatch, talking_head_mp4
+):
+    seen: list[CompareOptions] = []
+
+    def fake_run(options: CompareOptions, progress: Any = None) -> dict[str, Any]:
+        seen.append(options)
+        return result
+
+    monkeypatch.setattr(lipsync_tools.bench, "run_compare", fake_run)
+    out = tmp_path / "r.json"
+    cli = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--compare",
+            str(talking_head_mp4),
+            "--quick",
+            "--frames",
+            "3",
+            "--clients",
+            "1,2",
+            "--modes",
+            "preloaded,original",
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "r.md"),
+            "--plot",
+            str(tmp_path / "r.png"),
+        ],
+    )
+    assert cli.exit_code == 0, cli.output
+    check_result(json.loads(out.read_text()))
+    assert "Per component" in cli.output and (tmp_path / "r.md").is_file() and (tmp_path / "r.png").is_file()
+    [options] = seen
+    assert options.frames == 3 and options.clients == (1, 2) and options.modes == ("preloaded", "original")
+    assert options.input == talking_head_mp4 and options.model_repeats == CompareOptions.quick().model_repeats
+
+
+def test_schema_errors_name_the_place(result_like: dict[str, Any]):
+    check_result(result_like)
+    broken = copy.deepcopy(result_like)
+    del broken["modes"]["preloaded"]["end_to_end"]["p90_ms"]
+    with pytest.raises(SchemaError, match=r"result.modes.preloaded.end_to_end lacks p90_ms"):
+        check_result(broken)
+    broken = copy.deepcopy(result_like)
+    broken["scaling"]["preloaded"][0]["clients"] = True
+    with pytest.raises(SchemaError, match=r"scaling.preloaded\[0\].clients is a bool, expected int"):
+        check_result(broken)
+    broken = copy.deepcopy(result_like)
+    broken["input"]["width"] = "176"
+    with pytest.raises(SchemaError, match=r"result\.input\.width is str, expected int"):
+        check_result(broken)
+
+
+@pytest.fixture
+def result_like() -> dict[str, Any]:
+    """A minimal document in the schema's shape (no run needed)."""
+
+    def stats() -> dict[str, float]:
+        return {"median_ms": 1.0, "p90_ms": 2.0}
+
+    mode = {
+        "description": "",
+        "server": "package",
+        "protocol": "binary",
+        "image": "jpeg",
+        "frames": 1,
+        "stages": {"model inference": stats()},
+        "server_total": stats(),
+        "end_to_end": stats(),
+        "fps": 1.0,
+        "non_model": stats(),
+        "startup": dict.fromkeys(
+            (
+                "process_to_ready_s",
+                "model_load_s",
+                "frame_preload_s",
+                "audio_features_s",
+                "package_open_s",
+                "warmup_s",
+                "server_total_s",
+            ),
+            0.1,
+        ),
+        "memory": {"ready_rss_mb": 1.0, "peak_rss_mb": 2.0},
+    }
+    return {
+        "schema_version": 1,
+        "machine": {
+            "cpu": "x",
+            "cores_logical": 2,
+            "cores_physical": None,
+            "memory_gb": 1.0,
+            "gpu": None,
+            "os": "linux",
+            "python": "3.11",
+            "libraries": {},
+            "load_average": [0.0, 0.0, 0.0],
+        },
+        "load_average_after": [0.0],
+        "settings": {},
+        "model": {},
+        "components": ["model inference"],
+        "input": {
+            "video": None,
+            "package": "p",
+            "width": 176,
+            "height": 144,
+            "n_frames": 1,
+            "fps": 25.0,
+            "sample": False,
+        },
+        "modes": {"preloaded": mode},
+        "scaling": {
+            "preloaded": [
+                {
+                    "clients": 1,
+                    "frames": 1,
+                    "total_fps": 1.0,
+                    "per_client_fps": 1.0,
+                    "latency_median_ms": 1.0,
+                    "latency_p90_ms": None,
+                }
+            ]
+        },
+        "backends": [
+            {
+                "backend": "onnxruntime",
+                "batch": 1,
+                "ms_per_frame_median": 1.0,
+                "ms_per_frame_p90": 1.0,
+                "prepare_ms": 0.1,
+                "note": "",
+            }
+        ],
+        "notes": [],
+        "headline": {
+            "non_model_ratio_original_over_preloaded": None,
+            "preloaded_end_to_end_over_model": 1.0,
+            "preloaded_overhead_pct": 0.0,
+            "speedup_vs_original": {},
+            "goal_non_model_ratio": 20.0,
+            "goal_overhead_pct": 2.0,
+        },
+        "duration_seconds": 1.0,
+    }
+
+
+def test_options_and_modes_are_checked():
+    assert parse_modes("original, preloaded") == ("original", "preloaded")
+    for bad in ("", "original,original", "gpu"):
+        with pytest.raises(UsageError):
+            parse_modes(bad)
+    with pytest.raises(UsageError):
+        CompareOptions(clients=(0,))
+    with pytest.raises(UsageError):
+        CompareOptions(frames=0)
+    assert CompareOptions.quick().frames < CompareOptions().frames
+
+
+def test_server_commands_use_the_same_model(tmp_path: Path):
+    common = {"package_id": "avatar", "seed": 3, "backend": "onnx", "log_dir": tmp_path}
+    original = ServerLaunch(kind="original", path=Path("v.mp4"), **common).command()
+    package = ServerLaunch(kind="package", path=Path("v.sanders"), **common).command()
+    assert original[original.index("--original") + 1] == "avatar=v.mp4" and package[-1] == "avatar=v.sanders"
+    for cmd in (original, package):
+        assert cmd[cmd.index("--model") + 1] == "random" and cmd[cmd.index("--seed") + 1] == "3"
+        assert cmd[cmd.index("--port") + 1] == "0" and "--host" not in cmd  # loopback default
+
+
+def test_cli_needs_compare_and_valid_clients():
+    result = CliRunner().invoke(app, ["bench"])
+    assert result.exit_code == 2 and "--compare" in result.output
+    result = CliRunner().invoke(app, ["bench", "--compare", "--clients", "one"])
+    assert result.exit_code == 2 and "1,2,4,8" in result.output
+
+
+def test_importing_the_benchmark_does_no_work():
+    code = (
+        "import sys, time; t = time.perf_counter(); import lipsync_tools.bench; "
+        "print(time.perf_counter() - t, *(m in sys.modules for m in "
+        "('torch', 'matplotlib', 'mediapipe', 'onnxruntime', 'lipsync_tools.server', 'psutil')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    _, *loaded = out.stdout.split()
+    assert loaded == ["False"] * 6, out.stdout
