@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,8 +84,10 @@ def parse_modes(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class ServerLaunch:
-    """How to start one server process: ``video`` for an original server, ``package`` for a package one."""
+    """How to start one server process (``name``: the mode it serves, used for its log files): ``path`` is
+    the raw video of an ``original`` server or the package of a ``package`` one."""
 
+    name: str
     kind: ServerKind
     package_id: str
     path: Path
@@ -146,12 +149,14 @@ class ServerProcess:
         Raises :class:`LipsyncError` with the end of its stderr when it exits or is not ready in time.
         """
         launch.log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{launch.kind}-{launch.package_id}"
+        name = f"{launch.name}-{launch.kind}"
         out_path, err_path = launch.log_dir / f"{name}.out", launch.log_dir / f"{name}.err"
         out, err = open(out_path, "wb"), open(err_path, "wb")  # noqa: SIM115  (closed in stop())
         # A file, not a pipe, takes the child's output: nothing can block on a full pipe.
         started = time.perf_counter()
-        process = subprocess.Popen(launch.command(), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            launch.command(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_same_code_env()
+        )
         deadline = time.monotonic() + timeout
         while True:
             event = _ready_event(out_path)
@@ -183,6 +188,19 @@ class ServerProcess:
         _terminate(self.process)
         for log in self._logs:
             log.close()
+
+
+def _same_code_env() -> dict[str, str]:
+    """The environment for a server child, with this process's ``lipsync_tools`` first on its path.
+
+    The servers must run the code the benchmark runs: an interpreter whose editable install points at
+    another checkout would otherwise serve that checkout's code.
+    """
+    import lipsync_tools
+
+    root = str(Path(lipsync_tools.__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + rest if rest else "")}
 
 
 def _ready_event(path: Path) -> dict[str, Any] | None:

@@ -30,29 +30,38 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
     modes: dict[str, Any] = result["modes"]
     names = list(modes)
     components: list[str] = result["components"]
-    fig, (bars, curve) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
-    bottoms = [0.0] * len(names)
-    for k, label in enumerate(components):
-        values = [max(0.0, float(modes[m]["stages"][label]["median_ms"] or 0.0)) for m in names]
-        bars.bar(
-            names,
-            values,
-            bottom=bottoms,
-            label=label,
-            color=_COLOURS[k % len(_COLOURS)],
-            edgecolor="white",
-            linewidth=0.5,
-        )
-        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
-    for x, m in enumerate(names):
-        e2e = modes[m]["end_to_end"]["median_ms"] or 0.0
-        bars.text(
-            x, bottoms[x], f"{e2e:.1f} ms\n{modes[m]['fps']:.1f} FPS", ha="center", va="bottom", fontsize=8
-        )
+    fig, (bars, zoom, curve) = plt.subplots(
+        1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.1]}
+    )
+    # Left: the whole frame; middle: the same bars without the model, where the modes differ.
+    for axis, shown in ((bars, components), (zoom, [c for c in components if c != "model inference"])):
+        bottoms = [0.0] * len(names)
+        for label in shown:
+            k = components.index(label)
+            values = [max(0.0, float(modes[m]["stages"][label]["median_ms"] or 0.0)) for m in names]
+            axis.bar(
+                names,
+                values,
+                bottom=bottoms,
+                label=label,
+                color=_COLOURS[k % len(_COLOURS)],
+                edgecolor="white",
+                linewidth=0.5,
+            )
+            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+        for x, m in enumerate(names):
+            if axis is bars:
+                e2e = modes[m]["end_to_end"]["median_ms"] or 0.0
+                text = f"{e2e:.1f} ms\n{modes[m]['fps']:.1f} FPS"
+            else:
+                text = f"{bottoms[x]:.1f} ms"
+            axis.text(x, bottoms[x], text, ha="center", va="bottom", fontsize=8)
+        axis.set_ylim(0, max(bottoms) * 1.25 if max(bottoms) > 0 else 1)
     bars.set_ylabel("median ms per frame (one client)")
     bars.set_title("Where a frame's time goes")
-    bars.set_ylim(0, max(bottoms) * 1.2 if max(bottoms) > 0 else 1)
-    bars.legend(fontsize=7, loc="upper right", ncol=2)
+    zoom.set_title("The same without model inference")
+    handles, labels = bars.get_legend_handles_labels()
+    zoom.legend(handles[::-1], labels[::-1], fontsize=7, loc="upper right")
 
     for m, points in result["scaling"].items():
         clients = [p["clients"] for p in points]

@@ -4,9 +4,9 @@
 
 1. **input**: the given video (a package is built from it), the given package (its source video is looked
    for beside it), or, with neither, a sample talking head made locally (:mod:`.sample`);
-2. **servers**: one ``lipsync serve`` process per server kind the modes need (``--original VIDEO``, and
-   ``PKG``), started one after the other so their startup timings do not overlap, all with the same model
-   (``--model random --seed N``, same backend);
+2. **servers**: one ``lipsync serve`` process per mode (``--original VIDEO`` for original and binary,
+   ``PKG`` for preloaded), started one after the other so their startup timings do not overlap, all
+   with the same model (``--model random --seed N``, same backend);
 3. **latency**: one client per mode, warm-up frames discarded, then frames interleaved A B C A B C ... so
    machine drift hits every mode alike; every request carries the same real PCM16 speech window; every
    reply is decoded and checked (right frame, right size), so no mode can win by skipping work;
@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import InputNotFoundError, LipsyncError, UsageError
 from ..protocol.messages import FrameReply, FrameRequest, ImageFormat
 from .machine import machine_facts
-from .modes import DEFAULT_MODES, MODES, ModeSpec, ServerKind, ServerLaunch, ServerProcess, parse_modes
+from .modes import DEFAULT_MODES, MODES, ModeSpec, ServerLaunch, ServerProcess, parse_modes
 
 SCHEMA_VERSION = 1
 PACKAGE_ID = "avatar"
@@ -76,8 +76,11 @@ class CompareOptions:
     (``--model random``; ``None`` = the library's default backend). ``model_batch``/``model_repeats``: the
     model-backend section, after ``model_warmup`` discarded calls (oneDNN needs several).
     ``phase_seconds``: time cap of each phase per mode (a phase stops early, with fewer frames, rather
-    than run on). ``work_dir``: where the sample, package and server logs go
-    (``None``: a temporary folder, removed afterwards).
+    than run on). ``settle_ms``: pause between requests, outside the timing: ONNX Runtime's (and
+    OpenMP's) worker threads spin-wait for a while after a call, and on a small machine the spinning
+    threads of the server that just answered take CPU from the next one (measured on 2 cores: the next
+    server's inference 77 ms instead of 44 ms with no pause, 47 ms after 50 ms). ``work_dir``: where the
+    sample, package and server logs go (``None``: a temporary folder, removed afterwards).
     """
 
     input: Path | None = None
@@ -95,6 +98,7 @@ class CompareOptions:
     model_warmup: int = 6
     hd: bool = False
     phase_seconds: float = 300.0
+    settle_ms: float = 50.0
     server_start_seconds: float = 180.0
     work_dir: Path | None = None
 
@@ -112,6 +116,8 @@ class CompareOptions:
             raise UsageError(f"backend {self.backend!r}: expected torch or onnx")
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"jpeg_quality is {self.jpeg_quality}; expected 1..100")
+        if not 0 <= self.settle_ms <= 5000:
+            raise UsageError(f"settle_ms is {self.settle_ms}; expected 0..5000")
 
     @classmethod
     def quick(cls, **overrides: Any) -> CompareOptions:
@@ -207,9 +213,8 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
             say(f"scaling: {clients} concurrent client(s) per mode")
             order = modes[level % len(modes) :] + modes[: level % len(modes)]  # rotate who goes first
             for mode in order:
-                scaling[mode].append(
-                    scaling_point(options, bench_input, MODES[mode], servers[MODES[mode].server], clients)
-                )
+                time.sleep(4 * options.settle_ms / 1000)  # the previous server's threads go idle
+                scaling[mode].append(scaling_point(options, bench_input, MODES[mode], servers[mode], clients))
         peaks = monitor.peaks()
         for server in servers.values():
             server.stop()
@@ -234,7 +239,7 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
         },
         "model": next(iter(servers.values())).ready.get("model", {}),
         "components": [label for label, _ in COMPONENTS] + ["transport"],
-        "modes": {m: summarize_mode(MODES[m], latency[m], servers[MODES[m].server], peaks) for m in modes},
+        "modes": {m: summarize_mode(MODES[m], latency[m], servers[m], peaks) for m in modes},
         "scaling": scaling,
         "backends": backends,
         "notes": notes,
@@ -304,19 +309,18 @@ def prepare_input(options: CompareOptions, work: Path, say: Progress) -> BenchIn
 
 def start_servers(
     options: CompareOptions, bench_input: BenchInput, modes: list[str], work: Path, say: Progress
-) -> dict[ServerKind, ServerProcess]:
-    """One server per kind the modes need, started one at a time; stops what started if one fails."""
-    kinds: list[ServerKind] = []
-    for mode in modes:
-        if MODES[mode].server not in kinds:
-            kinds.append(MODES[mode].server)
-    servers: dict[ServerKind, ServerProcess] = {}
+) -> dict[str, ServerProcess]:
+    """One server process per mode (so no mode shares a decoder, cache or queue with another), started
+    one at a time so their startup timings do not overlap; stops what started if one fails."""
+    servers: dict[str, ServerProcess] = {}
     try:
-        for kind in kinds:
+        for mode in modes:
+            kind = MODES[mode].server
             path = bench_input.video if kind == "original" else bench_input.package
             assert path is not None  # original modes were dropped when there is no video
-            say(f"server: starting the {kind} server ({path.name})")
+            say(f"server: starting the {mode} server ({path.name})")
             launch = ServerLaunch(
+                name=mode,
                 kind=kind,
                 package_id=PACKAGE_ID,
                 path=path,
@@ -326,7 +330,7 @@ def start_servers(
                 log_dir=work / "logs",
                 onnx_cache=work / "onnx",
             )
-            servers[kind] = ServerProcess.start(launch, timeout=options.server_start_seconds)
+            servers[mode] = ServerProcess.start(launch, timeout=options.server_start_seconds)
     except BaseException:
         for server in servers.values():
             server.stop()
@@ -337,7 +341,7 @@ def start_servers(
 class _RssMonitor:
     """Samples the RSS of each server process (and its children) every ``interval`` s in a thread."""
 
-    def __init__(self, pids: dict[ServerKind, int], interval: float = 0.1) -> None:
+    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
         import psutil
 
         self._processes = {kind: psutil.Process(pid) for kind, pid in pids.items()}
@@ -360,13 +364,13 @@ class _RssMonitor:
                 self._peaks[kind] = max(self._peaks[kind], rss)
             self._stop.wait(self._interval)
 
-    def peaks(self) -> dict[ServerKind, int]:
+    def peaks(self) -> dict[str, int]:
         """Peak RSS in bytes per server so far."""
         return dict(self._peaks)
 
 
 @contextmanager
-def _rss_monitor(pids: dict[ServerKind, int]) -> Iterator[_RssMonitor]:
+def _rss_monitor(pids: dict[str, int]) -> Iterator[_RssMonitor]:
     monitor = _RssMonitor(pids)
     monitor._thread.start()
     try:
@@ -433,7 +437,7 @@ def latency_phase(
     options: CompareOptions,
     bench_input: BenchInput,
     modes: list[str],
-    servers: dict[ServerKind, ServerProcess],
+    servers: dict[str, ServerProcess],
 ) -> dict[str, list[_Sample]]:
     """One client per mode, frames interleaved across modes; warm-up discarded; every reply checked."""
     from ..client import LipsyncClient
@@ -443,7 +447,7 @@ def latency_phase(
         streams = {}
         for mode in modes:
             spec = MODES[mode]
-            client = stack.enter_context(LipsyncClient(servers[spec.server].url, protocol=spec.protocol))
+            client = stack.enter_context(LipsyncClient(servers[mode].url, protocol=spec.protocol))
             streams[mode] = stack.enter_context(client.stream())
         deadline = time.monotonic() + options.phase_seconds * len(modes)
         for k in range(options.warmup + options.frames):
@@ -459,6 +463,7 @@ def latency_phase(
                 check_reply(reply, spec, index, bench_input)
                 if k >= options.warmup:
                     samples[mode].append(_Sample(elapsed, dict(reply.timings)))
+                time.sleep(options.settle_ms / 1000)  # let the server that answered go idle
     return samples
 
 
@@ -619,7 +624,7 @@ def _stats(values_ms: list[float]) -> dict[str, float | None]:
 
 
 def summarize_mode(
-    spec: ModeSpec, samples: list[_Sample], server: ServerProcess, peaks: dict[ServerKind, int]
+    spec: ModeSpec, samples: list[_Sample], server: ServerProcess, peaks: dict[str, int]
 ) -> dict[str, Any]:
     """Per-component median/p90, totals, FPS, non-model time, startup and memory of one mode."""
     stages: dict[str, dict[str, float | None]] = {}
@@ -653,7 +658,7 @@ def summarize_mode(
         },
         "memory": {
             "ready_rss_mb": round(int(server.ready.get("rss_bytes", 0)) / 1e6, 1),
-            "peak_rss_mb": round(peaks.get(spec.server, 0) / 1e6, 1),
+            "peak_rss_mb": round(peaks.get(spec.name, 0) / 1e6, 1),
         },
     }
 

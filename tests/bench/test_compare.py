@@ -31,12 +31,12 @@ from lipsync_tools.bench.plot import write_plot
 from lipsync_tools.cli.main import app
 from lipsync_tools.errors import UsageError
 
-MODES = ("original", "binary", "preloaded", "preloaded-crop")
+MODES = ("original", "preloaded", "preloaded-crop")  # binary = original with the other codec
 
 
 @pytest.fixture(scope="module")
 def result(talking_head_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One real run: two server processes, four modes, 1 and 2 clients, a couple of frames each."""
+    """One real run: three server processes (one per mode), 1 and 2 clients, a couple of frames each."""
     options = CompareOptions(
         input=talking_head_mp4,
         frames=2,
@@ -273,7 +273,7 @@ def test_options_and_modes_are_checked():
 
 
 def test_server_commands_use_the_same_model(tmp_path: Path):
-    common = {"package_id": "avatar", "seed": 3, "backend": "onnx", "log_dir": tmp_path}
+    common = {"name": "m", "package_id": "avatar", "seed": 3, "backend": "onnx", "log_dir": tmp_path}
     original = ServerLaunch(kind="original", path=Path("v.mp4"), **common).command()
     package = ServerLaunch(kind="package", path=Path("v.sanders"), **common).command()
     assert original[original.index("--original") + 1] == "avatar=v.mp4" and package[-1] == "avatar=v.sanders"
