@@ -8,7 +8,9 @@ it with the real client over a WebSocket (``FrameStream``), one request per fram
 * ``preloaded``: ``lipsync serve PKG`` on a package built from the same video, binary protocol;
 * ``preloaded-crop`` (optional, not in the default set): the preloaded server answering ``crop_only``
   (the generated mouth crop and its rectangle; the client composites): what is left once the full-frame
-  JPEG leaves the server's per-frame work.
+  JPEG leaves the server's per-frame work;
+* ``preloaded-lean`` (optional): ``crop_only`` and a mel window the client computed from the same PCM
+  (outside the timing) instead of PCM: the server's floor, model plus transport.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ModeSpec:
     server: ServerKind
     protocol: Literal["json", "binary"]
     image: ImageFormat = ImageFormat.JPEG
+    audio: Literal["pcm16", "mel"] = "pcm16"  # mel: the client sends the mel of the same PCM window
     description: str = ""
 
 
@@ -65,6 +68,14 @@ MODES: dict[str, ModeSpec] = {
         protocol="binary",
         image=ImageFormat.CROP_ONLY,
         description="preloaded package, crop_only replies (client composites)",
+    ),
+    "preloaded-lean": ModeSpec(
+        name="preloaded-lean",
+        server="package",
+        protocol="binary",
+        image=ImageFormat.CROP_ONLY,
+        audio="mel",
+        description="preloaded package, crop_only replies, mel audio computed by the client (not timed)",
     ),
 }
 DEFAULT_MODES: tuple[str, ...] = ("original", "binary", "preloaded")

@@ -420,8 +420,21 @@ def check_reply(
 def _request(
     spec: ModeSpec, bench_input: BenchInput, frame_index: int, request_id: int, jpeg_quality: int
 ) -> FrameRequest:
+    window = bench_input.window(frame_index)
+    if spec.audio == "mel":
+        from ..audio.mel import mel_from_pcm_window
+
+        mel = mel_from_pcm_window(window.astype(np.float32) / np.float32(32768.0))
+        return FrameRequest.from_mel(
+            mel,
+            request_id=request_id,
+            package_id=PACKAGE_ID,
+            frame_index=frame_index,
+            image=spec.image,
+            jpeg_quality=jpeg_quality,
+        )
     return FrameRequest.from_pcm(
-        bench_input.window(frame_index),
+        window,
         request_id=request_id,
         package_id=PACKAGE_ID,
         frame_index=frame_index,

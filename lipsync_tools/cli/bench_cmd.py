@@ -50,7 +50,10 @@ def bench_cmd(
     ] = "1,2,4,8",
     modes: Annotated[
         str,
-        typer.Option("--modes", help="Modes, comma-separated: original, binary, preloaded, preloaded-crop."),
+        typer.Option(
+            "--modes",
+            help="Modes, comma-separated: original, binary, preloaded (also preloaded-crop, preloaded-lean).",
+        ),
     ] = "original,binary,preloaded",
     json_out: Annotated[
         Path | None,

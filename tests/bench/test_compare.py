@@ -31,7 +31,7 @@ from lipsync_tools.bench.plot import write_plot
 from lipsync_tools.cli.main import app
 from lipsync_tools.errors import UsageError
 
-MODES = ("original", "preloaded", "preloaded-crop")  # binary = original with the other codec
+MODES = ("original", "preloaded", "preloaded-lean")  # binary = original with the other codec
 
 
 @pytest.fixture(scope="module")
