@@ -112,16 +112,19 @@ def _check_pcm(pcm: np.ndarray, name: str = "pcm") -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def _spectrogram(pcm: np.ndarray, opts: MelOptions, *, center: bool) -> np.ndarray:
-    """Steps 1..5 above on one clip; ``center`` False means the clip already holds every frame's context."""
+def _preemphasis(pcm: np.ndarray, opts: MelOptions) -> np.ndarray:
+    """y[n] = x[n] - k x[n-1] (y[0] = x[0]) in float64, as Wav2Lip's scipy.signal.lfilter([1, -k], [1], x)
+    computes it (written out: importing scipy.signal costs ~1 s); returned as float32."""
+    samples = pcm.astype(np.float64)
+    emphasised = samples.copy()
+    emphasised[1:] -= opts.preemphasis * samples[:-1]
+    return emphasised.astype(np.float32)
+
+
+def _mel_of_emphasised(emphasised: np.ndarray, opts: MelOptions, *, center: bool) -> np.ndarray:
+    """Steps 2..5 above; ``center`` False means the clip already holds every frame's context."""
     import librosa
 
-    # Pre-emphasis y[n] = x[n] - k x[n-1] (y[0] = x[0]) in float64, as Wav2Lip's
-    # scipy.signal.lfilter([1, -k], [1], x) computes it; written out: importing scipy.signal costs ~1 s.
-    samples = pcm.astype(np.float64)
-    emphasised64 = samples.copy()
-    emphasised64[1:] -= opts.preemphasis * samples[:-1]
-    emphasised = emphasised64.astype(np.float32)
     stft_kwargs: dict[str, Any] = {"pad_mode": opts.pad_mode} if center else {}
     magnitude = np.abs(
         librosa.stft(
@@ -141,17 +144,40 @@ def _spectrogram(pcm: np.ndarray, opts: MelOptions, *, center: bool) -> np.ndarr
     return np.ascontiguousarray(normalised, dtype=np.float32)
 
 
+def _spectrogram(pcm: np.ndarray, opts: MelOptions, *, center: bool) -> np.ndarray:
+    """Steps 1..5 above on one clip."""
+    return _mel_of_emphasised(_preemphasis(pcm, opts), opts, center=center)
+
+
+# Mel frames computed per STFT call by wav2lip_mel: bounds the complex spectrogram and its temporaries
+# (~50 kB per frame) whatever the audio's length, so a long build's memory does not grow with it.
+_BLOCK_FRAMES = 2048
+
+
 def wav2lip_mel(pcm: np.ndarray, options: MelOptions | None = None) -> np.ndarray:
     """The Wav2Lip mel spectrogram of mono float PCM at ``options.sample_rate`` (16 kHz).
 
     Returns a C-contiguous float32 array of shape ``(80, 1 + len(pcm) // 200)``, values in [-4, 4]
-    (-4 is silence). Raises :class:`UsageError` if ``pcm`` is not 1-D float audio or is empty.
+    (-4 is silence). Long audio is transformed in blocks of frames, each given its full analysis window
+    from a once-padded signal, which gives the same frames as one centred STFT over the whole clip.
+    Raises :class:`UsageError` if ``pcm`` is not 1-D float audio or is empty.
     """
     opts = options or _DEFAULT
     samples = _check_pcm(pcm)
     if samples.size == 0:
         raise UsageError("cannot compute a mel spectrogram of 0 samples; the audio track is empty.")
-    return _spectrogram(samples, opts, center=True)
+    n_frames = 1 + samples.size // opts.hop_length
+    if n_frames <= _BLOCK_FRAMES:
+        return _spectrogram(samples, opts, center=True)
+    # librosa's centred STFT is the uncentred STFT of the signal padded by n_fft // 2 on each side.
+    half = opts.n_fft // 2
+    padded = np.pad(_preemphasis(samples, opts), half, mode=opts.pad_mode)  # type: ignore[call-overload]
+    mel = np.empty((opts.n_mels, n_frames), np.float32)
+    for first in range(0, n_frames, _BLOCK_FRAMES):
+        last = min(first + _BLOCK_FRAMES, n_frames)
+        segment = padded[first * opts.hop_length : (last - 1) * opts.hop_length + opts.n_fft]
+        mel[:, first:last] = _mel_of_emphasised(segment, opts, center=False)
+    return mel
 
 
 def mel_window_starts(

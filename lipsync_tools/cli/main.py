@@ -128,9 +128,14 @@ def build_package_cmd(
         int | None,
         typer.Option("--frame-quality", help="JPEG quality 1-100 (default 95) or PNG level 0-9 (default 1)."),
     ] = None,
-    checkpoint: Annotated[Path | None, typer.Option(
-        "--checkpoint", help="Embed this Wav2Lip checkpoint (a per-avatar fine-tune) in the package; it is "
-        "checked against the architecture first. Servers use it unless given another.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="Embed this Wav2Lip checkpoint (a per-avatar fine-tune) in the package; it is "
+            "checked against the architecture first. Servers use it unless given another.",
+        ),
+    ] = None,
     detect_size: Annotated[
         int,
         typer.Option(
@@ -188,7 +193,12 @@ def build_package_cmd(
                     )
             else:
                 result = build_package(
-                    inputs[0], output, audio=audio, options=options, checkpoint=checkpoint, force=force,
+                    inputs[0],
+                    output,
+                    audio=audio,
+                    options=options,
+                    checkpoint=checkpoint,
+                    force=force,
                     debug=debug,
                 )
             summary = result.summary()
@@ -208,7 +218,13 @@ def build_package_cmd(
                 stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False, soft_wrap=True)
 
         report = build_packages(
-            inputs, output, options=options, checkpoint=checkpoint, force=force, workers=workers, debug=debug,
+            inputs,
+            output,
+            options=options,
+            checkpoint=checkpoint,
+            force=force,
+            workers=workers,
+            debug=debug,
             on_done=done,
         )
         if json_output:

@@ -41,7 +41,8 @@ def check_output_path(path: Path, force: bool) -> None:
 
 def dataset_sha256(array: np.ndarray) -> str:
     """SHA-256 of a fixed-size dataset: its C-order bytes, little-endian as stored."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    # hash a byte view of the array, not a copy: landmarks of a long video are tens of MB
+    return hashlib.sha256(np.ascontiguousarray(array).data.cast("B")).hexdigest()
 
 
 class _FramesHash:

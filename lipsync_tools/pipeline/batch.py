@@ -98,9 +98,9 @@ def build_packages(
 ) -> BatchReport:
     """Build one package per video in ``inputs`` (files or folders) using ``workers`` processes.
 
-    ``checkpoint`` is embedded in every package. Outputs go to ``output_dir`` (created if missing) or next to each video. Worker processes are started
-    with "spawn" so native libraries (MediaPipe, torch) start clean in each. ``on_done`` is called in the
-    parent as each video finishes.
+    ``checkpoint`` is embedded in every package. Outputs go to ``output_dir`` (created if missing) or next
+    to each video. Worker processes are started with "spawn" so native libraries (MediaPipe, torch) start
+    clean in each. ``on_done`` is called in the parent as each video finishes.
     """
     options = options or BuildOptions()
     videos = expand_inputs(inputs)

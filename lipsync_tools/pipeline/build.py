@@ -443,8 +443,10 @@ def _manifest(
             missing_policy=options.missing_face,
         ),
         crop=CropMeta(size=options.crop_size, padding=options.padding, smooth_window=options.smooth_window),
-        build_options={**options.recorded(),
-                       "checkpoint": checkpoint.name if checkpoint is not None else None},
+        build_options={
+            **options.recorded(),
+            "checkpoint": checkpoint.name if checkpoint is not None else None,
+        },
         datasets={},
     )
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from ..errors import UsageError
 
+_BLOCK_COLUMNS = 64
+
 
 @dataclass(frozen=True)
 class SmoothOptions:
@@ -32,10 +34,15 @@ def smooth_series(values: np.ndarray, options: SmoothOptions) -> np.ndarray:
     n = values.shape[0]
     if half == 0 or n < 3:
         return values.copy()
-    flat = values.reshape(n, -1).astype(np.float64)
-    cumsum = np.concatenate([np.zeros((1, flat.shape[1])), np.cumsum(flat, axis=0)])
+    flat = values.reshape(n, -1)
+    out = np.empty_like(flat)
     idx = np.arange(n)
     reach = np.minimum(np.minimum(idx, n - 1 - idx), half)  # symmetric window, shortened at the ends
-    sums = cumsum[idx + reach + 1] - cumsum[idx - reach]
-    out = sums / (2 * reach + 1)[:, None]
-    return out.reshape(values.shape).astype(np.float32)
+    counts = (2 * reach + 1).astype(np.float64)[:, None]
+    # Running sums in float64 (float32 would lose precision over long videos), a block of columns at a time
+    # so the float64 copies stay small however long the video is.
+    for start in range(0, flat.shape[1], _BLOCK_COLUMNS):
+        block = flat[:, start:start + _BLOCK_COLUMNS].astype(np.float64)
+        cumsum = np.concatenate([np.zeros((1, block.shape[1])), np.cumsum(block, axis=0)])
+        out[:, start:start + _BLOCK_COLUMNS] = (cumsum[idx + reach + 1] - cumsum[idx - reach]) / counts
+    return out.reshape(values.shape)

@@ -141,3 +141,15 @@ def test_bad_pcm() -> None:
         wav2lip_mel(np.zeros((2, 3200), np.float32))
     with pytest.raises(UsageError, match="0 samples"):
         wav2lip_mel(np.zeros(0, np.float32))
+
+
+def test_long_audio_in_blocks_equals_one_centred_stft():
+    """wav2lip_mel transforms long audio block by block; the frames must equal one STFT over the clip."""
+    from lipsync_tools.audio import mel as mel_module
+
+    rng = np.random.default_rng(1)
+    pcm = (0.3 * rng.standard_normal(16000 * 40 + 123)).astype(np.float32)  # 40 s: several blocks
+    blocked = mel_module.wav2lip_mel(pcm)
+    whole = mel_module._spectrogram(pcm, mel_module.MelOptions(), center=True)
+    assert blocked.shape == whole.shape == (80, 1 + pcm.size // 200)
+    np.testing.assert_allclose(blocked, whole, atol=2e-5)

@@ -182,7 +182,9 @@ def test_embedded_checkpoint_is_checked_then_stored(astronaut_mp4: Path, tmp_pat
     good = tmp_path / "avatar-finetune.pth"
     torch.save({"state_dict": random_wav2lip(seed=3).state_dict()}, good)
     out = tmp_path / "a.sanders"
-    result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out), "--checkpoint", str(good)])
+    result = runner.invoke(
+        app, ["build-package", str(astronaut_mp4), "-o", str(out), "--checkpoint", str(good)]
+    )
     assert result.exit_code == 0, result.output
     pkg = open_package(out)
     assert pkg.has_checkpoint and pkg.manifest.build_options["checkpoint"] == "avatar-finetune.pth"
@@ -194,5 +196,7 @@ def test_embedded_checkpoint_is_checked_then_stored(astronaut_mp4: Path, tmp_pat
     bad = tmp_path / "not-a-checkpoint.pth"
     bad.write_bytes(b"\x00" * 100)
     out2 = tmp_path / "b.sanders"
-    result = runner.invoke(app, ["build-package", str(astronaut_mp4), "-o", str(out2), "--checkpoint", str(bad)])
+    result = runner.invoke(
+        app, ["build-package", str(astronaut_mp4), "-o", str(out2), "--checkpoint", str(bad)]
+    )
     assert result.exit_code == 15 and not out2.exists()
