@@ -57,6 +57,7 @@ log = logging.getLogger("lipsync.server")
 CLOSE_NORMAL: Final = 1000
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_POLICY: Final = 1008
+CLOSE_MESSAGE_TOO_BIG: Final = 1009  # RFC 6455; sent by uvicorn/websockets for messages over ws_max_size
 CLOSE_INTERNAL: Final = 1011
 
 _CLOSE_CODE: Final[dict[str, int]] = {
@@ -362,6 +363,10 @@ class StreamConnection:
         while True:
             event = await self.ws.receive()
             if event["type"] == "websocket.disconnect":
+                if event.get("code") == CLOSE_MESSAGE_TOO_BIG:
+                    # uvicorn refuses a message over ws_max_size before this handler sees it; count it
+                    # like every other oversize request.
+                    self.metrics.error(ErrorCode.OVERSIZE)
                 return
             data: bytes | str
             if event.get("bytes") is not None:

@@ -228,3 +228,29 @@ def test_a_bad_client_does_not_disturb_a_good_one(url: str) -> None:
     assert [r.request_id for r in replies] == list(range(100, 106))
     assert [r.frame_index for r in replies] == list(range(6))
     assert rounds > 1, "the bad client never ran beside the good one"
+
+
+def _oversize_count(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    line = next((x for x in text.splitlines() if x.startswith('lipsync_errors_total{code="oversize"}')), None)
+    return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
+def test_websocket_message_over_the_transport_cap_is_refused_and_counted(url: str) -> None:
+    from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES
+
+    before = _oversize_count(url)
+    sock = ws(url)
+    # The server closes (1009) while the 20 MB message is still being written: the client sees either the
+    # close or a reset connection, depending on timing.
+    with pytest.raises((ConnectionClosed, OSError)):
+        sock.send(bytes(max(MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES) + 1))
+        sock.recv(timeout=10)
+    sock.close()
+    deadline = time.monotonic() + 10
+    while _oversize_count(url) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _oversize_count(url) == before + 1
+    with ws(url) as sock:  # and the server still serves
+        sock.send(bytes(replay_bytes()))
+        assert not isinstance(recv(sock), ErrorReply)
