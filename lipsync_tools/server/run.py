@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from lipsync_tools.errors import LipsyncError
+from lipsync_tools.errors import LipsyncError, UsageError
 from lipsync_tools.server.app import Components, ServerState, StartupReport, StoreLike, create_app
 from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES, ServerConfig
 from lipsync_tools.server.metrics import Metrics
@@ -31,12 +31,20 @@ def engine_components() -> Components:
         package_checkpoint: bytes | None = None
         label = "the package"
         if config.use_package_checkpoint and config.checkpoint is None and config.model in (None, "wav2lip"):
-            # One model serves every package: the first startup package that embeds weights provides them.
-            for info in store.infos():
-                if info.has_checkpoint:
-                    package_checkpoint = store.get(info.id).read_checkpoint()
-                    label = str(info.path)
-                    break
+            # One model serves every package, so the startup packages that embed weights must agree on them:
+            # serving one avatar's fine-tune with another's weights would be silently wrong.
+            embedding = [info for info in store.infos() if info.has_checkpoint]
+            if embedding:
+                digests = {info.id: _checkpoint_digest(store.get(info.id)) for info in embedding}
+                if len(set(digests.values())) > 1:
+                    names = ", ".join(sorted(digests))
+                    raise UsageError(
+                        f"packages {names} embed different model checkpoints, and one server runs one model; "
+                        "serve them from separate `lipsync serve` processes, or pass --checkpoint to use one "
+                        "model for all"
+                    )
+                package_checkpoint = store.get(embedding[0].id).read_checkpoint()
+                label = str(embedding[0].path)
         backend, info = load_inference_backend(
             config.model, config.checkpoint, config.seed, config.backend, package_checkpoint,
             config.onnx_cache_dir, package_label=label,
@@ -54,6 +62,11 @@ def engine_components() -> Components:
         return Engine(store, backend, options, metrics)  # type: ignore[arg-type]
 
     return Components(make_store=PackageStore, load_model=load_model, make_engine=make_engine)
+
+
+def _checkpoint_digest(loaded: Any) -> str:
+    """The SHA-256 the package's manifest records for its embedded checkpoint."""
+    return str(loaded.package.manifest.datasets["model/checkpoint"].sha256)
 
 
 def original_components(audio: Path | None = None) -> Components:

@@ -158,3 +158,34 @@ def test_lipsync_serve_exits_with_the_error_code_of_a_bad_start(tmp_path: Path) 
     )
     assert result.returncode == InputNotFoundError.exit_code
     assert "missing.sanders does not exist" in result.stderr
+
+
+def test_packages_embedding_different_checkpoints_are_refused_same_ones_served(
+    astronaut_mp4: Path, onnx_cache: Path, tmp_path: Path
+) -> None:
+    """One server runs one model: it must not serve one avatar's fine-tune with another avatar's weights."""
+    import torch
+
+    from lipsync_tools.models.checkpoint import random_wav2lip
+    from lipsync_tools.pipeline.build import build_package
+
+    checkpoints = []
+    for seed in (1, 2):
+        path = tmp_path / f"finetune-{seed}.pth"
+        torch.save({"state_dict": random_wav2lip(seed=seed).state_dict()}, path)
+        checkpoints.append(path)
+    packages = {name: build_package(astronaut_mp4, tmp_path / f"{name}.sanders", checkpoint=ckpt).output
+                for name, ckpt in (("a", checkpoints[0]), ("b", checkpoints[1]), ("c", checkpoints[0]))}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lipsync_tools", "serve", str(packages["a"]), str(packages["b"]),
+         "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "packages a, b embed different model checkpoints" in result.stderr
+
+    specs = (PackageSpec(id="a", path=packages["a"]), PackageSpec(id="c", path=packages["c"]))
+    config = ServerConfig(packages=specs, port=0, backend="onnx", onnx_cache_dir=onnx_cache)
+    with running_server(config) as server, LipsyncClient(server.url) as client:
+        assert sorted(p["id"] for p in client.packages()) == ["a", "c"]
