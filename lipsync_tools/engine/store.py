@@ -96,7 +96,9 @@ class PackageStore:
     """Packages by id. Built at startup, passed to the engine and the server; safe to use from threads.
 
     ``expected_crop_size`` (the model's input size), when given, makes :meth:`load` refuse packages whose
-    crops have another size. ``decode_threads`` bounds the threads that decode full frames at load
+    crops have another size; ``served_checkpoint_sha256`` (set when the model came from a package's
+    embedded checkpoint) refuses packages that embed a different checkpoint, which this model would
+    silently stand in for. ``decode_threads`` bounds the threads that decode full frames at load
     (default: the CPU count).
     """
 
@@ -104,6 +106,7 @@ class PackageStore:
         self._packages: dict[str, LoadedPackage] = {}
         self._lock = threading.Lock()
         self.expected_crop_size = expected_crop_size
+        self.served_checkpoint_sha256: str | None = None
         self.decode_threads = decode_threads or os.cpu_count() or 1
 
     def load(self, package_id: str, path: str | Path, *, replace: bool = False) -> PackageInfo:
@@ -206,6 +209,13 @@ class PackageStore:
             raise PackageFormatError(
                 f"{path}: crops are {s}x{s} but the model takes {self.expected_crop_size}x"
                 f"{self.expected_crop_size}; rebuild the package with --crop-size {self.expected_crop_size}"
+            )
+        embedded = m.datasets.get("model/checkpoint")
+        if self.served_checkpoint_sha256 is not None and embedded is not None \
+                and embedded.sha256 != self.served_checkpoint_sha256:
+            raise PackageFormatError(
+                f"{path}: embeds a model checkpoint other than the one this server runs (from another "
+                "package); serve it from its own `lipsync serve` process"
             )
         rects_array = np.asarray(package.rects, dtype=np.int64)
         x0, y0, x1, y1 = rects_array.T

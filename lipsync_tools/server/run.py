@@ -29,6 +29,7 @@ def engine_components() -> Components:
 
     def load_model(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
         package_checkpoint: bytes | None = None
+        digest = ""
         label = "the package"
         if config.use_package_checkpoint and config.checkpoint is None and config.model in (None, "wav2lip"):
             # One model serves every package, so the startup packages that embed weights must agree on them:
@@ -44,6 +45,7 @@ def engine_components() -> Components:
                         "model for all"
                     )
                 package_checkpoint = store.get(embedding[0].id).read_checkpoint()
+                digest = digests[embedding[0].id]
                 label = str(embedding[0].path)
         backend, info = load_inference_backend(
             config.model, config.checkpoint, config.seed, config.backend, package_checkpoint,
@@ -53,6 +55,8 @@ def engine_components() -> Components:
         if isinstance(store, PackageStore):
             # From now on a run-time load of a package the model cannot take is refused at load time.
             store.expected_crop_size = int(backend.crop_size)
+            if package_checkpoint is not None:
+                store.served_checkpoint_sha256 = digest
         return backend, info
 
     def make_engine(store: StoreLike, backend: Any, config: ServerConfig, metrics: Metrics) -> Any:

@@ -189,3 +189,8 @@ def test_packages_embedding_different_checkpoints_are_refused_same_ones_served(
     config = ServerConfig(packages=specs, port=0, backend="onnx", onnx_cache_dir=onnx_cache)
     with running_server(config) as server, LipsyncClient(server.url) as client:
         assert sorted(p["id"] for p in client.packages()) == ["a", "c"]
+        # at run time too: b's fine-tune would be served with a's weights
+        with pytest.raises(ProtocolError, match="embeds a model checkpoint other than") as refused:
+            client.load_package("b", str(packages["b"]))
+        assert refused.value.code == "bad_package"
+        client.load_package("c2", str(packages["c"]))  # the same checkpoint is fine
