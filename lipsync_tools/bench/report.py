@@ -310,8 +310,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"machine: {hardware_line(machine)}",
         f"load average before / after: {machine['load_average']} / {result['load_average_after']}",
         f"input: {source}, {i['width']}x{i['height']}, {i['n_frames']} frames at {i['fps']:g} fps",
-        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}; "
-        f"run took {result['duration_seconds']:.0f} s",
+        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}"
+        + (" (random weights: the speed of the real network, the output is not lip-sync)"
+           if model.get("is_random") else "")
+        + f"; run took {result['duration_seconds']:.0f} s",
         *[f"note: {n}" for n in result["notes"]],
     ]
 
