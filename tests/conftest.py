@@ -115,3 +115,13 @@ def empty_avi(media_dir: Path) -> Path:
 def text_mp4(media_dir: Path) -> Path:
     """A text file named ``.mp4``: not a video."""
     return samples.text_file(media_dir / "not_a_video.mp4")
+
+
+@pytest.fixture(scope="session")
+def head_package(talking_head_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package built from the carphone talking head with speech (120 frames, 176x144, 96-px crops)."""
+    from lipsync_tools.pipeline.build import build_package
+
+    out = tmp_path_factory.mktemp("package") / "head.sanders"
+    build_package(talking_head_mp4, out)
+    return out

@@ -65,7 +65,7 @@ def render_cmd(
     """Render a lip-synced mp4 (speech muxed in) from a package and a speech file."""
     from ..engine.engine import EngineOptions
     from ..engine.model_loader import RANDOM_WEIGHTS_WARNING
-    from ..engine.render import render_video
+    from ..render import render_video
 
     def announce(info: ModelInfo) -> None:
         if info.is_random and not quiet:  # stderr: --json output on stdout stays clean

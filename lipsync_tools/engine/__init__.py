@@ -1,7 +1,7 @@
 """The serving engine: loaded packages, per-frame features, batched inference, compositing, encoding.
 
-``render`` (offline mp4 rendering) lives in :mod:`lipsync_tools.engine.render` and is not imported here:
-it pulls in the media writer.
+Rendering an mp4 (locally with this engine, or through a server with the client) is one level up, in
+:mod:`lipsync_tools.render`, so the engine does not depend on the client.
 """
 
 from .batcher import Batcher

@@ -1,4 +1,4 @@
-"""Engine fixtures: one real package built from the talking-head video, shared by the whole session."""
+"""Engine fixtures over the session's ``head_package`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ import pytest
 
 from lipsync_tools.engine import Engine, EngineOptions, PackageStore
 from lipsync_tools.models import IdentityModel, InferenceBackend, create_backend
-from lipsync_tools.pipeline.build import build_package
 
 PACKAGE_ID = "head"
-
-
-@pytest.fixture(scope="session")
-def head_package(talking_head_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A package built from the carphone talking head with speech (120 frames, 176x144, 96-px crops)."""
-    out = tmp_path_factory.mktemp("engine") / "head.sanders"
-    build_package(talking_head_mp4, out)
-    return out
 
 
 @pytest.fixture(scope="session")

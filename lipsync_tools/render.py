@@ -22,18 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.mel import MEL_WINDOW_FRAMES, mel_window_starts, wav2lip_mel
-from ..errors import LipsyncError, UsageError
-from ..media.audio import load_audio
-from ..media.writer import write_video
-from ..package.writer import check_output_path
-from ..pipeline.progress import NullProgress, Progress
-from ..protocol.limits import SAMPLE_RATE
-from ..protocol.messages import FrameReply, FrameRequest, ImageFormat
-from .engine import STAGES, Engine, EngineOptions
-from .model_loader import ModelInfo, load_inference_backend
-from .pacing import pingpong_index
-from .store import PackageStore
+from .audio.mel import MEL_WINDOW_FRAMES, mel_window_starts, wav2lip_mel
+from .engine.engine import STAGES, Engine, EngineOptions
+from .engine.model_loader import ModelInfo, load_inference_backend
+from .engine.pacing import pingpong_index
+from .engine.store import PackageStore
+from .errors import LipsyncError, UsageError
+from .media.audio import load_audio
+from .media.writer import write_video
+from .package.writer import check_output_path
+from .pipeline.progress import NullProgress, Progress
+from .protocol.limits import SAMPLE_RATE
+from .protocol.messages import FrameReply, FrameRequest, ImageFormat
 
 RENDER_PACKAGE_ID = "avatar"
 
@@ -172,7 +172,7 @@ def render_video(
 def _pixels(reply: FrameReply) -> np.ndarray:
     if reply.image is ImageFormat.RAW_BGR:
         return reply.image_array()
-    from ..media.images import decode_image
+    from .media.images import decode_image
 
     return decode_image(reply.payload)
 
@@ -238,7 +238,7 @@ class _ServerSource(_FrameSource):
     def __init__(self, url: str, package: str | Path, window: int) -> None:
         from urllib.parse import urlsplit
 
-        from ..client import LipsyncClient
+        from .client import LipsyncClient
 
         self.client = LipsyncClient(url)
         self.window = window

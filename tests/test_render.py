@@ -13,17 +13,17 @@ from typer.testing import CliRunner
 
 from lipsync_tools.cli.main import app
 from lipsync_tools.engine import EngineOptions, PackageStore, pingpong_index
-from lipsync_tools.engine.render import render_video
 from lipsync_tools.errors import OutputExistsError, UsageError
 from lipsync_tools.media.audio import load_audio
 from lipsync_tools.media.video import iter_frames, probe_video
+from lipsync_tools.render import render_video
 from tests import samples
 
 runner = CliRunner()
 
 
 def test_render_identity_follows_the_speech_and_pingpongs(
-    head_package: Path, speech_wav: Path, tmp_path: Path, store: PackageStore
+    head_package: Path, speech_wav: Path, tmp_path: Path
 ):
     out = tmp_path / "out.mp4"
     speech = load_audio(speech_wav)
@@ -45,6 +45,8 @@ def test_render_identity_follows_the_speech_and_pingpongs(
     # frame 130 of the video shows avatar frame pingpong_index(130, 120) = 108 (identity model: the source)
     frames = list(iter_frames(out))
     assert len(frames) == expected
+    store = PackageStore()
+    store.load("head", head_package)
     source = store.get("head").frames[pingpong_index(130, 120)]
     assert pingpong_index(130, 120) == 108
     assert np.abs(frames[130].astype(float) - source.astype(float)).mean() < 4.0  # H.264 at crf 20
