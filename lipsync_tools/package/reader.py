@@ -19,6 +19,7 @@ from .manifest import Manifest, check_version, parse_version
 from .spec import (
     DATASETS,
     FORMAT_NAME,
+    MAX_AUDIO_SAMPLES,
     MAX_CHECKPOINT_BYTES,
     MAX_CROP_SIZE,
     MAX_ENCODED_FRAME_BYTES,
@@ -117,6 +118,8 @@ def read_manifest(f: h5py.File, path: Path) -> Manifest:
         (m.video.height, 1, MAX_FRAME_SIDE, "video.height"),
         (m.crop.size, 8, MAX_CROP_SIZE, "crop.size"),
         (m.faces.num_points, 1, MAX_LANDMARKS, "faces.num_points"),
+        (m.audio.samples, 1, MAX_AUDIO_SAMPLES, "audio.samples"),
+        (m.audio.mel_columns, 1, MAX_AUDIO_SAMPLES // 200 + 1, "audio.mel_columns"),
     ]
     for value, low, high, name in limits:
         if not low <= value <= high:

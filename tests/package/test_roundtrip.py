@@ -187,3 +187,15 @@ def test_truncated_package(tmp_path):
 def test_missing_package():
     with pytest.raises(InputNotFoundError, match="does not exist; build one"):
         open_package("/nonexistent/a.sanders")
+
+
+def test_limits_are_checked_before_anything_is_read(tmp_path):
+    path = tmp_path / "a.sanders"
+    write_synthetic_package(path)
+    with h5py.File(path, "r+") as f:
+        manifest = json.loads(f.attrs["manifest"])
+        manifest["audio"]["samples"] = 10**12
+        f.attrs["manifest"] = json.dumps(manifest)
+    expected = r"manifest audio.samples is 1000000000000; expected 1..691200000"
+    with pytest.raises(PackageFormatError, match=expected):
+        open_package(path)
