@@ -42,10 +42,10 @@ from ..protocol.messages import (
     FrameReply,
     FrameRequest,
     ImageFormat,
-    check_package_id,
 )
 from .compositor import composite_crop, composite_frame, encode_frame_image
 from .pacing import is_silent
+from .store import IdRegistry
 
 ORIGINAL_STAGES: tuple[str, ...] = (
     "decode",
@@ -152,7 +152,7 @@ class VideoSource:
         return window
 
 
-class VideoStore:
+class VideoStore(IdRegistry[VideoSource]):
     """Raw videos by id, for the original path. Loading indexes the file; it decodes no frame.
 
     ``audio``: an audio (or video) file whose 16 kHz track replay requests are cut from; ``None``: replay
@@ -160,16 +160,13 @@ class VideoStore:
     """
 
     def __init__(self, *, audio: Path | None = None) -> None:
+        super().__init__()
         self.audio = audio
-        self._sources: dict[str, VideoSource] = {}
-        self._lock = threading.Lock()
 
     def load(self, package_id: str, path: str | Path) -> VideoSourceInfo:
         """Open the video ``path`` under ``package_id``. Raises ``ProtocolError(bad_field)`` for a bad or
         taken id and the media errors of :class:`FrameReader` / ``load_audio`` for a bad file."""
-        check_package_id(package_id)
-        if package_id in self._sources:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"package id {package_id!r} is already loaded")
+        self._check_new_id(package_id)
         path = Path(path)
         if not path.is_file():
             raise InputNotFoundError(f"video {path} does not exist; check the --original path")
@@ -195,46 +192,22 @@ class VideoStore:
             ram_bytes=0 if pcm is None else int(pcm.nbytes),
             audio_path=self.audio,
         )
-        with self._lock:
-            self._sources[package_id] = VideoSource(info=info, reader=reader, pcm=pcm)
+        try:
+            self._insert(package_id, VideoSource(info=info, reader=reader, pcm=pcm))
+        except ProtocolError:
+            reader.close()
+            raise
         return info
-
-    def unload(self, package_id: str) -> None:
-        """Forget ``package_id`` (its file is closed when no frame uses it); unknown: ``unknown_package``."""
-        with self._lock:
-            source = self._sources.pop(package_id, None)
-        if source is None:
-            raise _unknown(package_id)
-
-    def get(self, package_id: str) -> VideoSource:
-        """The source ``package_id``; ``ProtocolError(unknown_package)`` when it is not loaded."""
-        source = self._sources.get(package_id)
-        if source is None:
-            raise _unknown(package_id)
-        return source
 
     def infos(self) -> list[VideoSourceInfo]:
         """Every loaded video's info, in load order."""
-        return [s.info for s in list(self._sources.values())]
-
-    def __contains__(self, package_id: object) -> bool:
-        return package_id in self._sources
-
-    def __len__(self) -> int:
-        return len(self._sources)
+        return [s.info for s in list(self._items.values())]
 
 
 def _reader_fps(reader: FrameReader) -> float:
     from ..media.video import probe_video
 
     return float(probe_video(reader.path).fps)
-
-
-def _unknown(package_id: str) -> ProtocolError:
-    return ProtocolError(
-        ErrorCode.UNKNOWN_PACKAGE,
-        f"package {package_id[:64]!r} is not loaded; list the loaded ones with GET /v1/packages",
-    )
 
 
 def _us(seconds: float) -> int:

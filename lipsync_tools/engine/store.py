@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -92,7 +92,65 @@ class LoadedPackage:
         return self.package.read_checkpoint()
 
 
-class PackageStore:
+class _HasInfo(Protocol):
+    @property
+    def info(self) -> Any: ...
+
+
+ItemT = TypeVar("ItemT", bound=_HasInfo)
+
+
+class IdRegistry(Generic[ItemT]):
+    """Loaded items by package id, safe to use from threads: what :class:`PackageStore` and the original
+    path's ``VideoStore`` share. Subclasses prepare an item and :meth:`_insert` it."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, ItemT] = {}
+        self._lock = threading.Lock()
+
+    def _check_new_id(self, package_id: str) -> None:
+        """``ProtocolError(bad_field)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
+        letter or digit: no path can be expressed) or one already loaded."""
+        check_package_id(package_id)
+        if package_id in self._items:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"package id {package_id!r} is already loaded; unload it first or choose another id",
+            )
+
+    def _insert(self, package_id: str, item: ItemT, *, replace: bool = False) -> None:
+        with self._lock:
+            if not replace and package_id in self._items:
+                raise ProtocolError(
+                    ErrorCode.BAD_FIELD, f"package id {package_id!r} was loaded by another caller meanwhile"
+                )
+            self._items[package_id] = item
+
+    def unload(self, package_id: str) -> None:
+        """Forget ``package_id``; memory is freed once in-flight frames finish. Unknown: ProtocolError."""
+        with self._lock:
+            if self._items.pop(package_id, None) is None:
+                raise unknown_package(package_id)
+
+    def get(self, package_id: str) -> ItemT:
+        """The item loaded as ``package_id``; ``ProtocolError(unknown_package)`` when there is none."""
+        item = self._items.get(package_id)
+        if item is None:
+            raise unknown_package(package_id)
+        return item
+
+    def infos(self) -> list[Any]:
+        """Every loaded item's info, in load order."""
+        return [item.info for item in list(self._items.values())]
+
+    def __contains__(self, package_id: object) -> bool:
+        return package_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class PackageStore(IdRegistry[LoadedPackage]):
     """Packages by id. Built at startup, passed to the engine and the server; safe to use from threads.
 
     ``expected_crop_size`` (the model's input size), when given, makes :meth:`load` refuse packages whose
@@ -103,8 +161,7 @@ class PackageStore:
     """
 
     def __init__(self, *, expected_crop_size: int | None = None, decode_threads: int | None = None) -> None:
-        self._packages: dict[str, LoadedPackage] = {}
-        self._lock = threading.Lock()
+        super().__init__()
         self.expected_crop_size = expected_crop_size
         self.served_checkpoint_sha256: str | None = None
         self.decode_threads = decode_threads or os.cpu_count() or 1
@@ -117,43 +174,17 @@ class PackageStore:
         :class:`~lipsync_tools.errors.InputNotFoundError` and :class:`PackageFormatError` for a missing or
         invalid file, or a crop size other than ``expected_crop_size``.
         """
-        check_package_id(package_id)
-        if not replace and package_id in self._packages:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
-                f"package id {package_id!r} is already loaded; unload it first or choose another id",
-            )
+        if not replace:
+            self._check_new_id(package_id)
+        else:
+            check_package_id(package_id)
         loaded = self._prepare(package_id, Path(path))
-        with self._lock:
-            if not replace and package_id in self._packages:
-                raise ProtocolError(
-                    ErrorCode.BAD_FIELD, f"package id {package_id!r} was loaded by another caller meanwhile"
-                )
-            self._packages[package_id] = loaded
+        self._insert(package_id, loaded, replace=replace)
         return loaded.info
-
-    def unload(self, package_id: str) -> None:
-        """Forget ``package_id``; memory is freed once in-flight frames finish. Unknown: ProtocolError."""
-        with self._lock:
-            if self._packages.pop(package_id, None) is None:
-                raise _unknown(package_id)
-
-    def get(self, package_id: str) -> LoadedPackage:
-        """The loaded package ``package_id``; ``ProtocolError(unknown_package)`` when it is not loaded."""
-        loaded = self._packages.get(package_id)
-        if loaded is None:
-            raise _unknown(package_id)
-        return loaded
 
     def infos(self) -> list[PackageInfo]:
         """Every loaded package's info, in load order."""
-        return [p.info for p in list(self._packages.values())]
-
-    def __contains__(self, package_id: object) -> bool:
-        return package_id in self._packages
-
-    def __len__(self) -> int:
-        return len(self._packages)
+        return [p.info for p in list(self._items.values())]
 
     def _prepare(self, package_id: str, path: Path) -> LoadedPackage:
         started = time.perf_counter()
@@ -244,7 +275,7 @@ class PackageStore:
         return rects, [int(v) for v in starts]
 
 
-def _unknown(package_id: str) -> ProtocolError:
+def unknown_package(package_id: str) -> ProtocolError:
     return ProtocolError(
         ErrorCode.UNKNOWN_PACKAGE,
         f"package {package_id[:64]!r} is not loaded; list the loaded ones with GET /v1/packages",
