@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .main import app, run_command
-from .output import stderr
+from .output import InferenceBackendName, stderr
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -71,7 +71,7 @@ def bench_cmd(
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the servers' random model weights.")] = 0,
     backend: Annotated[
-        str | None,
+        InferenceBackendName | None,
         typer.Option("--backend", help="Servers' inference runtime: torch or onnx (default: library's)."),
     ] = None,
     work_dir: Annotated[
@@ -92,7 +92,7 @@ def bench_cmd(
             "clients": _counts(clients),
             "modes": parse_modes(modes),
             "seed": seed,
-            "backend": backend,
+            "backend": backend.value if backend is not None else None,
             "hd": hd,
             "work_dir": work_dir,
         }

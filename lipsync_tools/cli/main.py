@@ -6,6 +6,7 @@ shows the traceback and third-party log output instead.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -179,19 +180,7 @@ def build_package_cmd(
             load_wav2lip(checkpoint)  # refuse a wrong or damaged checkpoint before any video work
         if len(inputs) == 1 and not videos[0].is_dir():
             show = interactive(json_output, quiet)
-            if show:
-                with RichProgress() as progress:
-                    result = build_package(
-                        inputs[0],
-                        output,
-                        audio=audio,
-                        options=options,
-                        checkpoint=checkpoint,
-                        force=force,
-                        debug=debug,
-                        progress=progress,
-                    )
-            else:
+            with RichProgress() if show else contextlib.nullcontext() as progress:
                 result = build_package(
                     inputs[0],
                     output,
@@ -200,6 +189,7 @@ def build_package_cmd(
                     checkpoint=checkpoint,
                     force=force,
                     debug=debug,
+                    progress=progress,
                 )
             summary = result.summary()
             if json_output:

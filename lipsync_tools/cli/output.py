@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +20,13 @@ from rich.progress import (
 from rich.text import Text
 
 stderr = Console(stderr=True, highlight=False)
+
+
+class InferenceBackendName(StrEnum):
+    """``--backend`` of ``serve``, ``render`` and ``bench``: the inference runtime."""
+
+    torch = "torch"
+    onnx = "onnx"
 
 
 def interactive(json_output: bool, quiet: bool) -> bool:

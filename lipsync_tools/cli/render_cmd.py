@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
-from .output import RichProgress, interactive, print_json, stderr
+from .output import InferenceBackendName, RichProgress, interactive, print_json, stderr
 
 if TYPE_CHECKING:
     from ..engine.model_loader import ModelInfo
@@ -18,11 +18,6 @@ if TYPE_CHECKING:
 class ModelName(StrEnum):
     random = "random"
     wav2lip = "wav2lip"
-
-
-class BackendName(StrEnum):
-    torch = "torch"
-    onnx = "onnx"
 
 
 @app.command("render")
@@ -47,7 +42,7 @@ def render_cmd(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --model random.")] = 0,
     backend: Annotated[
-        BackendName | None,
+        InferenceBackendName | None,
         typer.Option("--backend", help="Inference runtime (default: the faster one on CPU, onnx)."),
     ] = None,
     server: Annotated[

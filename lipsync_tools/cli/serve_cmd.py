@@ -16,18 +16,13 @@ from typing import Annotated
 import typer
 
 from .main import app, run_command
-from .output import stderr
+from .output import InferenceBackendName, stderr
 
 
 class ModelChoice(StrEnum):
     random = "random"
     wav2lip = "wav2lip"
     identity = "identity"
-
-
-class BackendChoice(StrEnum):
-    torch = "torch"
-    onnx = "onnx"
 
 
 @app.command("serve")
@@ -62,7 +57,7 @@ def serve_cmd(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --model random.")] = 0,
     backend: Annotated[
-        BackendChoice | None,
+        InferenceBackendName | None,
         typer.Option(
             "--backend", help="Inference runtime (default: the one measured faster, docs/models.md)."
         ),
