@@ -7,6 +7,7 @@ h5py after :func:`open_package` returns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import cv2
 import h5py
 import numpy as np
 
-from ..errors import InputNotFoundError, PackageFormatError
+from ..errors import InputNotFoundError, PackageFormatError, UsageError
 from .manifest import Manifest, check_version, parse_version
 from .spec import (
     DATASETS,
@@ -67,6 +68,8 @@ class Package:
 
         Raises :class:`PackageFormatError` naming the first frame that does not decode to the manifest's size.
         """
+        if len(self.encoded_frames) != self.n_frames:
+            raise UsageError(f"{self.path} was opened with load_frames=False; open it with load_frames=True")
         expected = (self.manifest.video.height, self.manifest.video.width, 3)
         frames = []
         for i, data in enumerate(self.encoded_frames):
@@ -158,16 +161,36 @@ def open_hdf5(path: Path) -> h5py.File:
         ) from exc
 
 
+def _read_frames(f: h5py.File, path: Path, indices: Iterable[int]) -> list[bytes]:
+    frames_ds = f["frames"]
+    encoded: list[bytes] = []
+    for i in indices:
+        item = frames_ds[i]
+        if item.size == 0 or item.size > MAX_ENCODED_FRAME_BYTES:
+            raise PackageFormatError(f"{path}: frame {i} holds {item.size} bytes; expected an encoded image")
+        encoded.append(item.tobytes())
+    return encoded
+
+
+def read_encoded_frames(package: Package, indices: Iterable[int]) -> list[bytes]:
+    """The encoded full frames ``indices`` of an opened package, read from its file (for tools that need
+    a few frames, e.g. a preview; a server loads them all with :func:`open_package`)."""
+    with open_hdf5(package.path) as f:
+        return _read_frames(f, package.path, indices)
+
+
 def expected_shape(spec_shape: tuple[str | int, ...], symbols: dict[str, int]) -> tuple[int, ...]:
     return tuple(symbols[d] if isinstance(d, str) else d for d in spec_shape)
 
 
-def open_package(path: str | Path, *, mmap: bool = True) -> Package:
+def open_package(path: str | Path, *, mmap: bool = True, load_frames: bool = True) -> Package:
     """Open ``path``: check version, manifest, every dataset's shape and dtype, map hot arrays.
 
     Checksums are not verified here (that reads every byte; see :func:`lipsync_tools.package.validate`).
     With ``mmap`` true, contiguous datasets become read-only ``np.memmap`` views of the file (zero copy);
-    datasets another writer stored chunked or compressed are read into RAM instead.
+    datasets another writer stored chunked or compressed are read into RAM instead. With ``load_frames``
+    false the encoded full frames stay on disk (``encoded_frames`` is empty); read the few a tool needs
+    with :func:`read_encoded_frames`.
     """
     path = Path(path)
     with open_hdf5(path) as f:
@@ -200,15 +223,7 @@ def open_package(path: str | Path, *, mmap: bool = True) -> Package:
                 mapped.append(spec.path)
             else:
                 arrays[spec.path] = np.asarray(ds[...])
-        frames_ds = f["frames"]
-        encoded: list[bytes] = []
-        for i in range(frames_ds.shape[0]):
-            item = frames_ds[i]
-            if item.size == 0 or item.size > MAX_ENCODED_FRAME_BYTES:
-                raise PackageFormatError(
-                    f"{path}: frame {i} holds {item.size} bytes; expected an encoded image"
-                )
-            encoded.append(item.tobytes())
+        encoded = _read_frames(f, path, range(f["frames"].shape[0])) if load_frames else []
         has_checkpoint = "model/checkpoint" in f
         if has_checkpoint and symbols["B"] > MAX_CHECKPOINT_BYTES:
             raise PackageFormatError(f"{path}: embedded checkpoint exceeds {MAX_CHECKPOINT_BYTES} bytes")

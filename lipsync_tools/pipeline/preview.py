@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import LipsyncError, UsageError
 from ..media.images import decode_image
-from ..package.reader import Package, open_package
+from ..package.reader import Package, open_package, read_encoded_frames
 from ..package.writer import check_output_path
 
 ROW_HEIGHT = 240
@@ -37,8 +37,8 @@ def _tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> 
     return (image * (1 - alpha) + np.array(colour, np.float32) * alpha).astype(np.uint8)
 
 
-def render_row(package: Package, index: int) -> np.ndarray:
-    frame = decode_image(package.encoded_frames[index])
+def render_row(package: Package, index: int, encoded_frame: bytes) -> np.ndarray:
+    frame = decode_image(encoded_frame)
     rect = package.rects[index]
     x0, y0, x1, y1 = (int(v) for v in rect)
     side = x1 - x0
@@ -94,8 +94,10 @@ def make_contact_sheet(
     if output.suffix.lower() != ".png":
         raise UsageError(f"-o {output} must end in .png")
     check_output_path(output, force)
-    package = open_package(package_path)
-    rows = [render_row(package, i) for i in sample_indices(package.n_frames, frames)]
+    package = open_package(package_path, load_frames=False)  # a long package's frames are gigabytes
+    indices = sample_indices(package.n_frames, frames)
+    encoded = read_encoded_frames(package, indices)
+    rows = [render_row(package, i, data) for i, data in zip(indices, encoded, strict=True)]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=32) for r in rows]
     sheet = np.concatenate(rows, axis=0)
