@@ -116,3 +116,9 @@ class BuildFailedError(LipsyncError):
     """One or more packages of a batch build failed (the others were still built)."""
 
     exit_code = 17
+
+
+class ImportFormatError(LipsyncError, ValueError):
+    """An avatar folder made by another tool (``lipsync import``) lacks a file or holds inconsistent data."""
+
+    exit_code = 18

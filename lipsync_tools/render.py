@@ -24,7 +24,7 @@ import numpy as np
 
 from .audio.mel import MEL_WINDOW_FRAMES, mel_window_starts, wav2lip_mel
 from .engine.engine import STAGES, Engine, EngineOptions
-from .engine.model_loader import ModelInfo, load_inference_backend
+from .engine.model_loader import AudioEncoderChoice, ModelInfo, PackageModelHints, load_model
 from .engine.pacing import pingpong_index
 from .engine.store import PackageStore
 from .errors import LipsyncError, UsageError
@@ -88,6 +88,8 @@ def render_video(
     seed: int = 0,
     backend: str | None = None,
     cache_dir: Path | None = None,
+    family: str | None = None,
+    audio_encoder: str | Path | None = None,
     options: EngineOptions | None = None,
     server_url: str | None = None,
     force: bool = False,
@@ -97,7 +99,9 @@ def render_video(
     """Render ``output`` (mp4) from the package at ``package_path`` driven by the speech in ``audio_path``.
 
     Locally (``server_url`` None) the package and model are loaded here (model options as in
-    :func:`~lipsync_tools.engine.model_loader.load_inference_backend`) and frames are rendered with
+    :func:`~lipsync_tools.engine.model_loader.load_model`: the family is the package's unless ``family``
+    says otherwise; ``audio_encoder`` a path or ``"random"`` for AVE families, else the package's) and
+    frames are rendered with
     :meth:`Engine.process_batch_sync` in batches of ``options.max_batch``. ``on_model`` is called once the
     model is loaded (the CLI prints the random-weights warning from it).
 
@@ -117,10 +121,11 @@ def render_video(
     progress = progress or NullProgress()
     output = Path(output)
     check_output_path(output, force)
-    if server_url is not None and (model is not None or checkpoint is not None or backend is not None):
+    local_options = (model, checkpoint, backend, family, audio_encoder)
+    if server_url is not None and any(option is not None for option in local_options):
         raise UsageError(
-            "--model, --checkpoint and --backend choose the local model; a server (--server) renders with "
-            "its own model. Drop them, or drop --server"
+            "--model, --checkpoint, --backend, --family and --audio-encoder choose the local model; a server "
+            "(--server) renders with its own model. Drop them, or drop --server"
         )
     pcm = load_audio(Path(audio_path), SAMPLE_RATE)
     mel = wav2lip_mel(pcm) if pcm.size else np.zeros((80, 0), np.float32)
@@ -129,7 +134,8 @@ def render_video(
 
     source: _FrameSource
     if server_url is None:
-        source = _LocalSource(package_path, model, checkpoint, seed, backend, cache_dir, options, on_model)
+        source = _LocalSource(package_path, model, checkpoint, seed, backend, cache_dir, options, on_model,
+                              family, audio_encoder)
     else:
         source = _ServerSource(server_url, package_path, options.max_batch)
     with source:
@@ -150,7 +156,7 @@ def render_video(
                     )
                     for k in range(first, min(first + options.max_batch, n_out))
                 ]
-                replies = source.render(requests)
+                replies = source.render(requests, mel, starts)
                 for reply in replies:
                     _collect(timings, reply)
                     yield _pixels(reply)
@@ -195,7 +201,8 @@ class _FrameSource:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def render(self, requests: list[FrameRequest]) -> list[FrameReply]:
+    def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
+        """Replies to ``requests`` (request ids are output frame numbers; ``mel``/``starts``: the clip's)."""
         raise NotImplementedError
 
 
@@ -204,26 +211,44 @@ class _LocalSource(_FrameSource):
 
     def __init__(self, package_path: str | Path, model: str | None, checkpoint: Path | None, seed: int,
                  backend: str | None, cache_dir: Path | None, options: EngineOptions,
-                 on_model: Callable[[ModelInfo], None] | None) -> None:
+                 on_model: Callable[[ModelInfo], None] | None, family: str | None = None,
+                 audio_encoder: str | Path | None = None) -> None:
         store = PackageStore()
         info = store.load(RENDER_PACKAGE_ID, Path(package_path))
         package = store.get(RENDER_PACKAGE_ID)
-        embedded = package.read_checkpoint() if checkpoint is None and model in (None, "wav2lip") else None
-        runtime, self.model = load_inference_backend(
-            model, checkpoint, seed, backend, embedded, cache_dir, package_label=str(package_path),
+        use_embedded = checkpoint is None and model in (None, "wav2lip")
+        loaded = load_model(
+            model, checkpoint, seed, backend, cache_dir, family=family,
+            audio_encoder=AudioEncoderChoice.parse(audio_encoder, seed),
+            hints=PackageModelHints.from_package(package.package, with_checkpoint=use_embedded,
+                                                 label=str(package_path)),
             warmup_batches=(),  # the first batch is real work either way
         )
+        self.model = loaded.info
         if on_model is not None:
             on_model(self.model)
-        self.engine = Engine(store, runtime, options)
+        store.expected_family = (loaded.backend.family.name, loaded.backend.audio_mode.name)
+        store.check_family(RENDER_PACKAGE_ID)
+        self.engine = Engine(store, loaded.backend, options, audio_encoder=loaded.audio_encoder)
+        self.stream = self.engine.open_stream()
         self.package_id, self.n_frames, self.fps = RENDER_PACKAGE_ID, info.n_frames, info.fps
         self.width, self.height = info.width, info.height
         video = package.package.manifest.video
         self.frame_rate = Fraction(video.fps_num, video.fps_den) if video.fps_num > 0 and video.fps_den > 0 \
             else Fraction(info.fps).limit_denominator(1001 * 1000)
 
-    def render(self, requests: list[FrameRequest]) -> list[FrameReply]:
-        return self.engine.process_batch_sync(requests)
+    def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
+        stream = self.stream
+        if stream is None:
+            return self.engine.process_batch_sync(requests)
+        # Families whose audio window spans several frames (AVE) get every output frame's mel window.
+        frames = [r.request_id for r in requests]
+        if stream.total is None:
+            stream.end(len(starts))
+        for k in range(frames[0] - 16, frames[-1] + stream.look_ahead + 1):
+            if 0 <= k < len(starts):
+                stream.add(k, np.ascontiguousarray(mel[:, int(starts[k]) : int(starts[k]) + MEL_WINDOW_FRAMES]))
+        return self.engine.process_batch_sync(requests, stream=stream, stream_frames=frames)
 
 
 class _ServerSource(_FrameSource):
@@ -286,7 +311,7 @@ class _ServerSource(_FrameSource):
         self.loaded_here = package_id
         return info
 
-    def render(self, requests: list[FrameRequest]) -> list[FrameReply]:
+    def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
         for request in requests:
             self.stream.send(request)
         replies = {reply.request_id: reply for reply in (self.stream.recv_frame() for _ in requests)}

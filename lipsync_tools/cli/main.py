@@ -18,7 +18,18 @@ import typer
 from .._quiet import quiet_third_party
 from .._version import __version__
 from ..errors import BuildFailedError, LipsyncError, PackageFormatError, UsageError
-from .output import RichProgress, error_line, interactive, print_json, stderr
+from .output import (
+    AudioEncoderOpt,
+    AudioModeOpt,
+    FamilyOpt,
+    RichProgress,
+    check_audio_encoder_path,
+    error_line,
+    interactive,
+    optional_value,
+    print_json,
+    stderr,
+)
 
 app = typer.Typer(
     name="lipsync",
@@ -108,7 +119,13 @@ def build_package_cmd(
             "--weights-dir", help="Folder holding backend weight files (fan: 2DFAN4-11f355bf06.pth.tar)."
         ),
     ] = None,
-    crop_size: Annotated[int, typer.Option("--crop-size", help="Model input side in pixels.")] = 96,
+    crop_size: Annotated[
+        int | None,
+        typer.Option(
+            "--crop-size", help="Crop side in pixels (default: the family's: 96, 328 or 168; only wav2lip "
+            "takes another)."
+        ),
+    ] = None,
     padding: Annotated[
         float, typer.Option("--padding", help="Box padding per side, as a fraction of the face size.")
     ] = 0.1,
@@ -133,10 +150,14 @@ def build_package_cmd(
         Path | None,
         typer.Option(
             "--checkpoint",
-            help="Embed this Wav2Lip checkpoint (a per-avatar fine-tune) in the package; it is "
-            "checked against the architecture first. Servers use it unless given another.",
+            help="Embed this checkpoint (the avatar's own SyncTalk_2D/Ultralight UNet, or a Wav2Lip fine-tune) "
+            "in the package; it is checked against the family's architecture first (and gives the family "
+            "when --family is not given). Servers use it unless given another.",
         ),
     ] = None,
+    family: FamilyOpt = None,
+    audio_mode: AudioModeOpt = None,
+    audio_encoder: AudioEncoderOpt = None,
     detect_size: Annotated[
         int,
         typer.Option(
@@ -162,7 +183,21 @@ def build_package_cmd(
         quality = (
             frame_quality if frame_quality is not None else (95 if frame_codec is FrameCodec.jpeg else 1)
         )
+        chosen_family = optional_value(family)
+        chosen_mode = optional_value(audio_mode)
+        if checkpoint is not None:
+            from ..models.families import load_network
+
+            # refuse a wrong or damaged checkpoint before any video work; it also tells the family
+            network = load_network(checkpoint, family=chosen_family, audio_mode=chosen_mode)
+            chosen_family, chosen_mode = network.family.name, network.audio_mode.name
+        check_audio_encoder_path(audio_encoder)
+        from ..models.audio_features import AudioEncoderChoice
+
+        encoder = AudioEncoderChoice.parse(audio_encoder)
         options = BuildOptions(
+            family=chosen_family or "wav2lip",
+            audio_mode=chosen_mode,
             face_backend=face_backend.value,
             weights_dir=weights_dir,
             crop_size=crop_size,
@@ -174,10 +209,6 @@ def build_package_cmd(
             detect_max_side=detect_size,
         )
         inputs = expand_inputs(videos)
-        if checkpoint is not None:
-            from ..models.checkpoint import load_wav2lip
-
-            load_wav2lip(checkpoint)  # refuse a wrong or damaged checkpoint before any video work
         if len(inputs) == 1 and not videos[0].is_dir():
             show = interactive(json_output, quiet)
             with RichProgress() if show else contextlib.nullcontext() as progress:
@@ -187,6 +218,7 @@ def build_package_cmd(
                     audio=audio,
                     options=options,
                     checkpoint=checkpoint,
+                    audio_encoder=encoder,
                     force=force,
                     debug=debug,
                     progress=progress,
@@ -212,6 +244,7 @@ def build_package_cmd(
             output,
             options=options,
             checkpoint=checkpoint,
+            audio_encoder=encoder,
             force=force,
             workers=workers,
             debug=debug,
@@ -227,7 +260,9 @@ def build_package_cmd(
 
 def _print_build_summary(s: dict[str, Any]) -> None:
     stderr.print(
-        f"[green]built[/] {s['output']}: {s['frames']} frames {s['width']}x{s['height']} "
+        f"[green]built[/] {s['output']} ({s['family']}, {s['crop_size']} px crops, {s['audio_mode']} audio"
+        f"{', features stored' if s['audio_features'] != 'none' else ''}): "
+        f"{s['frames']} frames {s['width']}x{s['height']} "
         f"@ {s['fps']:.3g} fps, "
         f"{s['filled_frames']} filled, {s['package_bytes'] / 1e6:.1f} MB in {s['total_seconds']:.1f} s "
         f"({s['build_frames_per_second']:.1f} frames/s, peak {s['peak_rss_mb']:.0f} MB RAM)",
@@ -337,6 +372,7 @@ def preview_cmd(
 
 # --- commands that live in their own modules register here (one line each) ---
 from . import bench_cmd as _bench_cmd  # noqa: E402, F401  (registers `lipsync bench`)
+from . import models_cmd as _models_cmd  # noqa: E402, F401  (registers `lipsync models export`)
 from . import render_cmd as _render_cmd  # noqa: E402, F401  (registers `lipsync render`)
 from . import serve_cmd as _serve_cmd  # noqa: E402, F401  (registers `lipsync serve`)
 

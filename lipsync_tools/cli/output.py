@@ -6,7 +6,10 @@ import json
 import os
 import sys
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
 
 from rich.console import Console
 from rich.progress import (
@@ -27,6 +30,77 @@ class InferenceBackendName(StrEnum):
 
     torch = "torch"
     onnx = "onnx"
+
+
+class ModelFamilyName(StrEnum):
+    """``--family``: the registered model families (lipsync_tools.models.families; a test keeps them equal)."""
+
+    wav2lip = "wav2lip"
+    synctalk2d_328 = "synctalk2d-328"
+    synctalk2d_160 = "synctalk2d-160"
+    ultralight_160 = "ultralight-160"
+
+
+class AudioModeName(StrEnum):
+    """``--audio-mode``: the audio feature a family's network takes."""
+
+    mel = "mel"
+    ave = "ave"
+    hubert = "hubert"
+    wenet = "wenet"
+
+
+class BlendName(StrEnum):
+    """``--blend``: feathered blend mask, or the hard paste of SyncTalk_2D's own scripts."""
+
+    feather = "feather"
+    hard = "hard"
+
+
+FamilyOpt = Annotated[
+    ModelFamilyName | None,
+    typer.Option(
+        "--family",
+        help="Model family: wav2lip, synctalk2d-328, synctalk2d-160, ultralight-160 (default: detected from "
+        "the checkpoint or the package, else wav2lip).",
+    ),
+]
+AudioModeOpt = Annotated[
+    AudioModeName | None,
+    typer.Option(
+        "--audio-mode",
+        help="Audio feature of the family's network (SyncTalk_2D: ave (default), hubert, wenet; Ultralight: "
+        "hubert (default), wenet). SyncTalk_2D's ave and hubert checkpoints look alike: say which.",
+    ),
+]
+AudioEncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--audio-encoder",
+        help="AVE audio encoder for SyncTalk_2D families: a checkpoint (audio_visual_encoder.pth), or "
+        "'random' for deterministic random weights (NOT lip-sync). Default: the package's.",
+        show_default=False,
+    ),
+]
+BlendOpt = Annotated[
+    BlendName,
+    typer.Option("--blend", help="feather: blend with the package's feathered mask; hard: paste the crop."),
+]
+
+
+def optional_value(value: StrEnum | None) -> str | None:
+    return value.value if value is not None else None
+
+
+def check_audio_encoder_path(value: str | None) -> None:
+    """Refuse early an --audio-encoder path that does not exist."""
+    if value is not None and value != "random" and not Path(value).is_file():
+        from ..errors import InputNotFoundError
+
+        raise InputNotFoundError(
+            f"audio encoder {value} does not exist; pass the path of SyncTalk_2D's audio_visual_encoder.pth "
+            "or --audio-encoder random"
+        )
 
 
 def interactive(json_output: bool, quiet: bool) -> bool:

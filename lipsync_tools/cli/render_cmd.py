@@ -9,7 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
-from .output import InferenceBackendName, RichProgress, interactive, print_json, stderr
+from .output import (
+    AudioEncoderOpt,
+    BlendName,
+    BlendOpt,
+    FamilyOpt,
+    InferenceBackendName,
+    RichProgress,
+    check_audio_encoder_path,
+    interactive,
+    optional_value,
+    print_json,
+    stderr,
+)
 
 if TYPE_CHECKING:
     from ..engine.model_loader import ModelInfo
@@ -29,7 +41,11 @@ def render_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="The mp4 to write.", show_default=False)],
     checkpoint: Annotated[
         Path | None,
-        typer.Option("--checkpoint", help="Wav2Lip generator weights (wav2lip.pth / wav2lip_gan.pth)."),
+        typer.Option(
+            "--checkpoint",
+            help="Network weights: Wav2Lip (wav2lip.pth / wav2lip_gan.pth) or the avatar's own SyncTalk_2D / "
+            "Ultralight checkpoint (family detected from it).",
+        ),
     ] = None,
     model: Annotated[
         ModelName | None,
@@ -52,6 +68,9 @@ def render_cmd(
         ),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", help="Frames per model call.")] = 8,
+    family: FamilyOpt = None,
+    audio_encoder: AudioEncoderOpt = None,
+    blend: BlendOpt = BlendName.feather,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
@@ -59,21 +78,24 @@ def render_cmd(
 ) -> None:
     """Render a lip-synced mp4 (speech muxed in) from a package and a speech file."""
     from ..engine.engine import EngineOptions
-    from ..engine.model_loader import RANDOM_WEIGHTS_WARNING
     from ..render import render_video
 
     def announce(info: ModelInfo) -> None:
-        if info.is_random and not quiet:  # stderr: --json output on stdout stays clean
-            stderr.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]", highlight=False, soft_wrap=True)
+        if not quiet:  # stderr: --json output on stdout stays clean
+            for warning in info.warnings:
+                stderr.print(f"[bold yellow]{warning}[/]", highlight=False, soft_wrap=True)
 
     def action() -> None:
+        check_audio_encoder_path(audio_encoder)
         kwargs: dict[str, Any] = {
+            "family": optional_value(family),
+            "audio_encoder": audio_encoder,
             "model": model.value if model is not None else None,
             "checkpoint": checkpoint,
             "seed": seed,
             "backend": backend.value if backend is not None else None,
             "server_url": server,
-            "options": EngineOptions(max_batch=batch),
+            "options": EngineOptions(max_batch=batch, blend=blend.value),
             "force": force,
             "on_model": announce,
         }
@@ -86,7 +108,9 @@ def render_cmd(
         if json_output:
             print_json(summary)
         elif not quiet:
-            model_text = f"{result.model.name} ({result.model.backend})" if result.model else "server"
+            model_text = (
+                f"{result.model.family} {result.model.name} ({result.model.backend})" if result.model else "server"
+            )
             stderr.print(
                 f"[green]rendered[/] {result.output}: {result.frames} frames {result.width}x{result.height} "
                 f"@ {result.fps:.5g} fps, {result.video_seconds:.2f} s with {result.audio_seconds:.2f} s of "

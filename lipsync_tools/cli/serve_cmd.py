@@ -16,7 +16,16 @@ from typing import Annotated
 import typer
 
 from .main import app, run_command
-from .output import InferenceBackendName, stderr
+from .output import (
+    AudioEncoderOpt,
+    AudioModeOpt,
+    BlendName,
+    BlendOpt,
+    FamilyOpt,
+    InferenceBackendName,
+    optional_value,
+    stderr,
+)
 
 
 class ModelChoice(StrEnum):
@@ -113,6 +122,10 @@ def serve_cmd(
         Path | None,
         typer.Option("--audio", help="With --original: the file replay requests take their audio from."),
     ] = None,
+    family: FamilyOpt = None,
+    audio_mode: AudioModeOpt = None,
+    audio_encoder: AudioEncoderOpt = None,
+    blend: BlendOpt = BlendName.feather,
 ) -> None:
     """Serve lip-sync frames from preloaded packages over HTTP and WebSocket (docs/protocol.md)."""
     from ..server import PackageSpec, ServerConfig, StartupReport, format_startup, run
@@ -155,6 +168,10 @@ def serve_cmd(
             package_dir=package_dir,
             allow_runtime_loading=not no_runtime_loading,
             onnx_cache_dir=onnx_cache,
+            family=optional_value(family),
+            audio_mode=optional_value(audio_mode),
+            audio_encoder=audio_encoder,
+            blend=blend.value,
             log_level="debug" if debug else "warning",
         )
         components = original_components(audio) if original is not None else None

@@ -33,28 +33,34 @@ def _blend_into(destination: np.ndarray, generated: np.ndarray, mask: np.ndarray
 
 
 def composite_frame(
-    frame: np.ndarray, generated: np.ndarray, blend_mask: np.ndarray, rect: tuple[int, int, int, int]
+    frame: np.ndarray, generated: np.ndarray, blend_mask: np.ndarray | None, rect: tuple[int, int, int, int]
 ) -> np.ndarray:
     """Paste ``generated`` (uint8 ``(S, S, 3)`` BGR) into a copy of ``frame`` (uint8 ``(H, W, 3)``).
 
     ``rect`` is the square ``(x0, y0, x1, y1)`` (half-open, inside the frame) the crop was cut from;
-    ``blend_mask`` the uint8 ``(S, S)`` feathered mask of that crop. Returns a new C-contiguous uint8
-    ``(H, W, 3)`` array; ``frame`` is not modified.
+    ``blend_mask`` the uint8 ``(S, S)`` feathered mask of that crop, or ``None`` to paste the whole crop
+    hard (SyncTalk_2D's own scripts). Returns a new C-contiguous uint8 ``(H, W, 3)`` array; ``frame`` is not
+    modified.
     """
     x0, y0, x1, y1 = rect
     side = x1 - x0
     out = frame.copy()
-    _blend_into(out[y0:y1, x0:x1], _resize(generated, side), _resize(blend_mask, side))
+    if blend_mask is None:
+        out[y0:y1, x0:x1] = _resize(generated, side)
+    else:
+        _blend_into(out[y0:y1, x0:x1], _resize(generated, side), _resize(blend_mask, side))
     return out
 
 
-def composite_crop(original: np.ndarray, generated: np.ndarray, blend_mask: np.ndarray) -> np.ndarray:
+def composite_crop(original: np.ndarray, generated: np.ndarray, blend_mask: np.ndarray | None) -> np.ndarray:
     """Blend ``generated`` over ``original`` in crop space (all ``S x S``): the crop_only reply image.
 
     Its border equals the package's own crop (the mask is 0 there), so a client that resizes it into the
     rectangle gets the same seamless paste as the server's full-frame composite. Returns a new uint8
     ``(S, S, 3)`` array.
     """
+    if blend_mask is None:
+        return np.array(generated, copy=True)
     out = np.array(original, copy=True)
     _blend_into(out, generated, blend_mask)
     return out

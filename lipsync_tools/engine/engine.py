@@ -21,13 +21,14 @@ from typing import Protocol
 
 import numpy as np
 
-from ..audio.mel import MEL_WINDOW_FRAMES, mel_from_pcm_window
+from ..audio.mel import mel_from_pcm_window
 from ..errors import LipsyncError, ProtocolError, UsageError
 from ..models.backends import InferenceBackend
 from ..protocol import limits
 from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat
 from .batcher import Batcher
 from .compositor import composite_crop, composite_frame, encode_frame_image
+from .features import FeatureComputer, StreamAudio
 from .pacing import is_silent
 from .store import LoadedPackage, PackageStore
 
@@ -36,8 +37,6 @@ STAGES: tuple[str, ...] = ("features", "queue", "inference", "composite", "encod
 
 SILENT_STAGES: tuple[str, ...] = ("encode", "total")
 """Timing names of an original (silence) frame."""
-
-_MEL_BINS = 80
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +47,9 @@ class EngineOptions:
     requests after its first one arrived (0: never wait). ``queue_limit``: most requests waiting; one more
     is refused with ``overloaded``. ``jpeg_quality``: default JPEG quality where a caller does not give
     one (render previews, original frames). ``silence_dbfs``: RMS level below which a PCM window is
-    silence (:func:`~lipsync_tools.engine.pacing.is_silent`).
+    silence (:func:`~lipsync_tools.engine.pacing.is_silent`). ``blend``: how a generated crop goes back
+    into the frame: ``feather`` (the package's feathered blend mask) or ``hard`` (the whole crop pasted, as
+    SyncTalk_2D's and Ultralight's own scripts do).
     """
 
     max_batch: int = 8
@@ -56,8 +57,11 @@ class EngineOptions:
     queue_limit: int = 64
     jpeg_quality: int = 90
     silence_dbfs: float = -50.0
+    blend: str = "feather"
 
     def __post_init__(self) -> None:
+        if self.blend not in ("feather", "hard"):
+            raise UsageError(f"blend is {self.blend!r}; expected feather or hard")
         if not 1 <= self.max_batch <= 256:
             raise UsageError(f"max_batch is {self.max_batch}; expected 1..256")
         if not 0.0 <= self.max_wait_ms <= 1000.0:
@@ -86,6 +90,8 @@ class _Job:
     package: LoadedPackage
     arrived: float  # time.perf_counter() seconds
     timings: dict[str, int] = field(default_factory=dict)
+    stream: StreamAudio | None = None  # a live session's audio (multi-frame audio windows)
+    stream_frame: int = 0  # the session frame number this request renders
 
 
 def _us(seconds: float) -> int:
@@ -105,16 +111,19 @@ class Engine:
         backend: InferenceBackend,
         options: EngineOptions | None = None,
         observer: Observer | None = None,
+        *,
+        audio_encoder: object | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.options = options or EngineOptions()
         self.observer = observer
+        self.features = FeatureComputer(backend.family, backend.audio_mode, audio_encoder)
         size = int(backend.crop_size)
         batch = self.options.max_batch
         # Batch buffers, reused by every model call (one call at a time: _compute_lock).
         self._crop_buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
-        self._mel_buffer = np.empty((batch, 1, _MEL_BINS, MEL_WINDOW_FRAMES), dtype=np.float32)
+        self._audio_buffer = np.empty((batch, *backend.audio_mode.network_shape), dtype=np.float32)
         self._compute_lock = threading.Lock()
         self._batcher: Batcher[_Job, FrameReply] = Batcher(
             self._run_jobs,
@@ -152,9 +161,25 @@ class Engine:
 
     # --- entry points ----------------------------------------------------------------------------------
 
-    async def process(self, request: FrameRequest, *, skip_silence: bool = False) -> FrameReply:
+    def open_stream(self) -> StreamAudio | None:
+        """A :class:`StreamAudio` for a live session when the model's audio window spans several frames
+        (AVE), else ``None``. The session adds frame ``k``'s window before asking for frame
+        ``k - stream.look_ahead`` and passes the stream to :meth:`process`."""
+        look_ahead = self.features.look_ahead
+        return StreamAudio(look_ahead) if look_ahead > 0 else None
+
+    async def process(
+        self,
+        request: FrameRequest,
+        *,
+        skip_silence: bool = False,
+        stream: StreamAudio | None = None,
+        stream_frame: int = 0,
+    ) -> FrameReply:
         """Render the frame ``request`` asks for (batched with concurrent callers).
 
+        ``stream``/``stream_frame``: a live session's audio and the session frame this request renders
+        (see :meth:`open_stream`); without them a PCM request is a one-shot window.
         With ``skip_silence``, a PCM16 window quieter than ``options.silence_dbfs`` gets the original frame
         instead (:meth:`original_frame`, ``reply.silence`` true, no model call). Raises
         :class:`ProtocolError` with code ``unknown_package``, ``frame_out_of_range``, ``bad_audio``,
@@ -171,7 +196,9 @@ class Engine:
                 request.package_id, request.frame_index, request.image, request.jpeg_quality,
                 request_id=request.request_id,
             )
-        reply = await self._batcher.submit(_Job(request, package, arrived))
+        reply = await self._batcher.submit(
+            _Job(request, package, arrived, stream=stream, stream_frame=stream_frame)
+        )
         if self.observer is not None:
             for stage, micros in reply.timings.items():
                 self.observer.observe_stage(stage, micros / 1e6)
@@ -223,14 +250,26 @@ class Engine:
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
         return self._original_reply(package, frame_index, image_format, quality, request_id, arrived)
 
-    def process_batch_sync(self, requests: list[FrameRequest]) -> list[FrameReply]:
+    def process_batch_sync(
+        self,
+        requests: list[FrameRequest],
+        *,
+        stream: StreamAudio | None = None,
+        stream_frames: list[int] | None = None,
+    ) -> list[FrameReply]:
         """Render ``requests`` in model calls of up to ``max_batch``, in the calling thread; replies in order.
 
+        ``stream`` and ``stream_frames`` (one stream frame number per request): an offline render's audio
+        for families whose window spans several frames (see :meth:`open_stream`).
         Every request is validated first; raises the first :class:`ProtocolError` found (nothing is
         rendered then). ``queue`` timings are 0.
         """
         arrived = time.perf_counter()
-        jobs = [_Job(request, self._validate(request), arrived) for request in requests]
+        frames = stream_frames if stream_frames is not None else [0] * len(requests)
+        jobs = [
+            _Job(request, self._validate(request), arrived, stream=stream, stream_frame=frame)
+            for request, frame in zip(requests, frames, strict=True)
+        ]
         replies: list[FrameReply] = []
         step = self.options.max_batch
         for first in range(0, len(jobs), step):
@@ -253,6 +292,7 @@ class Engine:
     def _validate(self, request: FrameRequest) -> LoadedPackage:
         package = self.store.get(request.package_id)
         self._check_frame(package, request.frame_index)
+        self.features.check_package(package)
         if package.info.crop_size != self.backend.crop_size:
             raise ProtocolError(
                 ErrorCode.BAD_FIELD,
@@ -282,18 +322,8 @@ class Engine:
     # --- the work (worker thread, or the caller's thread for the sync path) ------------------------------
 
     def _features(self, job: _Job) -> np.ndarray:
-        """The ``(80, 16)`` float32 mel window of one request."""
-        request = job.request
-        if request.audio is AudioFormat.REPLAY:
-            return job.package.mel_window(request.frame_index)
-        if request.audio is AudioFormat.MEL:
-            mel = request.mel_window()
-            if not np.isfinite(mel).all():
-                raise ProtocolError(ErrorCode.BAD_AUDIO, "mel window holds NaN or infinite values")
-            return mel
-        pcm = request.pcm_window().astype(np.float32)
-        pcm *= np.float32(1.0 / 32768.0)
-        return mel_from_pcm_window(pcm)
+        """The network audio input of one request (family-specific shape, see :mod:`.features`)."""
+        return self.features.network_audio(job.request, job.package, job.stream, job.stream_frame)
 
     def _run_jobs(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
         """Features, one model call, composite and encode for up to ``max_batch`` jobs."""
@@ -315,7 +345,7 @@ class Engine:
                 results[k] = ProtocolError(ErrorCode.BAD_AUDIO, str(exc))
                 continue
             n = len(batch)
-            self._mel_buffer[n, 0] = mel
+            self._audio_buffer[n] = mel
             self._crop_buffer[n] = job.package.crops[job.request.frame_index]
             batch.append(k)
             job.timings["features"] = _us(time.perf_counter() - t0)
@@ -324,7 +354,7 @@ class Engine:
             n = len(batch)
             t0 = time.perf_counter()
             try:
-                generated = self.backend.infer(self._crop_buffer[:n], self._mel_buffer[:n])
+                generated = self.backend.infer(self._crop_buffer[:n], self._audio_buffer[:n])
             except Exception as exc:
                 error = ProtocolError(ErrorCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
@@ -348,12 +378,12 @@ class Engine:
         index = request.frame_index
         t0 = time.perf_counter()
         rect: tuple[int, int, int, int] | None = None
+        mask = package.blend_masks[index] if self.options.blend == "feather" else None
         if request.image is ImageFormat.CROP_ONLY:
-            image = composite_crop(package.crops[index], generated, package.blend_masks[index])
+            image = composite_crop(package.crops[index], generated, mask)
             rect = package.rects[index]
         else:
-            image = composite_frame(package.frames[index], generated, package.blend_masks[index],
-                                    package.rects[index])
+            image = composite_frame(package.frames[index], generated, mask, package.rects[index])
         t1 = time.perf_counter()
         payload = encode_frame_image(image, request.image, request.jpeg_quality)
         t2 = time.perf_counter()

@@ -1,35 +1,44 @@
 """Choosing and loading the lip-sync model for the engine: real weights, embedded weights, random, identity.
 
-Precedence (documented in docs/engine.md):
+The family (``wav2lip``, ``synctalk2d-328``, ...) is ``family`` when given, else detected from
+``checkpoint``, else the package's (``package_family``), else Wav2Lip. Weights, in this order (documented
+in docs/engine.md):
 
-1. ``checkpoint`` given: Wav2Lip from that file, strictly checked (``model`` must be ``None`` or
-   ``"wav2lip"``);
-2. ``model == "random"``: deterministic random Wav2Lip weights from ``seed`` (even if the package embeds a
-   checkpoint: that is "told otherwise"). This is NOT lip-sync; callers must say so loudly;
+1. ``checkpoint`` given: that file, strictly checked against the family (``model`` must be ``None`` or the
+   family's name / ``"wav2lip"``);
+2. ``model == "random"``: deterministic random weights of the family from ``seed`` (even if the package
+   embeds a checkpoint: that is "told otherwise"). This is NOT lip-sync; callers must say so loudly;
 3. ``model == "identity"``: returns the input crop (tests of everything around the model);
-4. otherwise (``None`` or ``"wav2lip"``): the checkpoint embedded in the package, if there is one;
+4. otherwise: the checkpoint embedded in the package, if there is one;
 5. else a :class:`UsageError` saying which option to pass.
+
+Families that take AVE audio also need the AVE encoder: ``audio_encoder`` when given, else the one the
+package embeds, else the random seed the package recorded; without any, requests must replay the
+package's own audio.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from torch import nn
 
 from ..errors import UsageError
 from ..models import (
     DEFAULT_BACKEND,
     BackendOptions,
-    IdentityModel,
     InferenceBackend,
     create_backend,
-    load_wav2lip,
-    random_wav2lip,
 )
+from ..models.audio_features import AudioEncoderChoice
+from ..models.backends import IdentityNetwork
+
+__all__ = ["AudioEncoderChoice", "LoadedModel", "ModelInfo", "PackageModelHints", "load_inference_backend",
+           "load_model"]
+from ..models.families import get_family, load_network, random_network
 
 MODEL_NAMES: tuple[str, ...] = ("random", "wav2lip", "identity")
 
@@ -37,6 +46,12 @@ RANDOM_WEIGHTS_WARNING = (
     "WARNING: the model has RANDOM weights (--model random): its output is NOT lip-sync. Use it for demos, "
     "tests and benchmarks only; pass --checkpoint wav2lip.pth (or a package with an embedded checkpoint) for "
     "real lip-sync."
+)
+
+RANDOM_ENCODER_WARNING = (
+    "WARNING: the AVE audio encoder has RANDOM weights (--audio-encoder random): the audio features are NOT "
+    "speech features and the output does NOT lip-sync. Pass --audio-encoder audio_visual_encoder.pth for real "
+    "lip-sync."
 )
 """What servers and ``render`` print when :attr:`ModelInfo.is_random` is true."""
 
@@ -57,12 +72,62 @@ class ModelInfo:
     backend: str
     load_seconds: float
     warmup_seconds: float = 0.0
+    family: str = "wav2lip"
+    audio_mode: str = "mel"
+    audio_encoder: str = "none"  # "none", a path, "embedded in PKG" or "random (seed N)"
+    audio_encoder_is_random: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name, "source": self.source, "is_random": self.is_random, "backend": self.backend,
+            "family": self.family, "audio_mode": self.audio_mode, "audio_encoder": self.audio_encoder,
+            "audio_encoder_is_random": self.audio_encoder_is_random,
             "load_seconds": round(self.load_seconds, 6), "warmup_seconds": round(self.warmup_seconds, 6),
         }
+
+    @property
+    def warnings(self) -> list[str]:
+        """The loud warnings a server or render must print for this model."""
+        out = [RANDOM_WEIGHTS_WARNING] if self.is_random else []
+        if self.audio_encoder_is_random:
+            out.append(RANDOM_ENCODER_WARNING)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageModelHints:
+    """What a package says about its model: family, audio mode, embedded checkpoint and AVE encoder."""
+
+    family: str | None = None
+    audio_mode: str | None = None
+    checkpoint: bytes | None = field(default=None, repr=False)
+    audio_encoder: bytes | None = field(default=None, repr=False)
+    audio_encoder_seed: int | None = None
+    label: str = "the package"
+
+    @classmethod
+    def from_package(cls, package: Any, *, with_checkpoint: bool = True, label: str | None = None
+                     ) -> PackageModelHints:
+        """Read the hints of an opened :class:`~lipsync_tools.package.reader.Package` (reads the file)."""
+        meta = package.manifest.model
+        return cls(
+            family=package.family,
+            audio_mode=package.audio_mode,
+            checkpoint=package.read_checkpoint() if with_checkpoint else None,
+            audio_encoder=package.read_checkpoint("model/audio_encoder"),
+            audio_encoder_seed=meta.audio_encoder_seed if meta is not None and meta.audio_encoder == "random"
+            else None,
+            label=label or str(package.path),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedModel:
+    """The engine's model: the inference backend, what it is, and the AVE encoder when the family needs one."""
+
+    backend: InferenceBackend
+    info: ModelInfo
+    audio_encoder: Any | None = None
 
 
 def load_inference_backend(
@@ -77,7 +142,30 @@ def load_inference_backend(
     num_threads: int | None = None,
     warmup_batches: tuple[int, ...] = (1,),
 ) -> tuple[InferenceBackend, ModelInfo]:
-    """Build the inference backend the options ask for; see the module docstring for the precedence.
+    """:func:`load_model` for a Wav2Lip-or-detected model without package hints beyond its checkpoint."""
+    loaded = load_model(
+        model, checkpoint, seed, backend, cache_dir,
+        hints=PackageModelHints(checkpoint=package_checkpoint, label=package_label),
+        num_threads=num_threads, warmup_batches=warmup_batches,
+    )
+    return loaded.backend, loaded.info
+
+
+def load_model(
+    model: str | None = None,
+    checkpoint: Path | None = None,
+    seed: int = 0,
+    backend: str | None = None,
+    cache_dir: Path | None = None,
+    *,
+    family: str | None = None,
+    audio_mode: str | None = None,
+    audio_encoder: AudioEncoderChoice | None = None,
+    hints: PackageModelHints | None = None,
+    num_threads: int | None = None,
+    warmup_batches: tuple[int, ...] = (1,),
+) -> LoadedModel:
+    """Build the model the options ask for; see the module docstring for the precedence.
 
     ``backend`` defaults to :data:`lipsync_tools.models.DEFAULT_BACKEND` (the faster one by measurement).
     ``cache_dir`` keeps ONNX exports between starts. ``warmup_batches``: batch sizes run once on zeros
@@ -88,40 +176,81 @@ def load_inference_backend(
     for a missing or mismatching checkpoint, and
     :class:`~lipsync_tools.errors.BackendUnavailableError` when the backend's runtime is missing.
     """
+    hints = hints or PackageModelHints()
     if model is not None and model not in MODEL_NAMES:
         raise UsageError(f"unknown model {model!r}; expected one of: {', '.join(MODEL_NAMES)}")
     if checkpoint is not None and model not in (None, "wav2lip"):
-        raise UsageError(f"--checkpoint loads Wav2Lip weights; it cannot be combined with --model {model}")
+        raise UsageError(f"--checkpoint loads a network's weights; it cannot be combined with --model {model}")
     started = time.perf_counter()
-    network: nn.Module
+    wanted_family = family
+    mode_hint = audio_mode
+    if wanted_family is None and checkpoint is None and hints.family is not None:
+        wanted_family = hints.family
+        mode_hint = mode_hint or hints.audio_mode
     if checkpoint is not None:
-        network = load_wav2lip(checkpoint)
-        name, source = "wav2lip", str(checkpoint)
+        net = load_network(checkpoint, family=wanted_family, audio_mode=mode_hint)
+        name, source, network = "wav2lip" if net.family.name == "wav2lip" else "checkpoint", str(checkpoint), net
     elif model == "random":
-        network = random_wav2lip(seed)
+        network = random_network(get_family(wanted_family), mode_hint, seed)
         name, source = "random", f"seed {seed}"
     elif model == "identity":
-        network = IdentityModel()
+        fam = get_family(wanted_family)
+        mode = fam.audio_mode(mode_hint)
+        network = None
         name, source = "identity", "built-in"
-    elif package_checkpoint is not None:
-        network = load_wav2lip(package_checkpoint, name=f"the checkpoint embedded in {package_label}")
-        name, source = "wav2lip", f"embedded in {package_label}"
+    elif hints.checkpoint is not None:
+        label = f"the checkpoint embedded in {hints.label}"
+        network = load_network(hints.checkpoint, family=wanted_family, audio_mode=mode_hint, name=label)
+        name, source = "checkpoint", f"embedded in {hints.label}"
     else:
         wanted = "--model wav2lip needs --checkpoint PATH" if model == "wav2lip" else "no model weights given"
         raise UsageError(
-            f"{wanted} and {package_label} embeds no checkpoint: pass --checkpoint wav2lip.pth for real "
-            "lip-sync, or --model random --seed 0 for a demo with random weights (not lip-sync)"
+            f"{wanted} and {hints.label} embeds no checkpoint: pass --checkpoint PATH (wav2lip.pth, or the "
+            "avatar's own SyncTalk_2D/Ultralight checkpoint) for real lip-sync, or --model random --seed 0 for "
+            "a demo with random weights (not lip-sync)"
         )
+    if network is not None:
+        fam, mode, module = network.family, network.audio_mode, network.module
+        if name == "checkpoint" and fam.name == "wav2lip":
+            name = "wav2lip"
+    else:
+        module = IdentityNetwork(fam, mode.name)
+    encoder, encoder_label, encoder_random = _audio_encoder(mode.name, audio_encoder, hints)
     chosen = backend or DEFAULT_BACKEND
     runtime_options = BackendOptions(num_threads=num_threads, onnx_cache_dir=cache_dir)
-    runtime = create_backend(chosen, network, runtime_options)
+    runtime = create_backend(chosen, module, runtime_options, fam)
     loaded = time.perf_counter()
     size = int(runtime.crop_size)
     for batch in warmup_batches:
-        runtime.infer(np.zeros((batch, size, size, 3), np.uint8), np.zeros((batch, 1, 80, 16), np.float32))
+        runtime.infer(
+            np.zeros((batch, size, size, 3), np.uint8), np.zeros((batch, *mode.network_shape), np.float32)
+        )
     warm = time.perf_counter()
     info = ModelInfo(
         name=name, source=source, is_random=name == "random", backend=runtime.name,
-        load_seconds=loaded - started, warmup_seconds=warm - loaded,
+        load_seconds=loaded - started, warmup_seconds=warm - loaded, family=fam.name, audio_mode=mode.name,
+        audio_encoder=encoder_label, audio_encoder_is_random=encoder_random,
     )
-    return runtime, info
+    return LoadedModel(backend=runtime, info=info, audio_encoder=encoder)
+
+
+def check_family_options(family: str | None, audio_mode: str | None) -> None:
+    """Raise :class:`UsageError` for an unknown family or an audio mode the family does not take."""
+    get_family(family).audio_mode(audio_mode)
+
+
+def _audio_encoder(
+    mode: str, choice: AudioEncoderChoice | None, hints: PackageModelHints
+) -> tuple[Any | None, str, bool]:
+    """The AVE encoder (or None), how to describe it, and whether it is random."""
+    if mode != "ave":
+        if choice is not None:
+            raise UsageError(f"--audio-encoder gives AVE features; this model takes {mode} audio")
+        return None, "none", False
+    if choice is None and hints.audio_encoder is not None:
+        choice = AudioEncoderChoice(data=hints.audio_encoder, label=f"embedded in {hints.label}")
+    if choice is None and hints.audio_encoder_seed is not None:
+        choice = AudioEncoderChoice.parse("random", hints.audio_encoder_seed)
+    if choice is None:
+        return None, "none", False
+    return choice.load(), choice.label, choice.is_random

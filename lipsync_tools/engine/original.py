@@ -272,7 +272,18 @@ class OriginalEngine:
 
     # --- entry points ----------------------------------------------------------------------------------
 
-    async def process(self, request: FrameRequest, *, skip_silence: bool = False) -> FrameReply:
+    def open_stream(self) -> None:
+        """The original path renders Wav2Lip only: no multi-frame audio state (see ``Engine.open_stream``)."""
+        return None
+
+    async def process(
+        self,
+        request: FrameRequest,
+        *,
+        skip_silence: bool = False,
+        stream: object | None = None,
+        stream_frame: int = 0,
+    ) -> FrameReply:
         """Render the frame ``request`` asks for; every stage runs for this request, in a worker thread.
 
         Raises :class:`ProtocolError` (``unknown_package``, ``frame_out_of_range``, ``bad_audio``, and

@@ -45,6 +45,8 @@ class PackageInfo:
     crop_size: int
     has_checkpoint: bool
     load_seconds: dict[str, float]
+    family: str = "wav2lip"
+    audio_mode: str = "mel"
     ram_bytes: int
     mapped_bytes: int = 0
 
@@ -53,7 +55,7 @@ class PackageInfo:
         return {
             "id": self.id, "path": str(self.path), "n_frames": self.n_frames, "fps": self.fps,
             "width": self.width, "height": self.height, "crop_size": self.crop_size,
-            "has_checkpoint": self.has_checkpoint,
+            "has_checkpoint": self.has_checkpoint, "family": self.family, "audio_mode": self.audio_mode,
             "load_seconds": {k: round(v, 6) for k, v in self.load_seconds.items()},
             "ram_bytes": self.ram_bytes, "mapped_bytes": self.mapped_bytes,
         }
@@ -163,6 +165,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
     def __init__(self, *, expected_crop_size: int | None = None, decode_threads: int | None = None) -> None:
         super().__init__()
         self.expected_crop_size = expected_crop_size
+        self.expected_family: tuple[str, str] | None = None  # (family, audio mode) of the served model
         self.served_checkpoint_sha256: str | None = None
         self.decode_threads = decode_threads or os.cpu_count() or 1
 
@@ -181,6 +184,22 @@ class PackageStore(IdRegistry[LoadedPackage]):
         loaded = self._prepare(package_id, Path(path))
         self._insert(package_id, loaded, replace=replace)
         return loaded.info
+
+    def check_family(self, package_id: str) -> None:
+        """Raise :class:`PackageFormatError` when a loaded package was built for another model family or
+        audio than ``expected_family``."""
+        loaded = self.get(package_id)
+        self._check_family(loaded.package, loaded.info.path)
+
+    def _check_family(self, package: Package, path: Path) -> None:
+        if self.expected_family is None:
+            return
+        family, mode = self.expected_family
+        if (package.family, package.audio_mode) != (family, mode):
+            raise PackageFormatError(
+                f"{path}: built for {package.family} with {package.audio_mode} audio, but this server runs "
+                f"{family} with {mode} audio; serve it from a server started with --family {package.family}"
+            )
 
     def infos(self) -> list[PackageInfo]:
         """Every loaded package's info, in load order."""
@@ -223,6 +242,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
             id=package_id, path=path, n_frames=package.n_frames, fps=float(m.video.fps),
             width=m.video.width, height=m.video.height, crop_size=package.crop_size,
             has_checkpoint=package.has_checkpoint, load_seconds=load_seconds,
+            family=package.family, audio_mode=package.audio_mode,
             ram_bytes=sum(int(f.nbytes) for f in frames) + in_ram, mapped_bytes=mapped_bytes,
         )
         return LoadedPackage(
@@ -236,6 +256,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
         """Check what per-frame code relies on, once; touch every mapped page; return plain-int tables."""
         m = package.manifest
         s = package.crop_size
+        self._check_family(package, path)
         if self.expected_crop_size is not None and s != self.expected_crop_size:
             raise PackageFormatError(
                 f"{path}: crops are {s}x{s} but the model takes {self.expected_crop_size}x"

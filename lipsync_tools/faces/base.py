@@ -27,6 +27,10 @@ class LandmarkScheme:
     nose_tip: int
     left_eye: tuple[int, ...]  # the subject's left eye (image right)
     right_eye: tuple[int, ...]
+    # SyncTalk_2D's square box (model families with box rule "synctalk2d"): the points whose mean x is the
+    # face's image-left edge at eye level, its image-right edge at eye level, and whose mean y is the middle
+    # of the nose bridge. On PFLD's 110 points these are exactly (1,), (31,), (52,).
+    box_points: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((), (), ())
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ MEDIAPIPE_468 = LandmarkScheme(
     left_eye=(362, 382, 381, 380, 374, 373, 390, 249, 263, 466, 388, 387, 386, 385, 384, 398),
     # Outer corner (33) along the lower lid to the inner corner (133), back along the upper lid.
     right_eye=(33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
+    # PFLD's contour has two points per iBUG contour point, so its point 1 lies between iBUG 0 and 1, i.e.
+    # between FaceMesh 127 and 234 (the usual FaceMesh -> iBUG-68 correspondence), and 31 between 454 and
+    # 356. PFLD 52, the second of the four nose-bridge points (iBUG 28), lies a third of the way from
+    # between the eyes to the nose tip: between FaceMesh 6 and 197. tests/pipeline/test_crop.py checks the
+    # resulting box against PFLD points annotated by hand on a real face.
+    box_points=((127, 234), (454, 356), (6, 197)),
 )
 
 # The 68-point iBUG 300-W layout that face-alignment's FAN predicts (0-based indices).
@@ -39,4 +45,19 @@ IBUG_68 = LandmarkScheme(
     nose_tip=30,
     left_eye=tuple(range(42, 48)),  # the subject's left eye, image right; 42 is its inner corner
     right_eye=tuple(range(36, 42)),  # the subject's right eye, image left; 36 is its outer corner
+    box_points=((0, 1), (15, 16), (28,)),
+)
+
+# The 110-point PFLD layout of SyncTalk_2D's and Ultralight's ``landmarks/N.lms`` files (0-based): 0-32 the
+# face contour (image left to right, 1 and 31 at eye level, 16 the chin), 33-50 the brows, 51-54 the nose
+# bridge, 55-65 the lower nose, 66-89 the eyes, 90-101 the outer lips, 102-109 the inner lips.
+PFLD_110 = LandmarkScheme(
+    name="pfld-110",
+    num_points=110,
+    jaw=tuple(range(0, 33)),
+    outer_lips=tuple(range(90, 102)),
+    nose_tip=54,
+    left_eye=tuple(range(78, 90)),
+    right_eye=tuple(range(66, 78)),
+    box_points=((1,), (31,), (52,)),
 )

@@ -1,20 +1,23 @@
-"""Inference backends: one array contract, several runtimes (PyTorch, ONNX Runtime).
+"""Inference backends: one array contract, several runtimes (PyTorch, ONNX Runtime), every model family.
 
-The contract the engine relies on (:class:`InferenceBackend`):
+The contract the engine relies on (:class:`InferenceBackend`), for a backend built for family ``F``
+(:class:`~lipsync_tools.models.family.ModelFamily`, crop side ``S``, network side ``n``):
 
-``infer(crops, mels) -> crops_out``
-    * ``crops``: uint8 ``(B, S, S, 3)`` BGR face crops at the model size ``S = crop_size`` (96), exactly as
-      the package stores them (C-contiguous or not; it is read, never written).
-    * ``mels``: float32 ``(B, 1, 80, 16)`` mel windows (Wav2Lip's normalised log-mel, one per crop).
-    * returns a new C-contiguous uint8 ``(B, S, S, 3)`` BGR array: the generated crops, rounded to nearest.
+``infer(crops, audio) -> crops_out``
+    * ``crops``: uint8 ``(B, S, S, 3)`` BGR face crops, exactly as the package stores them (C-contiguous or
+      not; read, never written).
+    * ``audio``: float32 ``(B, *F.audio.network_shape)``: Wav2Lip mel windows ``(B, 1, 80, 16)``, AVE
+      windows ``(B, 32, 16, 16)``, ...
+    * returns a new C-contiguous uint8 ``(B, S, S, 3)`` BGR array: each crop with the network's prediction
+      in its inner region (for Wav2Lip the whole crop), rounded to nearest.
 
-The backend builds the network input itself: each crop, with its lower half (rows ``S//2`` and below)
-zeroed, stacked with the unmasked crop as the reference, scaled to ``[0, 1]``: the same input Wav2Lip's
-own inference script builds. Wav2Lip truncates the ``[0, 255]`` output to uint8; we round, which is closer
-to the network's output and keeps backends within one grey level of each other.
+The backend builds the network input itself (:meth:`ModelFamily.network_input`): the inner region, masked as
+the family masks it, stacked with the unmasked reference in the family's channel order, scaled to ``[0, 1]``.
+The public scripts truncate the ``[0, 255]`` output to uint8; we round, which is closer to the network's
+output and keeps backends within one grey level of each other.
 
-``run_network(faces, mels)`` exposes the float network call (``(B, 6, S, S)`` float32 in, ``(B, 3, S, S)``
-float32 in ``[0, 1]`` out) for tests and tools that build their own input.
+``run_network(faces, audio)`` exposes the float network call (``(B, 6, n, n)`` float32 in,
+``(B, 3, n, n)`` float32 in ``[0, 1]`` out) for tests and tools that build their own input.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import torch
 from torch import nn
 
 from lipsync_tools.errors import UsageError
-from lipsync_tools.models.wav2lip import MEL_BINS, MEL_STEPS
+from lipsync_tools.models.families import get_family
+from lipsync_tools.models.family import AudioMode, ModelFamily, pixels_from_prediction
 
 # name -> "module:Class", imported only when chosen (ONNX Runtime is heavy and optional).
 BACKENDS: dict[str, str] = {
@@ -57,28 +61,34 @@ class BackendOptions:
 
 
 class InferenceBackend(Protocol):
-    """Runs a lip-sync generator on batches of crops; see the module docstring for the array contract."""
+    """Runs a lip-sync network on batches of crops; see the module docstring for the array contract."""
 
     name: str
+    family: ModelFamily
+    audio_mode: AudioMode
     crop_size: int
 
-    def infer(self, crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        """uint8 ``(B, S, S, 3)`` BGR crops + float32 ``(B, 1, 80, 16)`` mels -> uint8 ``(B, S, S, 3)`` BGR.
+    def infer(self, crops: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """uint8 ``(B, S, S, 3)`` BGR crops + float32 audio windows -> uint8 ``(B, S, S, 3)`` BGR crops.
 
         Raises :class:`UsageError` on a wrong shape or dtype.
         """
         ...
 
-    def run_network(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        """float32 ``(B, 6, S, S)`` + ``(B, 1, 80, 16)`` -> float32 ``(B, 3, S, S)`` in ``[0, 1]``."""
+    def run_network(self, faces: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """float32 ``(B, 6, n, n)`` + audio windows -> float32 ``(B, 3, n, n)`` in ``[0, 1]``."""
         ...
 
 
-def create_backend(name: str, model: nn.Module, options: BackendOptions | None = None) -> InferenceBackend:
-    """Build the backend called ``name`` (``"torch"`` or ``"onnx"``) around ``model``.
+def create_backend(
+    name: str,
+    model: nn.Module,
+    options: BackendOptions | None = None,
+    family: ModelFamily | None = None,
+) -> InferenceBackend:
+    """Build the backend called ``name`` (``"torch"`` or ``"onnx"``) around ``model`` of ``family``.
 
-    ``model`` is a :class:`~lipsync_tools.models.Wav2Lip` or :class:`~lipsync_tools.models.IdentityModel`
-    (any module with the same ``forward(mel, face)`` contract and a ``crop_size`` attribute).
+    ``model`` is the family's network (or :class:`IdentityNetwork`); ``family`` defaults to Wav2Lip.
     Raises :class:`UsageError` for an unknown name and
     :class:`~lipsync_tools.errors.BackendUnavailableError` when the backend's runtime is not installed.
     """
@@ -89,33 +99,31 @@ def create_backend(name: str, model: nn.Module, options: BackendOptions | None =
         )
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    backend: InferenceBackend = cls(model, options or BackendOptions())
+    backend: InferenceBackend = cls(model, options or BackendOptions(), family or get_family(None))
     return backend
 
 
-def check_batch(crops: np.ndarray, mels: np.ndarray, crop_size: int) -> None:
-    """Raise :class:`UsageError` unless ``crops`` and ``mels`` follow the ``infer`` contract."""
+def check_batch(
+    crops: np.ndarray, audio: np.ndarray, family: ModelFamily, audio_shape: tuple[int, ...]
+) -> None:
+    """Raise :class:`UsageError` unless ``crops`` and ``audio`` follow the ``infer`` contract."""
+    s = family.crop_size
     if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8 or crops.ndim != 4:
+        raise UsageError(f"crops must be a uint8 (B, {s}, {s}, 3) array, got {_describe(crops)}")
+    if crops.shape[1:] != (s, s, 3) or crops.shape[0] == 0:
         raise UsageError(
-            f"crops must be a uint8 (B, {crop_size}, {crop_size}, 3) array, got {_describe(crops)}"
+            f"crops must have shape (B, {s}, {s}, 3) for the {family.name} family with B >= 1, "
+            f"got {crops.shape}"
         )
-    if crops.shape[1:] != (crop_size, crop_size, 3) or crops.shape[0] == 0:
-        raise UsageError(
-            f"crops must have shape (B, {crop_size}, {crop_size}, 3) with B >= 1, got {crops.shape}"
-        )
-    if not isinstance(mels, np.ndarray) or mels.dtype != np.float32:
-        raise UsageError(
-            f"mels must be a float32 (B, 1, {MEL_BINS}, {MEL_STEPS}) array, got {_describe(mels)}"
-        )
-    if mels.shape != (crops.shape[0], 1, MEL_BINS, MEL_STEPS):
-        raise UsageError(
-            f"mels must have shape ({crops.shape[0]}, 1, {MEL_BINS}, {MEL_STEPS}) to match "
-            f"{crops.shape[0]} crops, got {mels.shape}"
-        )
+    want = (crops.shape[0], *audio_shape)
+    if not isinstance(audio, np.ndarray) or audio.dtype != np.float32:
+        raise UsageError(f"audio must be a float32 {want} array, got {_describe(audio)}")
+    if audio.shape != want:
+        raise UsageError(f"audio must have shape {want} to match {crops.shape[0]} crops, got {audio.shape}")
 
 
 def network_input_nhwc(crops: np.ndarray) -> np.ndarray:
-    """Build the generator input from uint8 ``(B, S, S, 3)`` crops, channels last.
+    """Wav2Lip's generator input from uint8 ``(B, S, S, 3)`` crops, channels last.
 
     Returns float32 ``(B, S, S, 6)`` in ``[0, 1]``: channels 0-2 the crop with rows ``S//2`` and below
     zeroed (the region the network must paint), channels 3-5 the unmasked crop (the reference).
@@ -135,23 +143,63 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+class IdentityNetwork(nn.Module):
+    """A stand-in network of any family that returns the unmasked reference image it was given.
+
+    Compositing tests use it: whatever the engine does around the model must give back the source frame.
+    It takes the family's call order and channel order; it has no parameters.
+    """
+
+    architecture = "identity"
+
+    def __init__(self, family: ModelFamily, audio_mode: str | None = None) -> None:
+        super().__init__()
+        audio_mode = family.audio_mode(audio_mode).name
+        self.image_first = family.image_first
+        self.reference = slice(0, 3) if family.reference_first else slice(3, 6)
+        self.crop_size = family.crop_size
+        self.audio_mode = audio_mode
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        image = first if self.image_first else second
+        return image[:, self.reference]
+
+
+def call_network(
+    model: nn.Module, family: ModelFamily, faces: torch.Tensor, audio: torch.Tensor
+) -> torch.Tensor:
+    """``model(faces, audio)`` in the family's argument order."""
+    return model(faces, audio) if family.image_first else model(audio, faces)
+
+
+def audio_mode_of(model: nn.Module, family: ModelFamily) -> AudioMode:
+    """The audio mode ``model`` takes (its ``audio_mode`` attribute, else the family's default)."""
+    mode = getattr(model, "audio_mode", None)
+    return family.audio_mode(mode if isinstance(mode, str) else None)
+
+
 class TorchBackend:
     """PyTorch inference under ``torch.inference_mode``, by default in channels_last memory format.
 
-    channels_last lets the crops go in without a transpose copy: the NHWC input array viewed as NCHW *is* a
-    channels_last tensor, and oneDNN's convolutions prefer that layout on CPU.
+    channels_last lets oneDNN's convolutions use their preferred NHWC layout on CPU. Its parameters are
+    converted in place.
     """
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, options: BackendOptions | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, options: BackendOptions | None = None, family: ModelFamily | None = None
+    ) -> None:
         options = options or BackendOptions()
         if options.num_threads is not None:
             if options.num_threads < 1:
                 raise UsageError(f"num_threads must be >= 1, got {options.num_threads}")
             torch.set_num_threads(options.num_threads)
+        self.family = family or get_family(None)
+        self.crop_size: int = self.family.crop_size
+        self.audio_mode = audio_mode_of(model, self.family)
+        self.audio_shape = self.audio_mode.network_shape
         self.channels_last = options.channels_last
-        self.crop_size: int = int(getattr(model, "crop_size", 96))
         model.eval()
         if self.channels_last:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
@@ -159,23 +207,18 @@ class TorchBackend:
         if not self.channels_last:
             self.name = "torch-eager"
 
-    def infer(self, crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
+    def infer(self, crops: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """See :meth:`InferenceBackend.infer`."""
-        check_batch(crops, mels, self.crop_size)
-        faces = torch.from_numpy(network_input_nhwc(crops)).permute(0, 3, 1, 2)
-        if not self.channels_last:
-            faces = faces.contiguous()
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(mels)), faces)
-            # NCHW -> NHWC is free for a channels_last result; round-to-nearest, then clamp for safety.
-            pixels = out.permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
-        return np.ascontiguousarray(pixels.numpy())
+        check_batch(crops, audio, self.family, self.audio_shape)
+        out = self.run_network(self.family.network_input(crops), audio)
+        return self.family.paste(crops, pixels_from_prediction(out))
 
-    def run_network(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+    def run_network(self, faces: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """See :meth:`InferenceBackend.run_network`."""
         x = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.float32))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        a = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32)), x)
+            out = call_network(self.model, self.family, x, a)
         return np.ascontiguousarray(out.numpy(), dtype=np.float32)

@@ -20,15 +20,13 @@ import torch
 from torch import nn
 
 from lipsync_tools.errors import BackendUnavailableError, OutputNotWritableError
-from lipsync_tools.models.backends import BackendOptions, check_batch, network_input_nhwc
-from lipsync_tools.models.wav2lip import FACE_CHANNELS, MEL_BINS, MEL_STEPS
+from lipsync_tools.models.backends import BackendOptions, audio_mode_of, check_batch
+from lipsync_tools.models.families import get_family
+from lipsync_tools.models.family import ModelFamily, pixels_from_prediction
 
 ONNX_OPSET = 17
 # Bump when the export changes (names, axes, opset handling) so stale cache files are not reused.
-EXPORT_REVISION = 1
-INPUT_MEL = "mel"
-INPUT_FACE = "face"
-OUTPUT_CROP = "crop"
+EXPORT_REVISION = 2
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -46,41 +44,63 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def export_onnx(model: nn.Module, target: str | os.PathLike[str] | io.BytesIO) -> None:
-    """Export ``model`` (``forward(mel, face)``) to ONNX at ``target`` with a dynamic batch axis.
+class _ImageAudio(nn.Module):
+    """``forward(image, audio)`` around a network whose own order may be ``(audio, image)`` (Wav2Lip)."""
 
-    Inputs ``mel`` float32 ``(B, 1, 80, 16)`` and ``face`` float32 ``(B, 6, S, S)``; output ``crop`` float32
-    ``(B, 3, S, S)``. An input the model ignores (the identity model's ``mel``) is dropped by the exporter.
+    def __init__(self, model: nn.Module, family: ModelFamily) -> None:
+        super().__init__()
+        self.model = model
+        self.image_first = family.image_first
+
+    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return self.model(image, audio) if self.image_first else self.model(audio, image)
+
+
+def export_onnx(
+    model: nn.Module, target: str | os.PathLike[str] | io.BytesIO, family: ModelFamily | None = None
+) -> None:
+    """Export ``model`` of ``family`` to ONNX at ``target`` with a dynamic batch axis.
+
+    Inputs, named by ``family.onnx_names``: the image float32 ``(B, 6, n, n)`` and the audio float32
+    ``(B, *audio_shape)``; output float32 ``(B, 3, n, n)``. SyncTalk_2D-328: ``input`` ``[B, 6, 320, 320]``,
+    ``audio`` ``[B, 32, 16, 16]`` -> ``output`` ``[B, 3, 320, 320]`` (the names the original servers'
+    packages used); Wav2Lip: ``face``, ``mel`` -> ``crop``. An input the model ignores (the identity
+    model's audio) is dropped by the exporter.
     """
-    size = int(getattr(model, "crop_size", 96))
+    family = family or get_family(None)
+    image_name, audio_name, output_name = family.onnx_names
+    n = family.network_size
     # Batch 2 in the example so that nothing in the traced graph specialises on a batch of one.
-    example = (torch.zeros(2, 1, MEL_BINS, MEL_STEPS), torch.zeros(2, FACE_CHANNELS, size, size))
+    example = (torch.zeros(2, 6, n, n), torch.zeros(2, *audio_mode_of(model, family).network_shape))
     model.eval()
     with warnings.catch_warnings():
         # torch >= 2.9 warns that the TorchScript exporter is legacy; it is what we choose, see module doc.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model,
+            _ImageAudio(model, family),
             example,
             target,  # type: ignore[arg-type]  # the TorchScript exporter also writes to a file object
             dynamo=False,
-            input_names=[INPUT_MEL, INPUT_FACE],
-            output_names=[OUTPUT_CROP],
-            dynamic_axes={INPUT_MEL: {0: "batch"}, INPUT_FACE: {0: "batch"}, OUTPUT_CROP: {0: "batch"}},
+            input_names=[image_name, audio_name],
+            output_names=[output_name],
+            dynamic_axes={image_name: {0: "batch"}, audio_name: {0: "batch"}, output_name: {0: "batch"}},
             opset_version=ONNX_OPSET,
             do_constant_folding=True,
         )
 
 
-def cached_onnx(model: nn.Module, cache_dir: Path) -> Path:
+def cached_onnx(model: nn.Module, cache_dir: Path, family: ModelFamily | None = None) -> Path:
     """Return the path of ``model``'s ONNX export in ``cache_dir``, exporting it first if it is not there.
 
     The file is ``<architecture>-<digest[:20]>.onnx``; it is written to a temporary name and renamed, so a
     crash or a concurrent start never leaves a half-written file under the final name.
     Raises :class:`OutputNotWritableError` when ``cache_dir`` cannot be created or written.
     """
+    family = family or get_family(None)
     arch = str(getattr(model, "architecture", type(model).__name__.lower()))
-    path = cache_dir / f"{arch}-{weights_digest(model)[:20]}.onnx"
+    # The family and audio shape are part of the name: an identity network has no weights to tell them apart.
+    shape = "x".join(map(str, audio_mode_of(model, family).network_shape))
+    path = cache_dir / f"{family.name}-{arch}-{shape}-{weights_digest(model)[:20]}.onnx"
     if path.is_file():
         return path
     try:
@@ -92,7 +112,7 @@ def cached_onnx(model: nn.Module, cache_dir: Path) -> Path:
             f"cannot write the ONNX cache folder {cache_dir}: {exc.strerror}; pass a writable folder"
         ) from exc
     try:
-        export_onnx(model, tmp)
+        export_onnx(model, tmp, family)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -116,10 +136,15 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, model: nn.Module, options: BackendOptions | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, options: BackendOptions | None = None, family: ModelFamily | None = None
+    ) -> None:
         options = options or BackendOptions()
         ort = _import_onnxruntime()
-        self.crop_size: int = int(getattr(model, "crop_size", 96))
+        self.family = family or get_family(None)
+        self.crop_size: int = self.family.crop_size
+        self.audio_mode = audio_mode_of(model, self.family)
+        self.audio_shape = self.audio_mode.network_shape
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.num_threads is not None:
@@ -128,27 +153,26 @@ class OnnxBackend:
         source: str | bytes
         if options.onnx_cache_dir is None:
             buffer = io.BytesIO()
-            export_onnx(model, buffer)
+            export_onnx(model, buffer, self.family)
             source = buffer.getvalue()
         else:
-            source = str(cached_onnx(model, options.onnx_cache_dir))
+            source = str(cached_onnx(model, options.onnx_cache_dir, self.family))
         self.model_path = None if isinstance(source, bytes) else Path(source)
         self._session = ort.InferenceSession(source, session_options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
+        self._names = self.family.onnx_names
 
-    def run_network(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+    def run_network(self, faces: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """See :meth:`InferenceBackend.run_network`."""
-        feed = {INPUT_FACE: np.ascontiguousarray(faces, dtype=np.float32)}
-        if INPUT_MEL in self._inputs:
-            feed[INPUT_MEL] = np.ascontiguousarray(mels, dtype=np.float32)
-        (out,) = self._session.run([OUTPUT_CROP], feed)
+        image_name, audio_name, output_name = self._names
+        feed = {image_name: np.ascontiguousarray(faces, dtype=np.float32)}
+        if audio_name in self._inputs:
+            feed[audio_name] = np.ascontiguousarray(audio, dtype=np.float32)
+        (out,) = self._session.run([output_name], feed)
         return np.asarray(out, dtype=np.float32)
 
-    def infer(self, crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
+    def infer(self, crops: np.ndarray, audio: np.ndarray) -> np.ndarray:
         """See :meth:`InferenceBackend.infer`."""
-        check_batch(crops, mels, self.crop_size)
-        faces = network_input_nhwc(crops).transpose(0, 3, 1, 2)
-        out = self.run_network(faces, mels)  # (B, 3, S, S)
-        pixels = np.rint(out * np.float32(255.0))
-        np.clip(pixels, 0.0, 255.0, out=pixels)
-        return pixels.transpose(0, 2, 3, 1).astype(np.uint8, order="C")
+        check_batch(crops, audio, self.family, self.audio_shape)
+        out = self.run_network(self.family.network_input(crops), audio)
+        return self.family.paste(crops, pixels_from_prediction(out))

@@ -17,86 +17,36 @@ Tensor contract of :meth:`Wav2Lip.forward`:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
+
+from lipsync_tools.models.layers import (
+    ConvBlock,
+    ConvSpec,
+    ConvTransposeBlock,
+    ConvTransposeSpec,
+    build_block,
+    wav2lip_audio_encoder,
+)
+
+__all__ = [
+    "CROP_SIZE",
+    "FACE_CHANNELS",
+    "MEL_BINS",
+    "MEL_STEPS",
+    "ConvBlock",
+    "ConvTransposeBlock",
+    "IdentityModel",
+    "Wav2Lip",
+]
 
 CROP_SIZE = 96  # side of the square face crop the public checkpoints were trained on
 MEL_BINS = 80
 MEL_STEPS = 16  # mel frames per video frame window (0.2 s at 80 mel frames per second)
 FACE_CHANNELS = 6  # masked target (3) + reference (3)
 
-
-class ConvBlock(nn.Module):
-    """Conv2d, BatchNorm2d, optional identity residual, then ReLU.
-
-    Attribute names match the public ``Conv2d`` block: ``conv_block.0`` is the convolution and
-    ``conv_block.1`` the batch norm, so keys read ``...conv_block.0.weight``,
-    ``...conv_block.1.running_mean`` and so on.
-    """
-
-    def __init__(
-        self,
-        cin: int,
-        cout: int,
-        kernel_size: int,
-        stride: int | tuple[int, int],
-        padding: int,
-        residual: bool = False,
-    ) -> None:
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.Conv2d(cin, cout, kernel_size, stride, padding),
-            nn.BatchNorm2d(cout),
-        )
-        self.act = nn.ReLU()
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_block(x)
-        if self.residual:
-            out = out + x
-        return self.act(out)
-
-
-class ConvTransposeBlock(nn.Module):
-    """ConvTranspose2d, BatchNorm2d, ReLU (the public ``Conv2dTranspose`` block, same key names)."""
-
-    def __init__(
-        self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, output_padding: int = 0
-    ) -> None:
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding),
-            nn.BatchNorm2d(cout),
-        )
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv_block(x))
-
-
-class _C(NamedTuple):
-    """One ConvBlock row of the architecture table."""
-
-    cin: int
-    cout: int
-    k: int
-    s: int | tuple[int, int]
-    p: int
-    res: bool = False
-
-
-class _T(NamedTuple):
-    """One ConvTransposeBlock row (output_padding is 1 exactly when the stride is 2)."""
-
-    cin: int
-    cout: int
-    k: int
-    s: int
-    p: int
-    out_pad: int = 0
+_C = ConvSpec
+_T = ConvTransposeSpec
 
 
 # The public generator as data. Spatial sizes in the comments are for a 96x96 face and an 80x16 mel.
@@ -112,19 +62,6 @@ _FACE_ENCODER: tuple[tuple[_C, ...], ...] = (
     (_C(512, 512, 3, 1, 0), _C(512, 512, 1, 1, 0)),  # 1x1
 )
 
-_AUDIO_ENCODER: tuple[_C, ...] = (
-    _C(1, 32, 3, 1, 1),  # 80x16
-    *[_C(32, 32, 3, 1, 1, True)] * 2,
-    _C(32, 64, 3, (3, 1), 1),  # 27x16
-    *[_C(64, 64, 3, 1, 1, True)] * 2,
-    _C(64, 128, 3, 3, 1),  # 9x6
-    *[_C(128, 128, 3, 1, 1, True)] * 2,
-    _C(128, 256, 3, (3, 2), 1),  # 3x3
-    _C(256, 256, 3, 1, 1, True),
-    _C(256, 512, 3, 1, 0),  # 1x1
-    _C(512, 512, 1, 1, 0),
-)
-
 _FACE_DECODER: tuple[tuple[_C | _T, ...], ...] = (
     (_C(512, 512, 1, 1, 0),),  # 1x1, then + face 512 -> 1024
     (_T(1024, 512, 3, 1, 0), _C(512, 512, 3, 1, 1, True)),  # 3x3, + 512 -> 1024
@@ -134,12 +71,6 @@ _FACE_DECODER: tuple[tuple[_C | _T, ...], ...] = (
     (_T(320, 128, 3, 2, 1, 1), *[_C(128, 128, 3, 1, 1, True)] * 2),  # 48x48, + 32 -> 160
     (_T(160, 64, 3, 2, 1, 1), *[_C(64, 64, 3, 1, 1, True)] * 2),  # 96x96, + 16 -> 80
 )
-
-
-def _block(row: _C | _T) -> nn.Module:
-    if isinstance(row, _T):
-        return ConvTransposeBlock(row.cin, row.cout, row.k, row.s, row.p, row.out_pad)
-    return ConvBlock(row.cin, row.cout, row.k, row.s, row.p, row.res)
 
 
 class Wav2Lip(nn.Module):
@@ -156,11 +87,11 @@ class Wav2Lip(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.face_encoder_blocks = nn.ModuleList(
-            nn.Sequential(*(_block(r) for r in stage)) for stage in _FACE_ENCODER
+            nn.Sequential(*(build_block(r) for r in stage)) for stage in _FACE_ENCODER
         )
-        self.audio_encoder = nn.Sequential(*(_block(r) for r in _AUDIO_ENCODER))
+        self.audio_encoder = wav2lip_audio_encoder()
         self.face_decoder_blocks = nn.ModuleList(
-            nn.Sequential(*(_block(r) for r in stage)) for stage in _FACE_DECODER
+            nn.Sequential(*(build_block(r) for r in stage)) for stage in _FACE_DECODER
         )
         self.output_block = nn.Sequential(
             ConvBlock(80, 32, 3, 1, 1),

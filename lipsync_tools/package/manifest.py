@@ -92,6 +92,19 @@ class CropMeta:
     padding: float
     smooth_window: int
     coordinate_order: str = "x0,y0,x1,y1"
+    box_rule: str = "padded"  # since 1.1: "padded" (Wav2Lip) or "synctalk2d"; 1.0 files are "padded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelMeta:
+    """Since 1.1: the model family the package is for and the audio it takes. Absent (1.0): Wav2Lip."""
+
+    family: str  # a registered model family name, e.g. "wav2lip", "synctalk2d-328"
+    audio_mode: str  # "mel", "ave", "hubert", "wenet"
+    audio_encoder: str  # where AVE features come from: "none", "embedded" or "random"
+    audio_encoder_seed: int | None = None  # the seed when audio_encoder == "random"
+    features: str = "none"  # audio/features: "none", "computed" (by the build) or "imported"
+    feature_row_shape: list[int] = field(default_factory=list)  # one row of audio/features, e.g. [512]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +132,7 @@ class Manifest:
     audio: AudioMeta
     faces: FacesMeta
     crop: CropMeta
+    model: ModelMeta | None = None
     build_options: dict[str, Any]  # every option the build ran with, for reproducibility
     datasets: dict[str, DatasetMeta]
 
@@ -170,6 +184,7 @@ _NESTED: dict[str, type] = {
     "audio": AudioMeta,
     "faces": FacesMeta,
     "crop": CropMeta,
+    "model": ModelMeta,
 }
 _SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
 

@@ -24,6 +24,7 @@ from .spec import (
     MAX_CHECKPOINT_BYTES,
     MAX_CROP_SIZE,
     MAX_ENCODED_FRAME_BYTES,
+    MAX_FEATURE_DIM,
     MAX_FRAME_SIDE,
     MAX_FRAMES,
     MAX_LANDMARKS,
@@ -50,6 +51,18 @@ class Package:
     encoded_frames: list[bytes] = field(repr=False, default_factory=list)
     has_checkpoint: bool = False
     memory_mapped: tuple[str, ...] = ()
+    features: np.ndarray | None = None  # float32 (F, D) audio/features, since 1.1 (None when absent)
+    has_audio_encoder: bool = False
+
+    @property
+    def family(self) -> str:
+        """The model family the package was built for (1.0 packages: ``"wav2lip"``)."""
+        return self.manifest.model.family if self.manifest.model is not None else "wav2lip"
+
+    @property
+    def audio_mode(self) -> str:
+        """The audio feature the family's network takes (1.0 packages: ``"mel"``)."""
+        return self.manifest.model.audio_mode if self.manifest.model is not None else "mel"
 
     @property
     def n_frames(self) -> int:
@@ -83,12 +96,16 @@ class Package:
             frames.append(frame)
         return frames
 
-    def read_checkpoint(self) -> bytes | None:
-        """The embedded checkpoint's bytes, or ``None`` (read from disk: call at load time only)."""
-        if not self.has_checkpoint:
+    def read_checkpoint(self, name: str = "model/checkpoint") -> bytes | None:
+        """An embedded checkpoint's bytes, or ``None`` (read from disk: call at load time only).
+
+        ``name``: ``model/checkpoint`` (the network) or ``model/audio_encoder`` (the AVE encoder).
+        """
+        present = self.has_checkpoint if name == "model/checkpoint" else self.has_audio_encoder
+        if not present:
             return None
         with h5py.File(self.path, "r") as f:
-            return bytes(np.asarray(f["model/checkpoint"]).tobytes())
+            return bytes(np.asarray(f[name]).tobytes())
 
 
 def _shape_symbols(manifest: Manifest, f: h5py.File) -> dict[str, int]:
@@ -99,6 +116,9 @@ def _shape_symbols(manifest: Manifest, f: h5py.File) -> dict[str, int]:
         "T": manifest.audio.mel_columns,
         "A": manifest.audio.samples,
         "B": int(f["model/checkpoint"].shape[0]) if "model/checkpoint" in f else 0,
+        "E": int(f["model/audio_encoder"].shape[0]) if "model/audio_encoder" in f else 0,
+        "F": int(f["audio/features"].shape[0]) if "audio/features" in f else 0,
+        "D": int(f["audio/features"].shape[1]) if "audio/features" in f and f["audio/features"].ndim == 2 else 0,
     }
 
 
@@ -129,6 +149,13 @@ def read_manifest(f: h5py.File, path: Path) -> Manifest:
             raise PackageFormatError(f"{path}: manifest {name} is {value}; expected {low}..{high}")
     if not m.video.fps > 0:
         raise PackageFormatError(f"{path}: manifest video.fps is {m.video.fps}; expected > 0")
+    if m.model is not None:
+        row = m.model.feature_row_shape
+        if len(row) > 4 or any(not 1 <= d <= MAX_FEATURE_DIM for d in row) or int(np.prod(row)) > MAX_FEATURE_DIM:
+            raise PackageFormatError(
+                f"{path}: manifest model.feature_row_shape is {row}; expected up to 4 sizes whose product is "
+                f"1..{MAX_FEATURE_DIM}"
+            )
     return manifest
 
 
@@ -211,7 +238,7 @@ def open_package(path: str | Path, *, mmap: bool = True, load_frames: bool = Tru
                 raise PackageFormatError(
                     f"{path}: dataset {spec.path!r} has shape {ds.shape}; expected {want} from the manifest"
                 )
-            if spec.path in ("frames", "model/checkpoint"):
+            if spec.path in ("frames", "model/checkpoint", "model/audio_encoder"):
                 continue
             if ds.dtype != np.dtype(spec.dtype):
                 raise PackageFormatError(
@@ -225,8 +252,17 @@ def open_package(path: str | Path, *, mmap: bool = True, load_frames: bool = Tru
                 arrays[spec.path] = np.asarray(ds[...])
         encoded = _read_frames(f, path, range(f["frames"].shape[0])) if load_frames else []
         has_checkpoint = "model/checkpoint" in f
-        if has_checkpoint and symbols["B"] > MAX_CHECKPOINT_BYTES:
-            raise PackageFormatError(f"{path}: embedded checkpoint exceeds {MAX_CHECKPOINT_BYTES} bytes")
+        has_audio_encoder = "model/audio_encoder" in f
+        for name, symbol in (("model/checkpoint", "B"), ("model/audio_encoder", "E")):
+            if symbols[symbol] > MAX_CHECKPOINT_BYTES:
+                raise PackageFormatError(f"{path}: embedded {name} exceeds {MAX_CHECKPOINT_BYTES} bytes")
+        features = arrays.get("audio/features")
+        row = manifest.model.feature_row_shape if manifest.model is not None else []
+        if features is not None and (not row or features.shape[1] != int(np.prod(row))):
+            raise PackageFormatError(
+                f"{path}: audio/features has rows of {features.shape[1]} values but the manifest's "
+                f"model.feature_row_shape is {row}; rebuild the package"
+            )
     return Package(
         path=path,
         manifest=manifest,
@@ -243,4 +279,6 @@ def open_package(path: str | Path, *, mmap: bool = True, load_frames: bool = Tru
         encoded_frames=encoded,
         has_checkpoint=has_checkpoint,
         memory_mapped=tuple(mapped),
+        features=features,
+        has_audio_encoder=has_audio_encoder,
     )

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_NAME = "sanders"
-FORMAT_VERSION = (1, 0)
-"""(major, minor) written by this version of the tool."""
+FORMAT_VERSION = (1, 1)
+"""(major, minor) written by this version of the tool. 1.1 added the manifest's ``model`` section, the
+``crop.box_rule`` key and the optional ``audio/features`` and ``model/audio_encoder`` datasets; 1.0 files
+read as Wav2Lip packages."""
 
 FILE_SUFFIX = ".sanders"
 
@@ -26,6 +28,7 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_ENCODED_FRAME_BYTES = 64 * 1024 * 1024
 MAX_AUDIO_SAMPLES = 16_000 * 60 * 60 * 12  # 12 hours at 16 kHz
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
+MAX_FEATURE_DIM = 65_536  # values per audio feature row (AVE: 512, HuBERT: 2 x 1024, WeNet: 16 x 512)
 
 MEL_BANDS = 80
 MEL_WINDOW = 16  # mel columns per video frame window (200 ms), as Wav2Lip
@@ -42,7 +45,8 @@ class DatasetSpec:
     """One dataset of the layout: its path, dtype, symbolic shape and storage rule.
 
     ``shape`` uses the symbols ``N`` (frames), ``S`` (crop size), ``K`` (landmarks per face), ``T`` (mel
-    columns), ``A`` (audio samples), ``B`` (checkpoint bytes); integers are literal sizes.
+    columns), ``A`` (audio samples), ``B`` (checkpoint bytes), ``F`` (audio feature rows), ``D`` (values per feature row),
+    ``E`` (audio-encoder checkpoint bytes); integers are literal sizes.
     ``hot`` datasets MUST be stored contiguous and uncompressed so readers can memory-map them.
     """
 
@@ -114,12 +118,28 @@ DATASETS: tuple[DatasetSpec, ...] = (
         description="first mel column of each frame's MEL_WINDOW-column window",
     ),
     DatasetSpec(
+        "audio/features",
+        "float32",
+        ("F", "D"),
+        hot=True,
+        required=False,
+        description="per-frame audio features of the model family (AVE: frames + 2 rows of 512), since 1.1",
+    ),
+    DatasetSpec(
         "model/checkpoint",
         "uint8",
         ("B",),
         hot=False,
         required=False,
         description="optional embedded model checkpoint (torch.save bytes)",
+    ),
+    DatasetSpec(
+        "model/audio_encoder",
+        "uint8",
+        ("E",),
+        hot=False,
+        required=False,
+        description="optional embedded audio-encoder checkpoint (AVE; torch.save bytes), since 1.1",
     ),
 )
 

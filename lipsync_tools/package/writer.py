@@ -145,20 +145,23 @@ class PackageWriter:
             shape=list(array.shape), dtype=str(array.dtype), sha256=dataset_sha256(array)
         )
 
-    def write_checkpoint(self, data: bytes) -> None:
-        """Embed a model checkpoint (MAY; chunked and compressed, it is read once at load time)."""
+    def write_checkpoint(self, data: bytes, name: str = "model/checkpoint") -> None:
+        """Embed a checkpoint's bytes (MAY; chunked and compressed, it is read once at load time).
+
+        ``name`` is ``model/checkpoint`` (the lip-sync network) or ``model/audio_encoder`` (AVE encoder).
+        """
+        if name not in ("model/checkpoint", "model/audio_encoder"):
+            raise PackageFormatError(f"internal: {name!r} is not a checkpoint dataset")
         arr = np.frombuffer(data, dtype=np.uint8)
         self._file.create_dataset(
-            "model/checkpoint",
+            name,
             data=arr,
             chunks=True,
             compression="gzip",
             compression_opts=1,
             track_times=False,
         )
-        self._written["model/checkpoint"] = DatasetMeta(
-            shape=[arr.size], dtype="uint8", sha256=dataset_sha256(arr)
-        )
+        self._written[name] = DatasetMeta(shape=[arr.size], dtype="uint8", sha256=dataset_sha256(arr))
 
     # -- finish --------------------------------------------------------------------------------------
     def commit(self, manifest: Manifest) -> Manifest:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import InputNotFoundError, LipsyncError, UsageError
 from ..package.spec import FILE_SUFFIX
+from ..models.audio_features import AudioEncoderChoice
 from .build import BuildOptions, build_package
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -61,14 +62,21 @@ def output_for(video: Path, output_dir: Path | None) -> Path:
 
 
 def _build_one(
-    video: Path, output: Path, options: BuildOptions, checkpoint: Path | None, force: bool, debug: bool
+    video: Path,
+    output: Path,
+    options: BuildOptions,
+    checkpoint: Path | None,
+    force: bool,
+    debug: bool,
+    audio_encoder: AudioEncoderChoice | None = None,
 ) -> dict[str, Any]:
     from .._quiet import quiet_third_party
 
     quiet_third_party(debug)
     try:
         return build_package(
-            video, output, options=options, checkpoint=checkpoint, force=force, debug=debug
+            video, output, options=options, checkpoint=checkpoint, audio_encoder=audio_encoder, force=force,
+            debug=debug,
         ).summary()
     except LipsyncError as exc:
         return error_entry(video, output, exc)
@@ -91,6 +99,7 @@ def build_packages(
     *,
     options: BuildOptions | None = None,
     checkpoint: str | Path | None = None,
+    audio_encoder: AudioEncoderChoice | None = None,
     force: bool = False,
     workers: int | None = None,
     debug: bool = False,
@@ -119,7 +128,7 @@ def build_packages(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures: dict[Future[dict[str, Any]], int] = {
-            pool.submit(_build_one, video, out, options, ckpt, force, debug): i
+            pool.submit(_build_one, video, out, options, ckpt, force, debug, audio_encoder): i
             for i, (video, out) in enumerate(zip(videos, names, strict=True))
         }
         ordered: list[dict[str, Any] | None] = [None] * len(videos)

@@ -28,12 +28,16 @@ from ..faces.base import FaceObservation, FaceOptions
 from ..media.audio import load_audio
 from ..media.images import encode_image
 from ..media.video import VideoInfo, iter_frames, probe_video
+from ..models.audio_features import AudioEncoderChoice
+from ..models.families import get_family
+from ..models.family import ModelFamily
 from ..package.manifest import (
     AudioMeta,
     CropMeta,
     FacesMeta,
     FramesMeta,
     Manifest,
+    ModelMeta,
     SourceFile,
     ToolMeta,
     VideoMeta,
@@ -53,13 +57,20 @@ STAGES = ("decode", "detect", "track", "smooth", "crop", "masks", "encode", "aud
 
 @dataclass(frozen=True, kw_only=True)
 class BuildOptions:
-    """Everything that shapes a package. All of it is recorded in the manifest's ``build_options``."""
+    """Everything that shapes a package. All of it is recorded in the manifest's ``build_options``.
 
+    ``family`` (a registered model family) fixes the box rule, the crop size and the audio feature;
+    ``crop_size`` ``None`` takes the family's (Wav2Lip 96, SyncTalk_2D-328 328, the 160 families 168); only
+    Wav2Lip accepts another size. ``audio_mode`` ``None`` takes the family's default (SyncTalk_2D: ``ave``).
+    """
+
+    family: str = "wav2lip"
+    audio_mode: str | None = None
     face_backend: str = "mediapipe"
     weights_dir: Path | None = None
     max_faces: int = 4
     min_confidence: float = 0.5
-    crop_size: int = 96
+    crop_size: int | None = None
     padding: float = 0.1
     smooth_window: int = 5
     missing_face: MissingPolicy = "interpolate"
@@ -78,12 +89,32 @@ class BuildOptions:
         if self.frame_codec == "png" and not 0 <= self.frame_quality <= 9:
             raise UsageError(f"PNG compression level is {self.frame_quality}; expected 0..9")
         # Construct the stage options now so a bad value fails before any work.
+        family = self.model_family()
+        family.audio_mode(self.audio_mode)
+        if self.crop_size is not None and family.inner_margin and self.crop_size != family.crop_size:
+            raise UsageError(
+                f"the {family.name} family's network takes {family.crop_size}-pixel crops; "
+                f"--crop-size {self.crop_size} cannot be used with it (leave --crop-size out)"
+            )
         self.stage_options()
         DetectOptions(max_side=self.detect_max_side)
 
+    def model_family(self) -> ModelFamily:
+        return get_family(self.family)
+
+    @property
+    def effective_crop_size(self) -> int:
+        return self.crop_size if self.crop_size is not None else self.model_family().crop_size
+
     def stage_options(self) -> tuple[CropOptions, SmoothOptions, TrackOptions, MaskOptions]:
+        family = self.model_family()
         return (
-            CropOptions(size=self.crop_size, padding=self.padding),
+            CropOptions(
+                size=self.effective_crop_size,
+                padding=self.padding,
+                box_rule=family.box_rule,
+                interpolation="cubic" if family.box_rule == "synctalk2d" else "area",
+            ),
             SmoothOptions(window=self.smooth_window),
             TrackOptions(missing=self.missing_face),
             MaskOptions(feather=self.feather),
@@ -93,6 +124,8 @@ class BuildOptions:
         """The options as JSON-ready values, minus machine-specific paths."""
         values = asdict(self)
         values["weights_dir"] = None if self.weights_dir is None else "set"
+        values["crop_size"] = self.effective_crop_size
+        values["audio_mode"] = self.model_family().audio_mode(self.audio_mode).name
         return values
 
 
@@ -123,6 +156,9 @@ class BuildResult:
             "height": m.video.height,
             "filled_frames": m.faces.filled_frames,
             "face_backend": m.faces.backend,
+            "family": m.model.family if m.model is not None else "wav2lip",
+            "audio_mode": m.model.audio_mode if m.model is not None else "mel",
+            "audio_features": m.model.features if m.model is not None else "none",
             "crop_size": m.crop.size,
             "audio_seconds": round(m.audio.samples / m.audio.sample_rate, 3),
             "package_bytes": self.output.stat().st_size,
@@ -253,14 +289,18 @@ def build_package(
     audio: str | Path | None = None,
     options: BuildOptions | None = None,
     checkpoint: str | Path | None = None,
+    audio_encoder: AudioEncoderChoice | None = None,
     force: bool = False,
     debug: bool = False,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build one sanders package from ``video`` (and ``audio``, else the video's own audio track).
 
-    ``checkpoint`` is a model checkpoint file to embed (a per-avatar fine-tune); servers use it unless told
-    otherwise. It is stored as given: check it first (the CLI loads it against the architecture).
+    ``checkpoint`` is a model checkpoint file to embed (a per-avatar model or fine-tune); servers use it
+    unless told otherwise. It is stored as given: check it first (the CLI loads it against the family's
+    architecture). ``audio_encoder``: for families that take AVE features, the encoder whose per-frame rows
+    are stored in ``audio/features`` (its checkpoint is embedded; random weights record their seed); without
+    one the package keeps only the mel and servers compute the rows.
 
     Raises a :class:`~lipsync_tools.errors.LipsyncError` subclass for every bad input (missing file, not a
     video, corrupt video, no frames, no audio, no face, existing output, unwritable folder); nothing is
@@ -278,6 +318,14 @@ def build_package(
     # Everything that can be refused cheaply is refused before the slow passes.
     check_output_path(output, force)
     info = probe_video(video)
+    family = options.model_family()
+    audio_mode = family.audio_mode(options.audio_mode)
+    if audio_encoder is not None and audio_mode.name != "ave":
+        raise UsageError(
+            f"--audio-encoder gives AVE features, but the {family.name} family with audio mode "
+            f"{audio_mode.name!r} does not take them; leave --audio-encoder out"
+        )
+    encoder = audio_encoder.load() if audio_encoder is not None else None  # a bad encoder fails now
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
     if checkpoint_path is not None and not checkpoint_path.is_file():
         raise InputNotFoundError(f"checkpoint {checkpoint_path} does not exist; check the --checkpoint path")
@@ -326,10 +374,15 @@ def build_package(
     with timer("smooth"):
         landmarks = smooth_series(track.landmarks, smooth_opts)
     with timer("crop"):
-        rects = crop_rectangles(landmarks, (info.width, info.height), crop_opts)
+        rects = crop_rectangles(landmarks, (info.width, info.height), crop_opts, backend.scheme)
     pcm = audio_job.result()
     with timer("audio"):
         features = audio_features(pcm, info.fps, n_frames, AUDIO_SAMPLE_RATE, MEL_WINDOW)
+        model_features = None
+        if encoder is not None:
+            from ..models.audio_features import package_ave_features
+
+            model_features = package_ave_features(encoder, features.mel, features.mel_index)
 
     scheme = backend.scheme
     size = crop_opts.size
@@ -344,7 +397,7 @@ def build_package(
                 break  # a second decode must not see more frames than the first
             rect = rects[index]
             with timer("crop"):
-                crop = crop_face(frame, rect, size)
+                crop = crop_face(frame, rect, size, crop_opts.interpolation)
             with timer("masks"):
                 mask = blend_mask(to_crop_coordinates(landmarks[index], rect, size), scheme, size, mask_opts)
             with timer("encode"):
@@ -355,15 +408,21 @@ def build_package(
         progress.finish()
         with timer("write"):
             writer.write_array("rects", rects)
-            writer.write_array("masks/input", model_input_mask(size))
+            writer.write_array("masks/input", model_input_mask(size) if not family.inner_margin
+                               else family.input_mask())
             writer.write_array("landmarks", landmarks)
             writer.write_array("boxes", track.boxes)
             writer.write_array("filled", track.filled.astype(np.uint8))
             writer.write_array("audio/pcm", features.pcm)
             writer.write_array("audio/mel", features.mel)
             writer.write_array("audio/mel_index", features.mel_index)
+            if model_features is not None:
+                writer.write_array("audio/features", model_features)
             if checkpoint_path is not None:
                 writer.write_checkpoint(checkpoint_path.read_bytes())
+            encoder_bytes = audio_encoder.checkpoint_bytes() if audio_encoder is not None else None
+            if encoder_bytes is not None:
+                writer.write_checkpoint(encoder_bytes, "model/audio_encoder")
             manifest = writer.commit(
                 _manifest(
                     video,
@@ -376,6 +435,7 @@ def build_package(
                     int(track.filled.sum()),
                     features,
                     checkpoint_path,
+                    model_meta(family.name, audio_mode.name, audio_encoder, model_features),
                 )
             )
     total = time.perf_counter() - started
@@ -406,6 +466,7 @@ def _manifest(
     filled: int,
     features: Any,
     checkpoint: Path | None,
+    model: ModelMeta,
 ) -> Manifest:
     mel_opts = MelOptions()
     return Manifest(
@@ -442,12 +503,42 @@ def _manifest(
             filled_frames=filled,
             missing_policy=options.missing_face,
         ),
-        crop=CropMeta(size=options.crop_size, padding=options.padding, smooth_window=options.smooth_window),
+        crop=CropMeta(
+            size=options.effective_crop_size,
+            padding=options.padding,
+            smooth_window=options.smooth_window,
+            box_rule=options.model_family().box_rule,
+        ),
+        model=model,
         build_options={
             **options.recorded(),
             "checkpoint": checkpoint.name if checkpoint is not None else None,
         },
         datasets={},
+    )
+
+
+def model_meta(
+    family: str,
+    audio_mode: str,
+    encoder: AudioEncoderChoice | None,
+    features: np.ndarray | None,
+    *,
+    imported: bool = False,
+) -> ModelMeta:
+    """The manifest's ``model`` section for a package of ``family`` (shared with the importers)."""
+    if encoder is None:
+        source = "none"
+    else:
+        source = "random" if encoder.is_random else "embedded"
+    row = list(get_family(family).audio_mode(audio_mode).row_shape) if features is not None else []
+    return ModelMeta(
+        family=family,
+        audio_mode=audio_mode,
+        audio_encoder=source,
+        audio_encoder_seed=encoder.random_seed if encoder is not None else None,
+        features="none" if features is None else ("imported" if imported else "computed"),
+        feature_row_shape=row,
     )
 
 

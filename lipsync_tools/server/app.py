@@ -97,6 +97,9 @@ class ModelInfoLike(Protocol):
     def is_random(self) -> bool: ...
 
     @property
+    def warnings(self) -> list[str]: ...
+
+    @property
     def load_seconds(self) -> float: ...
 
     def to_dict(self) -> dict[str, object]: ...
@@ -144,12 +147,6 @@ class StartupReport:
             "rss_bytes": self.rss_bytes,
             "warnings": self.warnings,
         }
-
-
-RANDOM_MODEL_WARNING = (
-    "the model has RANDOM weights (--model random): output is NOT lip-sync, only load and speed are real. "
-    "Serve a real model with --checkpoint wav2lip.pth"
-)
 
 
 class ServerState:
@@ -223,8 +220,9 @@ class ServerState:
                 backend, model = await asyncio.to_thread(self.components.load_model, self.config, self.store)
                 seconds["model_load"] = model.load_seconds
                 self.model = model
-                if model.is_random and self.on_ready is None:  # with on_ready, the report carries it
-                    log.warning(RANDOM_MODEL_WARNING)
+                if self.on_ready is None:  # with on_ready, the report carries the warnings
+                    for warning in model.warnings:
+                        log.warning(warning)
                 engine = self.components.make_engine(self.store, backend, self.config, self.metrics)
                 t = time.perf_counter()
                 await engine.start()
@@ -239,7 +237,7 @@ class ServerState:
             self.startup_report = StartupReport(
                 url=self.url, seconds=seconds, model=model, packages=[i.to_dict() for i in infos],
                 rss_bytes=int(psutil.Process().memory_info().rss),
-                warnings=[RANDOM_MODEL_WARNING] if model.is_random else [],
+                warnings=list(model.warnings),
             )
             if self.on_ready is not None:
                 self.on_ready(self.startup_report)

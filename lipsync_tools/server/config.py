@@ -112,7 +112,9 @@ class ServerConfig:
     Model: ``model`` (``random`` = deterministic random weights from ``seed``, NOT lip-sync; ``wav2lip`` or
     ``None`` = ``checkpoint``, else the checkpoint embedded in the first startup package that has one;
     ``identity`` = returns its input, for tests), ``backend`` (``None`` = the library default),
-    ``use_package_checkpoint``, ``onnx_cache_dir``.
+    ``use_package_checkpoint``, ``onnx_cache_dir``; ``family`` / ``audio_mode`` (``None``: detected from the
+    checkpoint or the first package, else Wav2Lip), ``audio_encoder`` (AVE families: a checkpoint path or
+    ``"random"``; ``None``: the package's), ``blend`` (``feather`` or ``hard``).
     Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
     ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
     ``silence_dbfs`` (RMS level below which a window is silence).
@@ -127,6 +129,10 @@ class ServerConfig:
     checkpoint: Path | None = None
     seed: int = 0
     backend: BackendName | None = None
+    family: str | None = None
+    audio_mode: str | None = None
+    audio_encoder: str | None = None
+    blend: str = "feather"
     use_package_checkpoint: bool = True
     onnx_cache_dir: Path | None = None
     max_batch: int = 8
@@ -155,6 +161,16 @@ class ServerConfig:
                 raise InputNotFoundError(f"package {spec.path} does not exist; build it with build-package")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise InputNotFoundError(f"checkpoint {self.checkpoint} does not exist; check --checkpoint")
+        if self.audio_encoder not in (None, "random") and not Path(str(self.audio_encoder)).is_file():
+            raise InputNotFoundError(
+                f"audio encoder {self.audio_encoder} does not exist; check --audio-encoder (or pass random)"
+            )
+        if self.family is not None:
+            from lipsync_tools.engine.model_loader import check_family_options
+
+            check_family_options(self.family, self.audio_mode)
+        if self.blend not in ("feather", "hard"):
+            raise UsageError(f"blend must be feather or hard, got {self.blend!r}")
         if self.package_dir is not None and not self.package_dir.is_dir():
             raise InputNotFoundError(f"package folder {self.package_dir} does not exist")
         if not 0 <= self.port <= 65535:

@@ -24,17 +24,26 @@ from lipsync_tools.server.metrics import Metrics
 
 
 def engine_components() -> Components:
-    """The real engine parts: :class:`PackageStore`, :func:`load_inference_backend`, :class:`Engine`."""
-    from lipsync_tools.engine import Engine, EngineOptions, PackageStore, load_inference_backend
+    """The real engine parts: :class:`PackageStore`, :func:`load_model`, :class:`Engine`."""
+    from lipsync_tools.engine import Engine, EngineOptions, PackageStore
+    from lipsync_tools.engine.model_loader import PackageModelHints, load_model
+    from lipsync_tools.models.audio_features import AudioEncoderChoice
 
-    def load_model(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        package_checkpoint: bytes | None = None
+    encoders: list[Any] = []  # the AVE encoder load_model chose, handed to make_engine
+
+    def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
+        hints = PackageModelHints()
         digest = ""
-        label = "the package"
-        if config.use_package_checkpoint and config.checkpoint is None and config.model in (None, "wav2lip"):
+        infos = store.infos()
+        if infos:
+            # The family, audio mode and AVE encoder of the first startup package; its embedded checkpoint
+            # when the options name no other weights.
+            first = store.get(infos[0].id).package
+            hints = PackageModelHints.from_package(first, with_checkpoint=False, label=str(infos[0].path))
+        if use_embedded_checkpoint(config) and infos:
             # One model serves every package, so the startup packages that embed weights must agree on them:
-            # serving one avatar's fine-tune with another's weights would be silently wrong.
-            embedding = [info for info in store.infos() if info.has_checkpoint]
+            # serving one avatar's model with another's weights would be silently wrong.
+            embedding = [info for info in infos if info.has_checkpoint]
             if embedding:
                 digests = {info.id: _checkpoint_digest(store.get(info.id)) for info in embedding}
                 if len(set(digests.values())) > 1:
@@ -44,28 +53,40 @@ def engine_components() -> Components:
                         "serve them from separate `lipsync serve` processes, or pass --checkpoint to use one "
                         "model for all"
                     )
-                package_checkpoint = store.get(embedding[0].id).read_checkpoint()
+                source = store.get(embedding[0].id)
+                hints = PackageModelHints.from_package(source.package, label=str(embedding[0].path))
                 digest = digests[embedding[0].id]
-                label = str(embedding[0].path)
-        backend, info = load_inference_backend(
-            config.model, config.checkpoint, config.seed, config.backend, package_checkpoint,
-            config.onnx_cache_dir, package_label=label,
-            warmup_batches=tuple(sorted({1, config.max_batch})),
+        loaded = load_model(
+            config.model, config.checkpoint, config.seed, config.backend, config.onnx_cache_dir,
+            family=config.family, audio_mode=config.audio_mode,
+            audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
+            hints=hints, warmup_batches=tuple(sorted({1, config.max_batch})),
         )
+        encoders[:] = [loaded.audio_encoder]
+        backend = loaded.backend
         if isinstance(store, PackageStore):
             # From now on a run-time load of a package the model cannot take is refused at load time.
             store.expected_crop_size = int(backend.crop_size)
-            if package_checkpoint is not None:
+            store.expected_family = (backend.family.name, backend.audio_mode.name)
+            if hints.checkpoint is not None and digest:
                 store.served_checkpoint_sha256 = digest
-        return backend, info
+            for info in infos:
+                store.check_family(info.id)
+        return backend, loaded.info
 
     def make_engine(store: StoreLike, backend: Any, config: ServerConfig, metrics: Metrics) -> Any:
         options = EngineOptions(max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
                                 queue_limit=config.queue_limit, jpeg_quality=config.jpeg_quality,
-                                silence_dbfs=config.silence_dbfs)
-        return Engine(store, backend, options, metrics)  # type: ignore[arg-type]
+                                silence_dbfs=config.silence_dbfs, blend=config.blend)
+        encoder = encoders[0] if encoders else None
+        return Engine(store, backend, options, metrics, audio_encoder=encoder)  # type: ignore[arg-type]
 
-    return Components(make_store=PackageStore, load_model=load_model, make_engine=make_engine)
+    return Components(make_store=PackageStore, load_model=load, make_engine=make_engine)
+
+
+def use_embedded_checkpoint(config: ServerConfig) -> bool:
+    """Whether the options leave the weights to the packages' embedded checkpoint."""
+    return config.use_package_checkpoint and config.checkpoint is None and config.model in (None, "wav2lip")
 
 
 def _checkpoint_digest(loaded: Any) -> str:

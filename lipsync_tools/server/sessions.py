@@ -74,7 +74,16 @@ OVERLOAD_RETRY_SECONDS: Final = 0.005
 class EngineLike(Protocol):
     """What the server needs from :class:`lipsync_tools.engine.Engine` (a fake implements it in tests)."""
 
-    async def process(self, request: FrameRequest) -> FrameReply: ...
+    async def process(
+        self, request: FrameRequest, *, stream: Any | None = None, stream_frame: int = 0
+    ) -> FrameReply: ...
+
+    def open_stream(self) -> Any | None:
+        """Per-session audio state when the model's window spans several frames (``None``: not needed).
+
+        It has ``look_ahead`` (frames of audio needed after the one rendered), ``add(k, window)`` and
+        ``end(total)``; the session passes it back to :meth:`process` with each request."""
+        ...
 
     async def original_frame(
         self, package_id: str, frame_index: int, image_format: ImageFormat, jpeg_quality: int
@@ -233,13 +242,30 @@ class Session:
         period = 1.0 / self.info.fps
         t0: float | None = None
         skipped_in_a_row = 0
+        # Families whose audio window reaches ahead (AVE: 6 frames) need that audio before a frame renders.
+        stream = self.engine.open_stream()
+        look_ahead = stream.look_ahead if stream is not None else 0
+        windows: dict[int, np.ndarray] = {}
+        next_window = 0
+        ended = False
         k = 0
         while True:
-            window = await self.audio.window(k)
+            while not ended and next_window <= k + look_ahead:
+                read = await self.audio.window(next_window)
+                if read is None:
+                    ended = True
+                    if stream is not None:
+                        stream.end(next_window)
+                    break
+                windows[next_window] = read
+                if stream is not None:
+                    stream.add(next_window, read)
+                next_window += 1
+            window = windows.pop(k, None)
             if window is None:
                 break
             index = pingpong_index(self.start.start_frame + k, self.info.n_frames)
-            reply = await self._render(index, window, realtime)
+            reply = await self._render(index, window, realtime, stream, k)
             if realtime:
                 if t0 is None:
                     t0 = loop.time()
@@ -275,8 +301,11 @@ class Session:
                 "come (send audio from another thread or task)"
             ) from None
 
-    async def _render(self, index: int, window: np.ndarray, realtime: bool) -> FrameReply | None:
-        """The frame for avatar ``index`` and audio ``window``; None when REALTIME skips it (overloaded)."""
+    async def _render(
+        self, index: int, window: np.ndarray, realtime: bool, stream: Any | None = None, k: int = 0
+    ) -> FrameReply | None:
+        """The frame for avatar ``index`` and audio ``window`` (session frame ``k``); None when REALTIME
+        skips it (overloaded)."""
         start = self.start
         deadline = asyncio.get_running_loop().time() + self.limits.slow_client_seconds
         while True:
@@ -289,7 +318,7 @@ class Session:
                     request_id=0, package_id=start.package_id, frame_index=index, audio=AudioFormat.PCM16,
                     image=start.image, jpeg_quality=start.jpeg_quality, payload=window.tobytes(),
                 )
-                return await self.engine.process(request)
+                return await self.engine.process(request, stream=stream, stream_frame=k)
             except ProtocolError as exc:
                 if exc.code != ErrorCode.OVERLOADED:
                     raise

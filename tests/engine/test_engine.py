@@ -58,6 +58,7 @@ class SlowBackend:
     def __init__(self, inner: InferenceBackend, delay: float = 0.0, gate: threading.Event | None = None):
         self.inner, self.delay, self.gate = inner, delay, gate
         self.name, self.crop_size = "slow", inner.crop_size
+        self.family, self.audio_mode = inner.family, inner.audio_mode
         self.sizes: list[int] = []
 
     def infer(self, crops: np.ndarray, mels: np.ndarray) -> np.ndarray:

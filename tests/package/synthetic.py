@@ -14,6 +14,7 @@ from lipsync_tools.package.manifest import (
     FramesMeta,
     Manifest,
     SourceFile,
+    ModelMeta,
     ToolMeta,
     VideoMeta,
 )
@@ -29,6 +30,9 @@ def write_synthetic_package(
     height: int = 48,
     force: bool = False,
     checkpoint: bytes | None = None,
+    model: ModelMeta | None = None,
+    features: np.ndarray | None = None,
+    audio_encoder: bytes | None = None,
 ) -> Manifest:
     rng = np.random.default_rng(0)
     mel_columns = 40
@@ -55,8 +59,12 @@ def write_synthetic_package(
         writer.write_array("audio/pcm", rng.integers(-1000, 1000, 8000, dtype=np.int16))
         writer.write_array("audio/mel", rng.uniform(-4, 4, (80, mel_columns)).astype(np.float32))
         writer.write_array("audio/mel_index", np.minimum(np.arange(n, dtype=np.int32) * 3, mel_columns - 16))
+        if features is not None:
+            writer.write_array("audio/features", features)
         if checkpoint is not None:
             writer.write_checkpoint(checkpoint)
+        if audio_encoder is not None:
+            writer.write_checkpoint(audio_encoder, "model/audio_encoder")
         manifest = Manifest(
             tool=ToolMeta(name="lipsync-tools", version="test"),
             source_video=SourceFile(name="synthetic.mp4", sha256="0" * 64, size_bytes=0),
@@ -77,7 +85,9 @@ def write_synthetic_package(
             faces=FacesMeta(
                 backend="synthetic", scheme="toy", num_points=k, filled_frames=1, missing_policy="interpolate"
             ),
-            crop=CropMeta(size=size, padding=0.1, smooth_window=5),
+            crop=CropMeta(size=size, padding=0.1, smooth_window=5,
+                          box_rule="synctalk2d" if model is not None and model.family != "wav2lip" else "padded"),
+            model=model,
             build_options={"crop_size": size},
             datasets={},
         )

@@ -19,15 +19,25 @@ GOLDEN_V1_0 = [
     ("model/checkpoint", "uint8", ("B",), False, False),
 ]
 
+# 1.1 added two optional datasets (and the manifest's optional `model` section and `crop.box_rule`).
+GOLDEN_V1_1 = [
+    *GOLDEN_V1_0[:11],
+    ("audio/features", "float32", ("F", "D"), True, False),
+    ("model/checkpoint", "uint8", ("B",), False, False),
+    ("model/audio_encoder", "uint8", ("E",), False, False),
+]
+
 
 def test_version_and_layout_are_pinned():
     assert FORMAT_NAME == "sanders"
-    assert FORMAT_VERSION == (1, 0)
-    assert [(d.path, d.dtype, d.shape, d.hot, d.required) for d in DATASETS] == GOLDEN_V1_0
+    assert FORMAT_VERSION == (1, 1)
+    assert [(d.path, d.dtype, d.shape, d.hot, d.required) for d in DATASETS] == GOLDEN_V1_1
+    # a minor bump only adds optional datasets: every 1.0 dataset is still there, unchanged
+    assert all(d in GOLDEN_V1_1 for d in GOLDEN_V1_0)
 
 
 def test_spec_document_lists_every_dataset_and_the_version():
     doc = (Path(__file__).parents[2] / "docs" / "package-format.md").read_text()
-    assert "version 1.0" in doc
+    assert "version 1.1" in doc
     for d in DATASETS:
         assert f"| `{d.path}` | " in doc, d.path

@@ -57,7 +57,10 @@ class FakeEngine:
         return FrameReply(request_id=0, frame_index=index, image=ImageFormat.RAW_BGR, width=4, height=2,
                           silence=silence, payload=bytes(24))
 
-    async def process(self, request: FrameRequest) -> FrameReply:
+    def open_stream(self) -> None:
+        return None
+
+    async def process(self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0) -> FrameReply:
         if self.overloaded_left:
             self.overloaded_left -= 1
             raise ProtocolError(ErrorCode.OVERLOADED, "queue full")
