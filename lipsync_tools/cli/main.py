@@ -307,6 +307,15 @@ def _print_description(info: dict[str, Any]) -> None:
         f"  faces  {info['faces']['backend']} ({info['faces']['scheme']}), "
         f"{info['faces']['filled_frames']} filled frames, crop {info['crop']['size']} px"
     )
+    model = info["model"]
+    encoder = model["audio_encoder"]
+    if encoder == "random":
+        encoder = f"random (seed {model['audio_encoder_seed']}), NOT lip-sync"
+    checkpoint = "embedded checkpoint" if "model/checkpoint" in info["datasets"] else "no checkpoint"
+    out.print(
+        f"  model  {model['family']}, {model['audio_mode']} audio, features {model['features']}, "
+        f"audio encoder {encoder}, {checkpoint}, box rule {info['crop'].get('box_rule', 'padded')}"
+    )
     out.print(
         f"  audio  {info['audio_seconds']:.2f} s, "
         f"mel {info['audio']['mel_bands']}x{info['audio']['mel_columns']}"
@@ -372,6 +381,7 @@ def preview_cmd(
 
 # --- commands that live in their own modules register here (one line each) ---
 from . import bench_cmd as _bench_cmd  # noqa: E402, F401  (registers `lipsync bench`)
+from . import import_cmd as _import_cmd  # noqa: E402, F401  (registers `lipsync import`)
 from . import models_cmd as _models_cmd  # noqa: E402, F401  (registers `lipsync models export`)
 from . import render_cmd as _render_cmd  # noqa: E402, F401  (registers `lipsync render`)
 from . import serve_cmd as _serve_cmd  # noqa: E402, F401  (registers `lipsync serve`)

@@ -152,7 +152,8 @@ def load_unet(
         closest, _ = _closest(state, candidates)
         with torch.device("meta"):
             expected = UNet(family=family, audio_mode=str(closest.audio_mode))
-        check_state_dict(expected, state, label)  # raises
+        check_state_dict(expected, state, label)  # raises: no network matched exactly
+        raise _no_match_error(state, label, signatures)  # unreachable; keeps the flow explicit
     detected = matches[0].family
     if detected == "wav2lip":
         raise CheckpointError(f"{label} is a wav2lip checkpoint, not a UNet: pass --family wav2lip")
@@ -297,14 +298,24 @@ def _closest(state: Mapping[str, torch.Tensor], signatures: _Signatures) -> tupl
 def _no_match_error(
     state: Mapping[str, torch.Tensor], label: str, signatures: _Signatures
 ) -> CheckpointError:
+    if not state:
+        return CheckpointError(f"{label} holds no tensors")
     kind, same = _closest(state, signatures)
+    if same == 0:
+        keys = list(state)
+        shown = ", ".join(keys[:_MAX_LISTED]) + (", ..." if len(keys) > _MAX_LISTED else "")
+        hint = _guess_kind(state, signatures=signatures)
+        return CheckpointError(
+            f"{label} matches no known network: none of its {len(state)} tensors has the key and shape of "
+            f"a tensor of {', '.join(NETWORK_FAMILIES)} ({shown})" + (f"; {hint}" if hint else "")
+        )
     signature = dict(signatures)[kind]
     parts = [
         f"{label} matches no known network ({len(state)} tensors); the closest is {kind} "
         f"with {same} of its {len(signature)} tensors",
         *_differences(signature, _shapes(state)),
     ]
-    hint = _guess_kind(state, None, signatures)
+    hint = _guess_kind(state, signatures=signatures)
     if hint:
         parts.append(hint)
     return CheckpointError("; ".join(parts))
@@ -320,12 +331,14 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], label:
     differences = _differences(expected, _shapes(state))
     if not differences:
         return
-    arch = getattr(model, "architecture", type(model).__name__)
+    arch = getattr(model, "display_name", getattr(model, "architecture", type(model).__name__))
     parts = [
         f"{label} does not match the {arch} architecture ({len(expected)} tensors expected)",
         *differences,
     ]
-    hint = _guess_kind(state, arch)
+    hint = _guess_kind(
+        state, _kind_of(model), is_encoder=getattr(model, "architecture", None) == "ave-encoder"
+    )
     if hint:
         parts.append(hint)
     raise CheckpointError("; ".join(parts))
@@ -347,10 +360,26 @@ def _differences(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tu
     return parts
 
 
+def _kind_of(model: nn.Module) -> NetworkKind | None:
+    if isinstance(model, UNet):
+        return NetworkKind(model.family, model.audio_mode)
+    if isinstance(model, Wav2Lip):
+        return NetworkKind("wav2lip", "mel")
+    return None
+
+
 def _guess_kind(
-    state: Mapping[str, torch.Tensor], arch: str | None = None, signatures: _Signatures | None = None
+    state: Mapping[str, torch.Tensor],
+    target: NetworkKind | None = None,
+    *,
+    is_encoder: bool = False,
+    signatures: _Signatures | None = None,
 ) -> str | None:
-    """Name the network a foreign state dict most likely belongs to, to make the error actionable."""
+    """Name the network a foreign state dict most likely belongs to, to make the error actionable.
+
+    ``target`` is the network it was checked against (``None``: none, or the AVE encoder when
+    ``is_encoder``); a hint that would only name the target again is not given.
+    """
     keys = set(state)
     if any(k.startswith("binary_pred.") for k in keys):
         return (
@@ -372,11 +401,7 @@ def _guess_kind(
         )
     with torch.device("meta"):
         encoder_keys = set(wav2lip_audio_encoder().state_dict())
-    if (
-        keys
-        and keys in (encoder_keys, {f"audio_encoder.{k}" for k in encoder_keys})
-        and arch != "ave-encoder"
-    ):
+    if keys and keys in (encoder_keys, {f"audio_encoder.{k}" for k in encoder_keys}) and not is_encoder:
         return (
             "this looks like SyncTalk_2D's AVE audio encoder (audio_visual_encoder.pth), "
             "not a lip-sync network; load it with load_ave_encoder"
@@ -384,12 +409,12 @@ def _guess_kind(
     matches = _exact_matches(state, _signatures() if signatures is None else signatures)
     if not matches:
         return None
-    if arch in {str(kind) for kind in matches}:
+    if target in matches:
         return None
     family = matches[0].family
-    if arch == "ave-encoder":
+    if is_encoder:
         return f"this is a {family} lip-sync network checkpoint, not an audio encoder"
-    if arch is not None and arch.startswith(f"{family} ("):
+    if target is not None and target.family == family:
         modes = " or ".join(str(kind.audio_mode) for kind in matches)
         detected_mode = matches[0].audio_mode
         return f"this is a {family} checkpoint for {modes} audio features: pass --audio-mode {detected_mode}"

@@ -82,7 +82,13 @@ _CH = (32, 64, 128, 256, 512)  # the public ``ch`` list (their mobile variant ha
 _STAGES: dict[int, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], int]] = {
     328: (
         ((_CH[0], _CH[0]), (_CH[0], _CH[1]), (_CH[1], _CH[2]), (_CH[2], _CH[3]), (_CH[3], _CH[4])),
-        ((_CH[4], _CH[3] // 2), (_CH[3], _CH[2] // 2), (_CH[2], _CH[1] // 2), (_CH[1], _CH[0]), (_CH[1], 16)),
+        (
+            (_CH[4], _CH[3] // 2),
+            (_CH[3], _CH[2] // 2),
+            (_CH[2], _CH[1] // 2),
+            (_CH[1], _CH[0]),
+            (_CH[1], _CH[0] // 2),
+        ),
         _CH[0] // 2,
     ),
     160: (
@@ -332,7 +338,8 @@ class UNet(nn.Module):
         self.crop_size = variant.crop_size
         self.input_size = variant.input_size
         self.audio_shape = variant.audio_shape
-        self.architecture = f"{variant.family} ({variant.audio_mode})"
+        self.architecture = f"{variant.family}-{variant.audio_mode}"  # a token: ONNX cache file names use it
+        self.display_name = f"{variant.family} ({variant.audio_mode})"  # for messages
 
         downs, ups, out_in = _STAGES[variant.size]
         # Registration order is the public state-dict order: audio_model, fuse_conv, inc, down*, up*, outc.
@@ -373,12 +380,12 @@ class UNet(nn.Module):
         n = self.input_size
         if image.dim() != 4 or tuple(image.shape[1:]) != (IMAGE_CHANNELS, n, n) or image.shape[0] < 1:
             raise UsageError(
-                f"{self.architecture} image input must have shape (B, {IMAGE_CHANNELS}, {n}, {n}), "
+                f"{self.display_name} image input must have shape (B, {IMAGE_CHANNELS}, {n}, {n}), "
                 f"got {tuple(image.shape)}"
             )
         if audio.dim() != 4 or tuple(audio.shape) != (image.shape[0], *self.audio_shape):
             shape = ", ".join(map(str, self.audio_shape))
             raise UsageError(
-                f"{self.architecture} audio input must have shape (B, {shape}) with B = {image.shape[0]} "
+                f"{self.display_name} audio input must have shape (B, {shape}) with B = {image.shape[0]} "
                 f"as for the image, got {tuple(audio.shape)}"
             )

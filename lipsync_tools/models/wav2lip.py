@@ -1,10 +1,11 @@
 """The Wav2Lip generator, parameter-for-parameter compatible with the public checkpoints.
 
-The layer table below reproduces the generator of the public Wav2Lip release (Prajwal et al., ACM MM 2020;
-``models/wav2lip.py`` and ``models/conv.py`` of github.com/Rudrabha/Wav2Lip) so that ``wav2lip.pth`` and
-``wav2lip_gan.pth`` load with strict key and shape checks. Module attribute names (``face_encoder_blocks``,
-``audio_encoder``, ``face_decoder_blocks``, ``output_block``, ``conv_block``) are part of that contract: they
-*are* the state-dict keys, so they must not be renamed.
+The layer tables below (the audio encoder's, shared with SyncTalk_2D's AVE encoder, lives in
+:mod:`lipsync_tools.models.layers`) reproduce the generator of the public Wav2Lip release (Prajwal et al.,
+ACM MM 2020; ``models/wav2lip.py`` and ``models/conv.py`` of github.com/Rudrabha/Wav2Lip) so that
+``wav2lip.pth`` and ``wav2lip_gan.pth`` load with strict key and shape checks. Module attribute names
+(``face_encoder_blocks``, ``audio_encoder``, ``face_decoder_blocks``, ``output_block``, ``conv_block``) are
+part of that contract: they *are* the state-dict keys, so they must not be renamed.
 
 Tensor contract of :meth:`Wav2Lip.forward`:
 
@@ -45,7 +46,7 @@ MEL_BINS = 80
 MEL_STEPS = 16  # mel frames per video frame window (0.2 s at 80 mel frames per second)
 FACE_CHANNELS = 6  # masked target (3) + reference (3)
 
-_C = ConvSpec
+_C = ConvSpec  # short names keep the tables below readable
 _T = ConvTransposeSpec
 
 

@@ -53,6 +53,9 @@ def describe_package(path: str | Path) -> dict[str, Any]:
         "frames": m["frames"],
         "faces": m["faces"],
         "crop": m["crop"],
+        # 1.0 packages have no model section: they are Wav2Lip packages
+        "model": m.get("model") or {"family": "wav2lip", "audio_mode": "mel", "audio_encoder": "none",
+                                     "audio_encoder_seed": None, "features": "none", "feature_row_shape": []},
         "audio": m["audio"],
         "source_video": m["source_video"],
         "source_audio": m["source_audio"],

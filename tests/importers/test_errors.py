@@ -355,7 +355,7 @@ def test_paths_given_on_the_command_line(pristine: dict[str, Path], tmp_path: Pa
     )
     # a file that is not a checkpoint, given without --family, cannot tell the family
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="bad.pth is not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad\.pth is not a PyTorch checkpoint"):
         import_avatar(folder, out, checkpoint=tmp_path / "bad.pth")
     _assert_nothing_written(out)
 

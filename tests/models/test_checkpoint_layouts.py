@@ -14,7 +14,6 @@ from lipsync_tools.models.checkpoint import (
     NetworkKind,
     detect_network,
     load_unet,
-    random_unet,
     read_state_dict,
 )
 from lipsync_tools.models.layers import random_init, uninitialised
@@ -42,8 +41,10 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def ultralight() -> UNet:
-    """``random_unet("ultralight-160", "hubert", 0)``; tests must not modify it."""
-    return random_unet("ultralight-160", "hubert", 0)
+    """Random Ultralight weights (random_init only: random_unet's output centring is not needed here)."""
+    net = uninitialised(lambda: UNet(family="ultralight-160", audio_mode="hubert"))
+    random_init(net, 0)
+    return net
 
 
 def _optimizer_state(state: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -231,6 +232,20 @@ def test_foreign_checkpoint_names_the_closest_network() -> None:
         "audio_model.conv1.conv.1.bias, audio_model.conv1.conv.1.running_mean, "
         "audio_model.conv1.conv.1.running_var, ... and 477 more; 1 unexpected: encoder.weight"
     )
+
+
+def test_unrelated_and_empty_checkpoints() -> None:
+    state = {f"layer{i}.weight": torch.zeros(2, 2) for i in range(7)}
+    with pytest.raises(CheckpointError) as info:
+        detect_network(state, label="resnet.pth")
+    assert str(info.value) == (
+        "resnet.pth matches no known network: none of its 7 tensors has the key and shape of a tensor of "
+        "wav2lip, synctalk2d-328, synctalk2d-160, ultralight-160 (layer0.weight, layer1.weight, "
+        "layer2.weight, layer3.weight, layer4.weight, ...)"
+    )
+    with pytest.raises(CheckpointError) as info:
+        load_unet({"model": {}, "epoch": 0})
+    assert str(info.value) == "<dict> holds no tensors"
 
 
 def test_ave_encoder_given_to_a_network_loader_is_named() -> None:
