@@ -77,7 +77,7 @@ def export_onnx(
         # torch >= 2.9 warns that the TorchScript exporter is legacy; it is what we choose, see module doc.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            _ImageAudio(model, family),
+            _ImageAudio(model, family).eval(),  # a fresh module is in train mode, and export restores it
             example,
             target,  # type: ignore[arg-type]  # the TorchScript exporter also writes to a file object
             dynamo=False,

@@ -105,16 +105,18 @@ def test_rejects_bad_arrays(backend: InferenceBackend, batch8: tuple[np.ndarray,
     )
     with pytest.raises(UsageError) as info:
         backend.infer(crops[:, :64], mels)
-    assert str(info.value) == "crops must have shape (B, 96, 96, 3) with B >= 1, got (8, 64, 96, 3)"
+    assert str(info.value) == (
+        "crops must have shape (B, 96, 96, 3) for the wav2lip family with B >= 1, got (8, 64, 96, 3)"
+    )
     with pytest.raises(UsageError) as info:
         backend.infer(crops, mels.astype(np.float64))
     assert (
         str(info.value)
-        == "mels must be a float32 (B, 1, 80, 16) array, got float64 array of shape (8, 1, 80, 16)"
+        == "audio must be a float32 (8, 1, 80, 16) array, got float64 array of shape (8, 1, 80, 16)"
     )
     with pytest.raises(UsageError) as info:
         backend.infer(crops, mels[:3])
-    assert str(info.value) == "mels must have shape (8, 1, 80, 16) to match 8 crops, got (3, 1, 80, 16)"
+    assert str(info.value) == "audio must have shape (8, 1, 80, 16) to match 8 crops, got (3, 1, 80, 16)"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -148,7 +150,7 @@ def test_onnx_cache_is_reused(
     _build("onnx", random_model, onnx_cache)  # the module's backend fixture may already have exported
     files = sorted(p.name for p in onnx_cache.iterdir())
     digest = onnx_backend.weights_digest(random_model)
-    assert files == [f"wav2lip-{digest[:20]}.onnx"]
+    assert files == [f"wav2lip-wav2lip-1x80x16-{digest[:20]}.onnx"]  # family, architecture, audio shape
 
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("exported again although the cache holds the file")
