@@ -247,7 +247,8 @@ class _LocalSource(_FrameSource):
             stream.end(len(starts))
         for k in range(frames[0] - 16, frames[-1] + stream.look_ahead + 1):
             if 0 <= k < len(starts):
-                stream.add(k, np.ascontiguousarray(mel[:, int(starts[k]) : int(starts[k]) + MEL_WINDOW_FRAMES]))
+                start = int(starts[k])
+                stream.add(k, np.ascontiguousarray(mel[:, start : start + MEL_WINDOW_FRAMES]))
         return self.engine.process_batch_sync(requests, stream=stream, stream_frames=frames)
 
 

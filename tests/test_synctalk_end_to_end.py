@@ -41,20 +41,34 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def synctalk_package(talking_head_mp4: Path, weights: tuple[Path, Path],
-                     tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synctalk_package(
+    talking_head_mp4: Path, weights: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     unet, encoder = weights
     out = tmp_path_factory.mktemp("synctalk") / "sanders.sanders"
-    result = runner.invoke(app, ["build-package", str(talking_head_mp4), "-o", str(out), "--checkpoint",
-                                 str(unet), "--audio-encoder", str(encoder), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "build-package",
+            str(talking_head_mp4),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(unet),
+            "--audio-encoder",
+            str(encoder),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["family"], summary["audio_mode"], summary["crop_size"]) == ("synctalk2d-328", "ave", 328)
     return out
 
 
-def test_build_detects_the_family_from_the_checkpoint_and_stores_ave_rows(synctalk_package: Path,
-                                                                           weights: tuple[Path, Path]):
+def test_build_detects_the_family_from_the_checkpoint_and_stores_ave_rows(
+    synctalk_package: Path, weights: tuple[Path, Path]
+):
     assert validate_package(synctalk_package) == []
     pkg = open_package(synctalk_package, load_frames=False)
     assert (pkg.family, pkg.audio_mode, pkg.crop_size) == ("synctalk2d-328", "ave", 328)
@@ -73,8 +87,9 @@ def test_build_detects_the_family_from_the_checkpoint_and_stores_ave_rows(syncta
 
 def test_render_an_mp4_with_sound(synctalk_package: Path, speech_wav: Path, tmp_path: Path):
     out = tmp_path / "out.mp4"
-    result = runner.invoke(app, ["render", str(synctalk_package), "--audio", str(speech_wav), "-o", str(out),
-                                 "--json"])
+    result = runner.invoke(
+        app, ["render", str(synctalk_package), "--audio", str(speech_wav), "-o", str(out), "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["model"]["family"] == "synctalk2d-328"
@@ -85,17 +100,21 @@ def test_render_an_mp4_with_sound(synctalk_package: Path, speech_wav: Path, tmp_
 
 
 def test_serve_a_live_session_with_streamed_speech(synctalk_package: Path, tmp_path: Path):
-    """The server computes AVE rows from the streamed audio (look-ahead of 6 frames) and renders every frame."""
-    config = ServerConfig(packages=(PackageSpec(id="sanders", path=synctalk_package),), port=0,
-                          backend="onnx", onnx_cache_dir=tmp_path / "onnx", sessions=TEST_LIMITS)
+    """The server computes AVE rows from streamed audio (look-ahead of 6 frames) and renders every frame."""
+    config = ServerConfig(
+        packages=(PackageSpec(id="sanders", path=synctalk_package),),
+        port=0,
+        backend="onnx",
+        onnx_cache_dir=tmp_path / "onnx",
+        sessions=TEST_LIMITS,
+    )
     from lipsync_tools.client import LipsyncClient
 
-    with running_server(config) as server:
-        with LipsyncClient(server.url) as client:
-            (info,) = client.packages()
-            assert (info["family"], info["audio_mode"]) == ("synctalk2d-328", "ave")
-            with client.session("sanders", pacing=Pacing.UNPACED, image=ImageFormat.RAW_BGR) as session:
-                frames = list(session.play(speech_like(1.0)))
+    with running_server(config) as server, LipsyncClient(server.url) as client:
+        (info,) = client.packages()
+        assert (info["family"], info["audio_mode"]) == ("synctalk2d-328", "ave")
+        with client.session("sanders", pacing=Pacing.UNPACED, image=ImageFormat.RAW_BGR) as session:
+            frames = list(session.play(speech_like(1.0)))
     assert len(frames) == 30  # 1 s at 29.97 fps
     assert all(not f.silence and (f.width, f.height) == (176, 144) for f in frames)
     model = server.state.startup_report.model.to_dict()  # type: ignore[union-attr]
@@ -107,10 +126,10 @@ def test_a_wav2lip_server_refuses_a_synctalk_package_at_load(synctalk_package: P
     from lipsync_tools.client import LipsyncClient
     from lipsync_tools.errors import ProtocolError
 
-    with running_server(config) as server, LipsyncClient(server.url) as client:
-        with pytest.raises(ProtocolError, match="built for synctalk2d-328 with ave audio, but this server runs "
-                                                "wav2lip"):
-            client.load_package("sanders", str(synctalk_package))
+    with running_server(config) as server, LipsyncClient(server.url) as client, pytest.raises(
+        ProtocolError, match="built for synctalk2d-328 with ave audio, but this server runs wav2lip"
+    ):
+        client.load_package("sanders", str(synctalk_package))
 
 
 def test_export_onnx_with_the_original_servers_names(weights: tuple[Path, Path], tmp_path: Path):

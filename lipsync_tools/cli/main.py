@@ -150,9 +150,9 @@ def build_package_cmd(
         Path | None,
         typer.Option(
             "--checkpoint",
-            help="Embed this checkpoint (the avatar's own SyncTalk_2D/Ultralight UNet, or a Wav2Lip fine-tune) "
-            "in the package; it is checked against the family's architecture first (and gives the family "
-            "when --family is not given). Servers use it unless given another.",
+            help="Embed this checkpoint (the avatar's own SyncTalk_2D/Ultralight UNet, or a Wav2Lip "
+            "fine-tune) in the package; it is checked against the family's architecture first (and gives "
+            "the family when --family is not given). Servers use it unless given another.",
         ),
     ] = None,
     family: FamilyOpt = None,

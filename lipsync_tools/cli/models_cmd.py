@@ -10,7 +10,9 @@ import typer
 from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
 from .output import AudioModeOpt, FamilyOpt, optional_value, print_json, stderr
 
-models_app = typer.Typer(name="models", help="Model tools: export a checkpoint to ONNX.", no_args_is_help=True)
+models_app = typer.Typer(
+    name="models", help="Model tools: export a checkpoint to ONNX.", no_args_is_help=True
+)
 app.add_typer(models_app)
 
 
@@ -24,7 +26,9 @@ def export_cmd(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.", show_default=False)],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The .onnx file to write.", show_default=False)
+    ],
     family: FamilyOpt = None,
     audio_mode: AudioModeOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of 'random' weights.")] = 0,
@@ -38,8 +42,12 @@ def export_cmd(
 
     def action() -> None:
         result = export_model(
-            checkpoint, output, family=optional_value(family), audio_mode=optional_value(audio_mode),
-            seed=seed, force=force,
+            checkpoint,
+            output,
+            family=optional_value(family),
+            audio_mode=optional_value(audio_mode),
+            seed=seed,
+            force=force,
         )
         if json_output:
             print_json(result.summary())
@@ -49,7 +57,8 @@ def export_cmd(
                 f"[green]exported[/] {result.output} ({result.family}, {result.audio_mode} audio, "
                 f"{result.size_bytes / 1e6:.1f} MB): {shapes}; largest difference to torch "
                 f"{result.max_abs_diff:.2g}",
-                highlight=False, soft_wrap=True,
+                highlight=False,
+                soft_wrap=True,
             )
             if result.is_random:
                 stderr.print("[bold yellow]WARNING: random weights: NOT lip-sync[/]", highlight=False)

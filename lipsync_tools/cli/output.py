@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,7 +32,7 @@ class InferenceBackendName(StrEnum):
 
 
 class ModelFamilyName(StrEnum):
-    """``--family``: the registered model families (lipsync_tools.models.families; a test keeps them equal)."""
+    """``--family``: the registered model families (``models.families``; a test keeps them equal)."""
 
     wav2lip = "wav2lip"
     synctalk2d_328 = "synctalk2d-328"

@@ -108,9 +108,8 @@ def render_cmd(
         if json_output:
             print_json(summary)
         elif not quiet:
-            model_text = (
-                f"{result.model.family} {result.model.name} ({result.model.backend})" if result.model else "server"
-            )
+            info = result.model
+            model_text = f"{info.family} {info.name} ({info.backend})" if info else "server"
             stderr.print(
                 f"[green]rendered[/] {result.output}: {result.frames} frames {result.width}x{result.height} "
                 f"@ {result.fps:.5g} fps, {result.video_seconds:.2f} s with {result.audio_seconds:.2f} s of "

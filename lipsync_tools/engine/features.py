@@ -110,8 +110,9 @@ class FeatureComputer:
                 f"--family {p.family}",
             )
 
-    def network_audio(self, request: FrameRequest, package: LoadedPackage, stream: StreamAudio | None,
-                      stream_frame: int) -> np.ndarray:
+    def network_audio(
+        self, request: FrameRequest, package: LoadedPackage, stream: StreamAudio | None, stream_frame: int
+    ) -> np.ndarray:
         """float32 ``network_shape`` audio input for one request (raises ``ProtocolError(bad_audio)``)."""
         if self.mode.name == "mel":
             return _mel_window(request, package).reshape(self.mode.network_shape)
@@ -165,10 +166,14 @@ class FeatureComputer:
         return out.reshape(self.mode.network_shape)
 
     def _pcm_rows(self, windows: list[np.ndarray]) -> np.ndarray:
-        mels = np.stack([
-            w if w.dtype == np.float32 else mel_from_pcm_window(w.astype(np.float32) * np.float32(1.0 / 32768.0))
-            for w in windows
-        ])
+        mels = np.stack(
+            [
+                w
+                if w.dtype == np.float32
+                else mel_from_pcm_window(w.astype(np.float32) * np.float32(1.0 / 32768.0))
+                for w in windows
+            ]
+        )
         return self._ave(mels)
 
 

@@ -49,9 +49,9 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 RANDOM_ENCODER_WARNING = (
-    "WARNING: the AVE audio encoder has RANDOM weights (--audio-encoder random): the audio features are NOT "
-    "speech features and the output does NOT lip-sync. Pass --audio-encoder audio_visual_encoder.pth for real "
-    "lip-sync."
+    "WARNING: the AVE audio encoder has RANDOM weights (--audio-encoder random): the audio features are "
+    "NOT speech features and the output does NOT lip-sync. Pass --audio-encoder audio_visual_encoder.pth "
+    "for real lip-sync."
 )
 """What servers and ``render`` print when :attr:`ModelInfo.is_random` is true."""
 
@@ -123,7 +123,7 @@ class PackageModelHints:
 
 @dataclass(frozen=True, kw_only=True)
 class LoadedModel:
-    """The engine's model: the inference backend, what it is, and the AVE encoder when the family needs one."""
+    """The engine's model: the inference backend, what it is, and the AVE encoder if the family needs one."""
 
     backend: InferenceBackend
     info: ModelInfo
@@ -180,7 +180,9 @@ def load_model(
     if model is not None and model not in MODEL_NAMES:
         raise UsageError(f"unknown model {model!r}; expected one of: {', '.join(MODEL_NAMES)}")
     if checkpoint is not None and model not in (None, "wav2lip"):
-        raise UsageError(f"--checkpoint loads a network's weights; it cannot be combined with --model {model}")
+        raise UsageError(
+            f"--checkpoint loads a network's weights; it cannot be combined with --model {model}"
+        )
     started = time.perf_counter()
     wanted_family = family
     mode_hint = audio_mode
@@ -189,7 +191,7 @@ def load_model(
         mode_hint = mode_hint or hints.audio_mode
     if checkpoint is not None:
         net = load_network(checkpoint, family=wanted_family, audio_mode=mode_hint)
-        name, source, network = "wav2lip" if net.family.name == "wav2lip" else "checkpoint", str(checkpoint), net
+        name, source, network = "checkpoint", str(checkpoint), net
     elif model == "random":
         network = random_network(get_family(wanted_family), mode_hint, seed)
         name, source = "random", f"seed {seed}"
@@ -205,9 +207,9 @@ def load_model(
     else:
         wanted = "--model wav2lip needs --checkpoint PATH" if model == "wav2lip" else "no model weights given"
         raise UsageError(
-            f"{wanted} and {hints.label} embeds no checkpoint: pass --checkpoint PATH (wav2lip.pth, or the "
-            "avatar's own SyncTalk_2D/Ultralight checkpoint) for real lip-sync, or --model random --seed 0 for "
-            "a demo with random weights (not lip-sync)"
+            f"{wanted} and {hints.label} embeds no checkpoint: pass --checkpoint PATH (wav2lip.pth, or "
+            "the avatar's own SyncTalk_2D/Ultralight checkpoint) for real lip-sync, or --model random "
+            "--seed 0 for a demo with random weights (not lip-sync)"
         )
     if network is not None:
         fam, mode, module = network.family, network.audio_mode, network.module

@@ -96,7 +96,7 @@ def padded_ave_array(rows: np.ndarray) -> np.ndarray:
 
 
 def package_ave_features(encoder: Any, mel: np.ndarray, mel_index: np.ndarray) -> np.ndarray:
-    """The padded ``(N + 2, 512)`` AVE array of a package from its mel ``(80, T)`` and window starts ``(N,)``."""
+    """The padded ``(N + 2, 512)`` AVE array of a package, from its mel ``(80, T)`` and window starts."""
     starts = np.asarray(mel_index, dtype=np.int64)
     windows = np.stack([mel[:, s : s + 16] for s in starts]) if starts.size else np.zeros((0, 80, 16))
     return padded_ave_array(ave_rows(encoder, windows))

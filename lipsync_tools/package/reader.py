@@ -118,8 +118,15 @@ def _shape_symbols(manifest: Manifest, f: h5py.File) -> dict[str, int]:
         "B": int(f["model/checkpoint"].shape[0]) if "model/checkpoint" in f else 0,
         "E": int(f["model/audio_encoder"].shape[0]) if "model/audio_encoder" in f else 0,
         "F": int(f["audio/features"].shape[0]) if "audio/features" in f else 0,
-        "D": int(f["audio/features"].shape[1]) if "audio/features" in f and f["audio/features"].ndim == 2 else 0,
+        "D": _feature_width(f),
     }
+
+
+def _feature_width(f: h5py.File) -> int:
+    """Values per row of ``audio/features`` (0 when absent or not 2-D: the shape check then reports it)."""
+    if "audio/features" not in f or f["audio/features"].ndim != 2:
+        return 0
+    return int(f["audio/features"].shape[1])
 
 
 def read_manifest(f: h5py.File, path: Path) -> Manifest:
@@ -151,7 +158,8 @@ def read_manifest(f: h5py.File, path: Path) -> Manifest:
         raise PackageFormatError(f"{path}: manifest video.fps is {m.video.fps}; expected > 0")
     if m.model is not None:
         row = m.model.feature_row_shape
-        if len(row) > 4 or any(not 1 <= d <= MAX_FEATURE_DIM for d in row) or int(np.prod(row)) > MAX_FEATURE_DIM:
+        sizes_ok = all(1 <= d <= MAX_FEATURE_DIM for d in row) and int(np.prod(row)) <= MAX_FEATURE_DIM
+        if len(row) > 4 or not sizes_ok:
             raise PackageFormatError(
                 f"{path}: manifest model.feature_row_shape is {row}; expected up to 4 sizes whose product is "
                 f"1..{MAX_FEATURE_DIM}"

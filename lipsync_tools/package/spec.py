@@ -45,8 +45,8 @@ class DatasetSpec:
     """One dataset of the layout: its path, dtype, symbolic shape and storage rule.
 
     ``shape`` uses the symbols ``N`` (frames), ``S`` (crop size), ``K`` (landmarks per face), ``T`` (mel
-    columns), ``A`` (audio samples), ``B`` (checkpoint bytes), ``F`` (audio feature rows), ``D`` (values per feature row),
-    ``E`` (audio-encoder checkpoint bytes); integers are literal sizes.
+    columns), ``A`` (audio samples), ``B`` (checkpoint bytes), ``F`` (audio feature rows), ``D`` (values
+    per feature row), ``E`` (audio-encoder checkpoint bytes); integers are literal sizes.
     ``hot`` datasets MUST be stored contiguous and uncompressed so readers can memory-map them.
     """
 

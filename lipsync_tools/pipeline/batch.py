@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputNotFoundError, LipsyncError, UsageError
-from ..package.spec import FILE_SUFFIX
 from ..models.audio_features import AudioEncoderChoice
+from ..package.spec import FILE_SUFFIX
 from .build import BuildOptions, build_package
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")

@@ -527,10 +527,7 @@ def model_meta(
     imported: bool = False,
 ) -> ModelMeta:
     """The manifest's ``model`` section for a package of ``family`` (shared with the importers)."""
-    if encoder is None:
-        source = "none"
-    else:
-        source = "random" if encoder.is_random else "embedded"
+    source = "none" if encoder is None else "random" if encoder.is_random else "embedded"
     row = list(get_family(family).audio_mode(audio_mode).row_shape) if features is not None else []
     return ModelMeta(
         family=family,

@@ -29,7 +29,7 @@ def test_registry_names_and_the_cli_choices_agree():
 
 
 def test_unknown_family_is_refused_naming_the_known_ones():
-    with pytest.raises(UsageError, match="unknown model family 'wav2lip-288'.*synctalk2d-328"):
+    with pytest.raises(UsageError, match=r"unknown model family 'wav2lip-288'.*synctalk2d-328"):
         get_family("wav2lip-288")
 
 
@@ -145,7 +145,9 @@ def test_ave_window_is_sixteen_rows_around_the_frame():
 
 
 def test_unknown_audio_mode_names_the_family_modes():
-    with pytest.raises(UsageError, match="ultralight-160 family takes audio features hubert, wenet; got 'ave'"):
+    with pytest.raises(
+        UsageError, match="ultralight-160 family takes audio features hubert, wenet; got 'ave'"
+    ):
         get_family("ultralight-160").audio_mode("ave")
 
 

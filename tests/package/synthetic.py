@@ -13,8 +13,8 @@ from lipsync_tools.package.manifest import (
     FacesMeta,
     FramesMeta,
     Manifest,
-    SourceFile,
     ModelMeta,
+    SourceFile,
     ToolMeta,
     VideoMeta,
 )
@@ -85,8 +85,12 @@ def write_synthetic_package(
             faces=FacesMeta(
                 backend="synthetic", scheme="toy", num_points=k, filled_frames=1, missing_policy="interpolate"
             ),
-            crop=CropMeta(size=size, padding=0.1, smooth_window=5,
-                          box_rule="synctalk2d" if model is not None and model.family != "wav2lip" else "padded"),
+            crop=CropMeta(
+                size=size,
+                padding=0.1,
+                smooth_window=5,
+                box_rule="synctalk2d" if model is not None and model.family != "wav2lip" else "padded",
+            ),
             model=model,
             build_options={"crop_size": size},
             datasets={},

@@ -41,7 +41,8 @@ def test_v1_1_file_with_family_features_and_audio_encoder_still_opens_and_valida
     model = pkg.manifest.model
     assert model is not None and model.audio_encoder == "embedded" and model.feature_row_shape == [512]
     assert pkg.manifest.crop.box_rule == "synctalk2d"
-    assert pkg.features is not None and pkg.features.shape == (6, 512) and "audio/features" in pkg.memory_mapped
+    assert pkg.features is not None and pkg.features.shape == (6, 512)
+    assert "audio/features" in pkg.memory_mapped
     assert pkg.read_checkpoint() == b"unet-weights" * 10
     assert pkg.read_checkpoint("model/audio_encoder") == b"ave-weights" * 10
     assert (

@@ -98,9 +98,9 @@ def test_mediapipe_box_agrees_with_hand_annotated_pfld_box_on_a_real_face():
     match the box the reference formula gives on them within 7 % of the face width on every edge (the
     hand-placed points are +-2 px each, so the side is +-4 px: 5 % of this 88-px face).
     """
+    import cv2
     from skimage import data
 
-    import cv2
     from lipsync_tools.faces import create_backend
     from lipsync_tools.faces.base import FaceOptions
 

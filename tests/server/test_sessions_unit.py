@@ -60,7 +60,9 @@ class FakeEngine:
     def open_stream(self) -> None:
         return None
 
-    async def process(self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0) -> FrameReply:
+    async def process(
+        self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0
+    ) -> FrameReply:
         if self.overloaded_left:
             self.overloaded_left -= 1
             raise ProtocolError(ErrorCode.OVERLOADED, "queue full")
