@@ -104,6 +104,8 @@ class ServerLaunch:
     path: Path
     seed: int = 0
     backend: str | None = None
+    family: str | None = None  # original servers: the family to render (packages carry their own)
+    audio_encoder: str | None = None  # original servers of AVE families: "random" (seed ``seed``)
     max_batch: int = 8
     log_dir: Path
     onnx_cache: Path | None = None  # shared by the servers: one ONNX export per run, not one per server
@@ -130,6 +132,10 @@ class ServerLaunch:
             cmd += ["--backend", self.backend]
         if self.onnx_cache is not None:
             cmd += ["--onnx-cache", str(self.onnx_cache)]
+        if self.kind == "original" and self.family is not None:
+            cmd += ["--family", self.family]
+        if self.kind == "original" and self.audio_encoder is not None:
+            cmd += ["--audio-encoder", self.audio_encoder]
         spec = f"{self.package_id}={self.path}"
         return [*cmd, "--original", spec] if self.kind == "original" else [*cmd, spec]
 

@@ -38,6 +38,7 @@ RESULT_SCHEMA: dict[str, Any] = {
         "n_frames": int,
         "fps": NUM,
         "sample": bool,
+        "family": str,
     },
     "settings": dict,
     "model": dict,
@@ -85,6 +86,17 @@ RESULT_SCHEMA: dict[str, Any] = {
             "ms_per_frame_median": OPT_NUM,
             "ms_per_frame_p90": OPT_NUM,
             "prepare_ms": OPT_NUM,
+            "note": str,
+        }
+    ],
+    "families": [
+        {
+            "family": str,
+            "audio_mode": str,
+            "backend": str,
+            "batch": int,
+            "ms_per_frame_median": OPT_NUM,
+            "ms_per_frame_p90": OPT_NUM,
             "note": str,
         }
     ],
@@ -298,6 +310,19 @@ def tables(result: dict[str, Any]) -> list[Table]:
             rows,
         )
     )
+    family_rows = [
+        [f["family"], f["audio_mode"], f["backend"], str(f["batch"]), _ms(f["ms_per_frame_median"]),
+         _ms(f["ms_per_frame_p90"]), f["note"]]
+        for f in result.get("families", [])
+    ]
+    if family_rows:
+        out.append(
+            Table(
+                "Every model family's network, ms per frame (random weights: real speed, not lip-sync)",
+                ["family", "audio", "runtime", "batch", "median", "p90", "note"],
+                family_rows,
+            )
+        )
     return out
 
 

@@ -13,7 +13,9 @@
 4. **scaling**: 1, 2, 4, 8 ... concurrent clients per mode (threads, one WebSocket each);
 5. **memory**: each server's RSS sampled throughout (psutil on the child pids), peak reported;
 6. **model backends**: torch eager, torch channels_last and ONNX Runtime at batch 1 and batched, in this
-   process after the servers stopped.
+   process after the servers stopped;
+7. **model families**: the network time of every registered family (Wav2Lip, SyncTalk_2D-328/160,
+   Ultralight-160) side by side, ONNX Runtime and torch, random weights, batch 1 and batched.
 
 The result is one JSON-ready dict, documented (and checked) by
 :data:`lipsync_tools.bench.report.RESULT_SCHEMA`.
@@ -70,7 +72,9 @@ class CompareOptions:
     """What ``lipsync bench --compare`` measures and how long it may take.
 
     ``input``: a video or ``.sanders`` package (``None``: make the sample talking head; ``hd`` makes it
-    1280x720). ``frames``: measured frames per mode in the latency phase, after ``warmup`` discarded ones.
+    1280x720). ``family``: the model family a package is built for (``None``: the given package's, else
+    Wav2Lip); AVE families get a random AVE encoder from ``seed``, so every mode hears the same features.
+    ``frames``: measured frames per mode in the latency phase, after ``warmup`` discarded ones.
     ``clients``: concurrency levels; ``scaling_frames``: frames per mode and level, split among its
     clients (at least ``min_frames_per_client`` each). ``seed``/``backend``: the servers' model
     (``--model random``; ``None`` = the library's default backend). ``model_batch``/``model_repeats``: the
@@ -92,6 +96,7 @@ class CompareOptions:
     modes: tuple[str, ...] = DEFAULT_MODES
     seed: int = 0
     backend: str | None = None
+    family: str | None = None
     jpeg_quality: int = 90
     model_batch: int = 8
     model_repeats: int = 20
@@ -149,6 +154,8 @@ class BenchInput:
     crop_size: int
     pcm: np.ndarray = field(repr=False)
     crops: np.ndarray = field(repr=False)  # (N, S, S, 3) uint8, for the model-backend section
+    family: str = "wav2lip"
+    audio_mode: str = "mel"
 
     def window(self, frame_index: int) -> np.ndarray:
         """The int16 PCM window (3200 samples) of ``frame_index``: Wav2Lip's mel start times 200 samples."""
@@ -220,6 +227,8 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
             server.stop()
         say("model backends: torch eager, torch channels_last, ONNX Runtime")
         backends = model_backends(options, bench_input, work)
+        say("model families: every family's network, ONNX Runtime and torch")
+        families = family_networks(options, work)
     result = {
         "schema_version": SCHEMA_VERSION,
         "machine": facts,
@@ -232,6 +241,7 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
             "n_frames": bench_input.n_frames,
             "fps": round(bench_input.fps, 3),
             "sample": options.input is None,
+            "family": bench_input.family,
         },
         "settings": {
             k: (list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v))
@@ -242,6 +252,7 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
         "modes": {m: summarize_mode(MODES[m], latency[m], servers[m], peaks) for m in modes},
         "scaling": scaling,
         "backends": backends,
+        "families": families,
         "notes": notes,
     }
     result["headline"] = headline(result)
@@ -254,9 +265,11 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
 
 def prepare_input(options: CompareOptions, work: Path, say: Progress) -> BenchInput:
     """The video and package every mode uses (building or making what is missing), opened once."""
+    from ..models.audio_features import AudioEncoderChoice
+    from ..models.families import get_family
     from ..package.reader import open_package
     from ..package.spec import FILE_SUFFIX
-    from ..pipeline.build import build_package
+    from ..pipeline.build import BuildOptions, build_package
 
     source = options.input
     video: Path | None
@@ -285,11 +298,20 @@ def prepare_input(options: CompareOptions, work: Path, say: Progress) -> BenchIn
                 make_sample_video(video, hd=options.hd)
         else:
             video = source
-        package_path = work / (video.stem + FILE_SUFFIX)
+        family = get_family(options.family)
+        package_path = work / f"{video.stem}-{family.name}{FILE_SUFFIX}"
         if not package_path.is_file():
-            say(f"input: building a package from {video.name}")
-            build_package(video, package_path)
+            say(f"input: building a {family.name} package from {video.name}")
+            ave = family.audio_mode(None).name == "ave"
+            encoder = AudioEncoderChoice.parse("random", options.seed) if ave else None
+            build_options = BuildOptions(family=family.name)
+            build_package(video, package_path, options=build_options, audio_encoder=encoder)
     package = open_package(package_path, mmap=False)
+    if options.family is not None and package.family != options.family:
+        raise UsageError(
+            f"{package_path} is a {package.family} package but --family {options.family} was given; "
+            "drop --family or pass the video instead"
+        )
     m = package.manifest
     return BenchInput(
         video=video,
@@ -301,6 +323,8 @@ def prepare_input(options: CompareOptions, work: Path, say: Progress) -> BenchIn
         crop_size=package.crop_size,
         pcm=np.asarray(package.pcm, dtype=np.int16),
         crops=np.asarray(package.crops),
+        family=package.family,
+        audio_mode=package.audio_mode,
     )
 
 
@@ -326,6 +350,8 @@ def start_servers(
                 path=path,
                 seed=options.seed,
                 backend=options.backend,
+                family=bench_input.family,
+                audio_encoder="random" if bench_input.audio_mode == "ave" else None,
                 max_batch=8,
                 log_dir=work / "logs",
                 onnx_cache=work / "onnx",
@@ -564,6 +590,10 @@ def model_backends(options: CompareOptions, bench_input: BenchInput, work: Path)
     batch = options.model_batch
     n = bench_input.crops.shape[0]
     crops = np.ascontiguousarray(bench_input.crops[np.arange(batch) % n])
+    if crops.shape[1] != 96:  # another family's package: this section times Wav2Lip on its crops at 96 px
+        import cv2
+
+        crops = np.stack([cv2.resize(c, (96, 96), interpolation=cv2.INTER_AREA) for c in crops])
     mels = np.stack(
         [mel_from_pcm_window(bench_input.window(i % n).astype(np.float32) / 32768.0) for i in range(batch)]
     )[:, None].astype(np.float32)
@@ -621,6 +651,56 @@ def model_backends(options: CompareOptions, bench_input: BenchInput, work: Path)
                     "note": "",
                 }
             )
+    return rows
+
+
+def family_networks(options: CompareOptions, work: Path) -> list[dict[str, Any]]:
+    """ms per frame of every registered family's network alone, side by side: ONNX Runtime and torch
+    (channels_last), batch 1 and ``model_batch``; random weights (speed is real, output is not lip-sync),
+    random crops at the family's crop size, random audio of its default shape. Input building and pasting
+    the prediction back into the crop are included (``infer``)."""
+    from ..errors import BackendUnavailableError
+    from ..models import BackendOptions, create_backend
+    from ..models.families import MODEL_FAMILIES, family_names, random_network
+
+    rng = np.random.default_rng(options.seed)
+    rows: list[dict[str, Any]] = []
+    for name in family_names():
+        family = MODEL_FAMILIES[name]
+        mode = family.audio_mode(None)
+        s = family.crop_size
+        crops = rng.integers(0, 256, (options.model_batch, s, s, 3), dtype=np.uint8)
+        audio = rng.standard_normal((options.model_batch, *mode.network_shape)).astype(np.float32)
+        for runtime in ("onnx", "torch"):
+            network = random_network(family, mode.name, options.seed).module
+            try:
+                runtime_options = BackendOptions(onnx_cache_dir=work / "onnx")
+                backend = create_backend(runtime, network, runtime_options, family)
+            except BackendUnavailableError as exc:
+                rows.append({"family": name, "audio_mode": mode.name, "backend": runtime, "batch": 1,
+                             "ms_per_frame_median": None, "ms_per_frame_p90": None, "note": str(exc)})
+                continue
+            for size in sorted({1, options.model_batch}):
+                c, a = crops[:size], audio[:size]
+                for _ in range(options.model_warmup if size == 1 else max(1, options.model_warmup // 3)):
+                    backend.infer(c, a)
+                times = []
+                deadline = time.monotonic() + options.phase_seconds
+                for _ in range(max(3, options.model_repeats // size)):
+                    t0 = time.perf_counter()
+                    backend.infer(c, a)
+                    times.append((time.perf_counter() - t0) / size)
+                    if time.monotonic() > deadline:
+                        break
+                rows.append({
+                    "family": name,
+                    "audio_mode": mode.name,
+                    "backend": runtime,
+                    "batch": size,
+                    "ms_per_frame_median": round(float(np.median(times)) * 1000, 3),
+                    "ms_per_frame_p90": round(float(np.percentile(times, 90)) * 1000, 3),
+                    "note": "",
+                })
     return rows
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .main import app, run_command
-from .output import InferenceBackendName, stderr
+from .output import FamilyOpt, InferenceBackendName, optional_value, stderr
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -77,6 +77,7 @@ def bench_cmd(
     work_dir: Annotated[
         Path | None, typer.Option("--work-dir", help="Keep the sample, package and server logs here.")
     ] = None,
+    family: FamilyOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Benchmark the serving modes on this machine: per-component times, FPS, scaling, startup, memory."""
@@ -94,6 +95,7 @@ def bench_cmd(
             "seed": seed,
             "backend": backend.value if backend is not None else None,
             "hd": hd,
+            "family": optional_value(family),
             "work_dir": work_dir,
         }
         if frames is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.mel import MEL_WINDOW_FRAMES, mel_from_pcm_window
+from ..audio.mel import mel_from_pcm_window
 from ..errors import InputNotFoundError, LipsyncError, ProtocolError, UsageError
 from ..faces.base import FaceBackend, FaceOptions
 from ..media.audio import load_audio
@@ -44,6 +44,7 @@ from ..protocol.messages import (
     ImageFormat,
 )
 from .compositor import composite_crop, composite_frame, encode_frame_image
+from .features import FeatureComputer
 from .pacing import is_silent
 from .store import IdRegistry
 
@@ -228,12 +229,23 @@ class OriginalEngine:
         backend: InferenceBackend,
         options: OriginalOptions | None = None,
         observer: Any = None,
+        *,
+        audio_encoder: object | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.options = options or OriginalOptions()
         self.observer = observer
-        self.crop_options = CropOptions(size=int(backend.crop_size), padding=self.options.padding)
+        family = backend.family
+        # Every family's own crop rule, per request (SyncTalk_2D: its box, 328 px, INTER_CUBIC).
+        self.crop_options = CropOptions(
+            size=int(backend.crop_size),
+            padding=self.options.padding,
+            box_rule=family.box_rule,
+            interpolation="cubic" if family.box_rule == "synctalk2d" else "area",
+        )
+        # AVE families: a request's own 200 ms gives its own row; the other rows are zeros (one-shot).
+        self.features = FeatureComputer(family, backend.audio_mode, audio_encoder)
         self.detect_options = DetectOptions(max_side=self.options.detect_max_side)
         self.mask_options = MaskOptions(feather=self.options.feather)
         self._faces: FaceBackend | None = None
@@ -273,7 +285,7 @@ class OriginalEngine:
     # --- entry points ----------------------------------------------------------------------------------
 
     def open_stream(self) -> None:
-        """The original path renders Wav2Lip only: no multi-frame audio state (see ``Engine.open_stream``)."""
+        """The original path keeps no state between requests: every request is a one-shot window."""
         return None
 
     async def process(
@@ -366,6 +378,17 @@ class OriginalEngine:
 
     # --- the work (caller holds self._lock) ------------------------------------------------------------
 
+    def _network_audio(self, request: FrameRequest, mel: np.ndarray) -> np.ndarray:
+        """The network's audio input from this request's mel window (AVE: its own row, others zero)."""
+        mode = self.features.mode
+        if mode.name == "mel":
+            return mel.reshape(mode.network_shape).astype(np.float32, copy=False)
+        mel_request = FrameRequest.from_mel(
+            np.ascontiguousarray(mel, dtype=np.float32), request_id=request.request_id,
+            package_id=request.package_id, frame_index=request.frame_index,
+        )
+        return self.features.network_audio(mel_request, None, None, 0)  # type: ignore[arg-type]
+
     def _features(self, request: FrameRequest, source: VideoSource) -> np.ndarray:
         if request.audio is AudioFormat.MEL:
             mel = request.mel_window()
@@ -397,21 +420,20 @@ class OriginalEngine:
         landmarks = faces[0].landmarks
         t2 = time.perf_counter()
         frame_size = (int(frame.shape[1]), int(frame.shape[0]))
-        rect_array = crop_rectangles(landmarks[None], frame_size, self.crop_options)[0]
-        crop = crop_face(frame, rect_array, size)
-        t3 = time.perf_counter()
         scheme = self._face_backend().scheme
+        rect_array = crop_rectangles(landmarks[None], frame_size, self.crop_options, scheme)[0]
+        crop = crop_face(frame, rect_array, size, self.crop_options.interpolation)
+        t3 = time.perf_counter()
         mask = blend_mask(to_crop_coordinates(landmarks, rect_array, size), scheme, size, self.mask_options)
         t4 = time.perf_counter()
         try:
-            mel = self._features(request, source)
+            audio = self._network_audio(request, self._features(request, source))
         except LipsyncError as exc:
             if isinstance(exc, ProtocolError):
                 raise
             raise ProtocolError(ErrorCode.BAD_AUDIO, str(exc)) from None
         t5 = time.perf_counter()
-        mels = mel.reshape(1, 1, _MEL_BINS, MEL_WINDOW_FRAMES).astype(np.float32, copy=False)
-        generated = self.backend.infer(crop[None], mels)[0]
+        generated = self.backend.infer(crop[None], audio[None])[0]
         t6 = time.perf_counter()
         rect = (int(rect_array[0]), int(rect_array[1]), int(rect_array[2]), int(rect_array[3]))
         reply_rect: tuple[int, int, int, int] | None = None

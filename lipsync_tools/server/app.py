@@ -109,9 +109,10 @@ class ModelInfoLike(Protocol):
 class Components:
     """How the server makes its engine parts (the real ones by default; tests may pass fakes).
 
-    ``make_store()`` → an empty package store; ``load_model(config, store)`` → (backend, model info), run
+    ``make_store()`` → an empty package store; ``load_model(config, store)`` → (model, model info), run
     in a worker thread after the startup packages are loaded (a package may carry the checkpoint);
-    ``make_engine(store, backend, config, observer)`` → an engine, started by the server.
+    ``make_engine(store, model, config, observer)`` → an engine, started by the server (``model`` is
+    whatever ``load_model`` returned first: the server only hands it over).
     """
 
     make_store: Callable[[], StoreLike]
@@ -217,13 +218,13 @@ class ServerState:
                                        ("feature_mapping", "feature_mapping")):
                         seconds[key] += float(info.load_seconds.get(phase, 0.0))
                     self.metrics.add_gauge("lipsync_packages_loaded", 1)
-                backend, model = await asyncio.to_thread(self.components.load_model, self.config, self.store)
+                loaded, model = await asyncio.to_thread(self.components.load_model, self.config, self.store)
                 seconds["model_load"] = model.load_seconds
                 self.model = model
                 if self.on_ready is None:  # with on_ready, the report carries the warnings
                     for warning in model.warnings:
                         log.warning(warning)
-                engine = self.components.make_engine(self.store, backend, self.config, self.metrics)
+                engine = self.components.make_engine(self.store, loaded, self.config, self.metrics)
                 t = time.perf_counter()
                 await engine.start()
                 self.engine = engine

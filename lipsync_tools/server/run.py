@@ -26,16 +26,13 @@ from lipsync_tools.server.metrics import Metrics
 def engine_components() -> Components:
     """The real engine parts: :class:`PackageStore`, :func:`load_model`, :class:`Engine`."""
     from lipsync_tools.engine import Engine, EngineOptions, PackageStore
-    from lipsync_tools.engine.model_loader import PackageModelHints, load_model
-    from lipsync_tools.models.audio_features import AudioEncoderChoice
-
-    encoders: list[Any] = []  # the AVE encoder load_model chose, handed to make_engine
+    from lipsync_tools.engine.model_loader import AudioEncoderChoice, PackageModelHints, load_model
 
     def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
         hints = PackageModelHints()
         digest = ""
         infos = store.infos()
-        if infos:
+        if infos and isinstance(store, PackageStore):
             # The family, audio mode and AVE encoder of the first startup package; its embedded checkpoint
             # when the options name no other weights.
             first = store.get(infos[0].id).package
@@ -62,7 +59,6 @@ def engine_components() -> Components:
             audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
             hints=hints, warmup_batches=tuple(sorted({1, config.max_batch})),
         )
-        encoders[:] = [loaded.audio_encoder]
         backend = loaded.backend
         if isinstance(store, PackageStore):
             # From now on a run-time load of a package the model cannot take is refused at load time.
@@ -72,14 +68,14 @@ def engine_components() -> Components:
                 store.served_checkpoint_sha256 = digest
             for info in infos:
                 store.check_family(info.id)
-        return backend, loaded.info
+        return loaded, loaded.info
 
-    def make_engine(store: StoreLike, backend: Any, config: ServerConfig, metrics: Metrics) -> Any:
+    def make_engine(store: StoreLike, loaded: Any, config: ServerConfig, metrics: Metrics) -> Any:
         options = EngineOptions(max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
                                 queue_limit=config.queue_limit, jpeg_quality=config.jpeg_quality,
                                 silence_dbfs=config.silence_dbfs, blend=config.blend)
-        encoder = encoders[0] if encoders else None
-        return Engine(store, backend, options, metrics, audio_encoder=encoder)  # type: ignore[arg-type]
+        return Engine(store, loaded.backend, options, metrics,  # type: ignore[arg-type]
+                      audio_encoder=loaded.audio_encoder)
 
     return Components(make_store=PackageStore, load_model=load, make_engine=make_engine)
 
@@ -102,9 +98,10 @@ def original_components(audio: Path | None = None) -> Components:
     """
     from lipsync_tools.engine.original import OriginalEngine, OriginalOptions, VideoStore
 
-    def make_engine(store: StoreLike, backend: Any, config: ServerConfig, metrics: Metrics) -> Any:
+    def make_engine(store: StoreLike, loaded: Any, config: ServerConfig, metrics: Metrics) -> Any:
         options = OriginalOptions(jpeg_quality=config.jpeg_quality, silence_dbfs=config.silence_dbfs)
-        return OriginalEngine(store, backend, options, metrics)  # type: ignore[arg-type]
+        return OriginalEngine(store, loaded.backend, options, metrics,  # type: ignore[arg-type]
+                              audio_encoder=loaded.audio_encoder)
 
     return Components(make_store=lambda: VideoStore(audio=audio), load_model=engine_components().load_model,
                       make_engine=make_engine)
