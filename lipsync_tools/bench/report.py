@@ -111,7 +111,7 @@ RESULT_SCHEMA: dict[str, Any] = {
     },
     "duration_seconds": NUM,
 }
-"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 1.
+"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 2.
 
 A dict value is a nested object whose keys are all required (``"*"``: any key, each value of that shape);
 a one-element list: a list whose items all have that shape; a type or tuple of types: the value's type.

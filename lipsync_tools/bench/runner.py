@@ -42,7 +42,7 @@ from ..protocol.messages import FrameReply, FrameRequest, ImageFormat
 from .machine import machine_facts
 from .modes import DEFAULT_MODES, MODES, ModeSpec, ServerLaunch, ServerProcess, parse_modes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: input.family and the families section
 PACKAGE_ID = "avatar"
 
 COMPONENTS: tuple[tuple[str, str], ...] = (

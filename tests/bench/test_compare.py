@@ -81,6 +81,13 @@ def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any])
         ("onnxruntime", 1),
         ("onnxruntime", 2),
     }
+    # every registered family's network, side by side, on both runtimes
+    from lipsync_tools.models.families import MODEL_FAMILIES
+
+    timed = {(f["family"], f["backend"], f["batch"]) for f in result["families"]}
+    assert timed >= {(name, runtime, 1) for name in MODEL_FAMILIES for runtime in ("onnx", "torch")}
+    assert all(f["ms_per_frame_median"] > 0 for f in result["families"])
+    assert result["input"]["family"] == "wav2lip"
     headline = result["headline"]
     assert headline["non_model_ratio_original_over_preloaded"] > 0
     assert headline["preloaded_end_to_end_over_model"] > 1
@@ -90,7 +97,7 @@ def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any])
 @pytest.mark.slow
 def test_tables_markdown_and_plot_show_every_figure(result: dict[str, Any], tmp_path: Path):
     titles = [t.title for t in tables(result)]
-    assert len(titles) == 5
+    assert len(titles) == 6
     markdown = to_markdown(result)
     for needle in (
         "face detection",
@@ -199,7 +206,7 @@ def result_like() -> dict[str, Any]:
         "memory": {"ready_rss_mb": 1.0, "peak_rss_mb": 2.0},
     }
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "machine": {
             "cpu": "x",
             "cores_logical": 2,
@@ -223,6 +230,7 @@ def result_like() -> dict[str, Any]:
             "n_frames": 1,
             "fps": 25.0,
             "sample": False,
+            "family": "wav2lip",
         },
         "modes": {"preloaded": mode},
         "scaling": {
@@ -244,6 +252,17 @@ def result_like() -> dict[str, Any]:
                 "ms_per_frame_median": 1.0,
                 "ms_per_frame_p90": 1.0,
                 "prepare_ms": 0.1,
+                "note": "",
+            }
+        ],
+        "families": [
+            {
+                "family": "synctalk2d-328",
+                "audio_mode": "ave",
+                "backend": "onnx",
+                "batch": 1,
+                "ms_per_frame_median": 50.0,
+                "ms_per_frame_p90": 55.0,
                 "note": "",
             }
         ],
@@ -298,3 +317,19 @@ def test_importing_the_benchmark_does_no_work():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     _, *loaded = out.stdout.split()
     assert loaded == ["False"] * 6, out.stdout
+
+
+@pytest.mark.slow
+def test_a_synctalk2d_328_run_serves_that_family_in_every_mode(talking_head_mp4: Path, tmp_path: Path):
+    """``--family synctalk2d-328``: the package is built for it and the original path renders it per frame."""
+    options = CompareOptions(
+        input=talking_head_mp4, family="synctalk2d-328", frames=2, warmup=1, clients=(1,), scaling_frames=2,
+        min_frames_per_client=1, modes=("original", "preloaded"), model_batch=1, model_repeats=1,
+        model_warmup=1, phase_seconds=60, work_dir=tmp_path,
+    )
+    document = run_compare(options)
+    check_result(document)
+    assert document["input"]["family"] == "synctalk2d-328"
+    assert document["model"]["family"] == "synctalk2d-328"
+    for mode in document["modes"].values():
+        assert mode["frames"] == 2 and mode["stages"]["model inference"]["median_ms"] > 0
