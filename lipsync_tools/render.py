@@ -137,7 +137,7 @@ def render_video(
         source = _LocalSource(package_path, model, checkpoint, seed, backend, cache_dir, options, on_model,
                               family, audio_encoder)
     else:
-        source = _ServerSource(server_url, package_path, options.max_batch)
+        source = _ServerSource(server_url, package_path, options.max_batch, pcm)
     with source:
         loaded = time.perf_counter()
         fps = source.fps
@@ -259,9 +259,14 @@ class _ServerSource(_FrameSource):
     that, a package file is loaded at run time (the server must be able to read the path) and unloaded at
     the end. Frames travel as raw BGR on loopback (no lossy step before the mp4) and as JPEG (quality 95)
     to another host.
+
+    A package whose audio window spans several frames (SyncTalk_2D's AVE: 16 rows around each frame) is
+    rendered through an unpaced *session* instead: the server then computes every frame's features from the
+    whole speech, as a live session does, rather than from one 200 ms window per request. Silent windows
+    come back as the avatar's own frames, as in any session.
     """
 
-    def __init__(self, url: str, package: str | Path, window: int) -> None:
+    def __init__(self, url: str, package: str | Path, window: int, pcm: np.ndarray) -> None:
         from urllib.parse import urlsplit
 
         from .client import LipsyncClient
@@ -289,7 +294,19 @@ class _ServerSource(_FrameSource):
         self.n_frames, self.fps = int(info["n_frames"]), float(info["fps"])
         self.width, self.height = int(info["width"]), int(info["height"])
         self.frame_rate = Fraction(self.fps).limit_denominator(1001 * 1000)
-        self.stream = self.client.stream()
+        self.session: Any = None
+        self.session_frames: Iterator[FrameReply] | None = None
+        self.stream: Any = None
+        if str(info.get("audio_mode", "mel")) != "mel":
+            from .media.audio import pcm16_from_float
+            from .protocol.messages import Pacing
+
+            self.session = self.client.session(
+                self.package_id, image=self.image_format, pacing=Pacing.UNPACED
+            )
+            self.session_frames = iter(self.session.play(pcm16_from_float(pcm)))
+        else:
+            self.stream = self.client.stream()
 
     def _find(self, package: str) -> dict[str, Any]:
         listed = self.client.packages()
@@ -313,14 +330,28 @@ class _ServerSource(_FrameSource):
         return info
 
     def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
+        if self.session_frames is not None:
+            replies: list[FrameReply] = []
+            for request in requests:
+                reply = next(self.session_frames, None)
+                if reply is None:
+                    raise UsageError(
+                        f"the server's session ended after {request.request_id} frames; "
+                        f"{len(starts)} were expected"
+                    )
+                replies.append(reply)
+            return replies
         for request in requests:
             self.stream.send(request)
-        replies = {reply.request_id: reply for reply in (self.stream.recv_frame() for _ in requests)}
-        return [replies[request.request_id] for request in requests]
+        by_id = {reply.request_id: reply for reply in (self.stream.recv_frame() for _ in requests)}
+        return [by_id[request.request_id] for request in requests]
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.stream.close()
+            if self.stream is not None:
+                self.stream.close()
+            if self.session is not None:
+                self.session.close()
             if self.loaded_here is not None:
                 with contextlib.suppress(LipsyncError, OSError):
                     self.client.unload_package(self.loaded_here)

@@ -121,6 +121,26 @@ def test_serve_a_live_session_with_streamed_speech(synctalk_package: Path, tmp_p
     assert (model["family"], model["audio_mode"], model["is_random"]) == ("synctalk2d-328", "ave", False)
 
 
+def test_render_through_a_server_uses_a_session_for_ave_packages(
+    synctalk_package: Path, speech_wav: Path, tmp_path: Path
+):
+    """One-shot requests carry 200 ms of audio, but AVE needs 16 frames of it: render streams a session."""
+    from lipsync_tools.render import render_video
+
+    config = ServerConfig(
+        packages=(PackageSpec(id="sanders", path=synctalk_package),),
+        port=0,
+        backend="onnx",
+        onnx_cache_dir=tmp_path / "onnx",
+        sessions=TEST_LIMITS,
+    )
+    with running_server(config) as server:
+        result = render_video("sanders", speech_wav, tmp_path / "out.mp4", server_url=server.url)
+        metrics = server.state.metrics.render()
+    assert result.frames > 30 and probe_video(tmp_path / "out.mp4").has_audio
+    assert "lipsync_sessions_total 1" in metrics
+
+
 def test_a_wav2lip_server_refuses_a_synctalk_package_at_load(synctalk_package: Path, tmp_path: Path):
     config = ServerConfig(port=0, model="random", backend="onnx", onnx_cache_dir=tmp_path / "onnx")
     from lipsync_tools.client import LipsyncClient

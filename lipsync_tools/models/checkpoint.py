@@ -479,7 +479,8 @@ def _torch_load(f: IO[bytes], label: str, allow_pickle: bool) -> Any:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    # torch's messages go on for several sentences of advice; the first says what is wrong
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
 
 
 def random_wav2lip(seed: int) -> Wav2Lip:
