@@ -225,6 +225,12 @@ class _LocalSource(_FrameSource):
             warmup_batches=(),  # the first batch is real work either way
         )
         self.model = loaded.info
+        if self.model.audio_mode != "mel" and loaded.audio_encoder is None:
+            raise UsageError(
+                f"{package_path} takes {self.model.audio_mode} audio features and there is no encoder to "
+                "compute them from new speech: pass --audio-encoder audio_visual_encoder.pth (SyncTalk_2D's AVE "
+                "encoder; HuBERT/WeNet features cannot be computed here)"
+            )
         if on_model is not None:
             on_model(self.model)
         store.expected_family = (loaded.backend.family.name, loaded.backend.audio_mode.name)

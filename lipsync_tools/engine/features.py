@@ -118,11 +118,18 @@ class FeatureComputer:
             return _mel_window(request, package).reshape(self.mode.network_shape)
         if request.audio is AudioFormat.REPLAY:
             return self.mode.window(self._replay_rows(package), request.frame_index)
-        if not self.mode.computable or self.encoder is None:
+        if not self.mode.computable:
             raise ProtocolError(
                 ErrorCode.BAD_AUDIO,
-                f"the {self.family.name} family takes {self.mode.name} features, which this server cannot "
+                f"the {self.family.name} family takes {self.mode.name} features, which lipsync-tools cannot "
                 "compute from audio (they come from the package only); request audio=replay",
+            )
+        if self.encoder is None:
+            raise ProtocolError(
+                ErrorCode.BAD_AUDIO,
+                f"the {self.family.name} family takes AVE features and this server has no AVE audio encoder "
+                "to compute them from audio; start it with --audio-encoder audio_visual_encoder.pth "
+                "(or request audio=replay)",
             )
         if stream is not None:
             return self._stream_window(stream, stream_frame)

@@ -56,6 +56,12 @@ RANDOM_ENCODER_WARNING = (
 """What servers and ``render`` print when :attr:`ModelInfo.is_random` is true."""
 
 
+NO_ENCODER_WARNING = (
+    "WARNING: no AVE audio encoder (the package embeds none and --audio-encoder was not given): new speech "
+    "cannot be turned into features, only replay works. Pass --audio-encoder audio_visual_encoder.pth."
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """Which model the engine runs and what loading it cost.
@@ -91,6 +97,13 @@ class ModelInfo:
         out = [RANDOM_WEIGHTS_WARNING] if self.is_random else []
         if self.audio_encoder_is_random:
             out.append(RANDOM_ENCODER_WARNING)
+        if self.audio_mode == "ave" and self.audio_encoder == "none":
+            out.append(NO_ENCODER_WARNING)
+        elif self.audio_mode in ("hubert", "wenet"):
+            out.append(
+                f"{self.audio_mode} features cannot be computed here (nothing is downloaded): only requests "
+                "that replay a package's own imported audio work"
+            )
         return out
 
 

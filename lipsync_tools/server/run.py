@@ -235,6 +235,10 @@ def format_startup(report: StartupReport) -> str:
         lines += [bar, f"!!! {warning}", bar]
     lines.append(f"lipsync server ready on {report.url}")
     lines.append(f"  model     {model['name']} ({model['source']}) on {model['backend']}")
+    family = model.get("family", "wav2lip")
+    if family != "wav2lip":
+        lines.append(f"  family    {family}, {model.get('audio_mode')} audio, audio encoder "
+                     f"{model.get('audio_encoder', 'none')}")
     for p in report.packages:
         lines.append(f"  package   {p['id']}: {p['n_frames']} frames {p['width']}x{p['height']} @ "
                      f"{p['fps']:.3g} fps, {p['ram_bytes'] / 1e6:.1f} MB in RAM ({p['path']})")
