@@ -228,8 +228,8 @@ class _LocalSource(_FrameSource):
         if self.model.audio_mode != "mel" and loaded.audio_encoder is None:
             raise UsageError(
                 f"{package_path} takes {self.model.audio_mode} audio features and there is no encoder to "
-                "compute them from new speech: pass --audio-encoder audio_visual_encoder.pth (SyncTalk_2D's AVE "
-                "encoder; HuBERT/WeNet features cannot be computed here)"
+                "compute them from new speech: pass --audio-encoder audio_visual_encoder.pth (SyncTalk_2D's "
+                "AVE encoder; HuBERT/WeNet features cannot be computed here)"
             )
         if on_model is not None:
             on_model(self.model)
