@@ -105,7 +105,7 @@ class ServerLaunch:
     seed: int = 0
     backend: str | None = None
     family: str | None = None  # original servers: the family to render (packages carry their own)
-    audio_encoder: str | None = None  # original servers of AVE families: "random" (seed ``seed``)
+    audio_encoder: str | None = None  # original servers of AVE families: a path, or "random" (seed ``seed``)
     max_batch: int = 8
     log_dir: Path
     onnx_cache: Path | None = None  # shared by the servers: one ONNX export per run, not one per server

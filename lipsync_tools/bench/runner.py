@@ -73,7 +73,9 @@ class CompareOptions:
 
     ``input``: a video or ``.sanders`` package (``None``: make the sample talking head; ``hd`` makes it
     1280x720). ``family``: the model family a package is built for (``None``: the given package's, else
-    Wav2Lip); AVE families get a random AVE encoder from ``seed``, so every mode hears the same features.
+    Wav2Lip). ``audio_encoder``: AVE families' encoder, a checkpoint path or ``None``/``"random"`` (random
+    weights from ``seed``); the package is built with it and the original servers load it, so every mode
+    hears the same features.
     ``frames``: measured frames per mode in the latency phase, after ``warmup`` discarded ones.
     ``clients``: concurrency levels; ``scaling_frames``: frames per mode and level, split among its
     clients (at least ``min_frames_per_client`` each). ``seed``/``backend``: the servers' model
@@ -97,6 +99,7 @@ class CompareOptions:
     seed: int = 0
     backend: str | None = None
     family: str | None = None
+    audio_encoder: str | None = None
     jpeg_quality: int = 90
     model_batch: int = 8
     model_repeats: int = 20
@@ -303,7 +306,8 @@ def prepare_input(options: CompareOptions, work: Path, say: Progress) -> BenchIn
         if not package_path.is_file():
             say(f"input: building a {family.name} package from {video.name}")
             ave = family.audio_mode(None).name == "ave"
-            encoder = AudioEncoderChoice.parse("random", options.seed) if ave else None
+            chosen = options.audio_encoder or "random"
+            encoder = AudioEncoderChoice.parse(chosen, options.seed) if ave else None
             build_options = BuildOptions(family=family.name)
             build_package(video, package_path, options=build_options, audio_encoder=encoder)
     package = open_package(package_path, mmap=False)
@@ -351,7 +355,7 @@ def start_servers(
                 seed=options.seed,
                 backend=options.backend,
                 family=bench_input.family,
-                audio_encoder="random" if bench_input.audio_mode == "ave" else None,
+                audio_encoder=options.audio_encoder or "random" if bench_input.audio_mode == "ave" else None,
                 max_batch=8,
                 log_dir=work / "logs",
                 onnx_cache=work / "onnx",

@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import typer
 
 from .main import app, run_command
-from .output import FamilyOpt, InferenceBackendName, optional_value, stderr
+from .output import (
+    AudioEncoderOpt,
+    FamilyOpt,
+    InferenceBackendName,
+    check_audio_encoder_path,
+    optional_value,
+    stderr,
+)
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -78,6 +85,7 @@ def bench_cmd(
         Path | None, typer.Option("--work-dir", help="Keep the sample, package and server logs here.")
     ] = None,
     family: FamilyOpt = None,
+    audio_encoder: AudioEncoderOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Benchmark the serving modes on this machine: per-component times, FPS, scaling, startup, memory."""
@@ -86,6 +94,7 @@ def bench_cmd(
         from ..bench import CompareOptions, check_result, parse_modes, print_report, run_compare, to_markdown
         from ..errors import UsageError
 
+        check_audio_encoder_path(audio_encoder)
         if not compare:
             raise UsageError("say what to benchmark: lipsync bench --compare [VIDEO or PKG]")
         overrides: dict[str, Any] = {
@@ -96,6 +105,7 @@ def bench_cmd(
             "backend": backend.value if backend is not None else None,
             "hd": hd,
             "family": optional_value(family),
+            "audio_encoder": audio_encoder,
             "work_dir": work_dir,
         }
         if frames is not None:

@@ -32,7 +32,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -41,7 +41,6 @@ import cv2
 import numpy as np
 
 from .._version import __version__
-from ..audio.mel import MelOptions
 from ..errors import CheckpointError, ImportFormatError, InputNotFoundError, UsageError
 from ..faces.base import LandmarkScheme
 from ..media.audio import load_audio
@@ -50,7 +49,6 @@ from ..models.audio_features import AudioEncoderChoice
 from ..models.families import get_family
 from ..models.family import AudioMode, ModelFamily
 from ..package.manifest import (
-    AudioMeta,
     CropMeta,
     FacesMeta,
     FramesMeta,
@@ -63,7 +61,7 @@ from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MEL_WIN
 from ..package.writer import PackageWriter, check_output_path
 from ..pipeline.build import model_meta
 from ..pipeline.crop import crop_face, to_crop_coordinates
-from ..pipeline.features import audio_features
+from ..pipeline.features import audio_features, audio_meta
 from ..pipeline.masks import MaskOptions, blend_mask, model_input_mask
 from ..pipeline.progress import NullProgress, Progress
 
@@ -732,7 +730,6 @@ def _manifest(
     model: Any,
     frames_stored_as_is: int,
 ) -> Manifest:
-    mel_opts = MelOptions()
     return Manifest(
         tool=ToolMeta(name="lipsync-tools", version=__version__),
         source_video=source_video,
@@ -747,19 +744,7 @@ def _manifest(
             rotation=0,
         ),
         frames=FramesMeta(codec=options.frame_codec, quality=options.frame_quality),
-        audio=AudioMeta(
-            sample_rate=AUDIO_SAMPLE_RATE,
-            samples=int(features.pcm.shape[0]),
-            mel_bands=int(features.mel.shape[0]),
-            mel_columns=int(features.mel.shape[1]),
-            mel_window=MEL_WINDOW,
-            mel_hop_seconds=mel_opts.hop_length / AUDIO_SAMPLE_RATE,
-            mel_params={
-                k: float(v)
-                for k, v in asdict(mel_opts).items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            },
-        ),
+        audio=audio_meta(features),
         faces=FacesMeta(
             backend=f"import:{data.kind}",
             scheme=scheme_name,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..audio.mel import MelOptions, wav2lip_mel
+from ..audio.mel import wav2lip_mel
 from ..errors import InputNotFoundError, NoAudioError, UsageError
 from ..faces import create_backend
 from ..faces.base import FaceObservation, FaceOptions
@@ -32,7 +32,6 @@ from ..models.audio_features import AudioEncoderChoice
 from ..models.families import get_family
 from ..models.family import ModelFamily
 from ..package.manifest import (
-    AudioMeta,
     CropMeta,
     FacesMeta,
     FramesMeta,
@@ -46,7 +45,7 @@ from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MEL_WIN
 from ..package.writer import PackageWriter, check_output_path
 from .crop import CropOptions, crop_face, crop_rectangles, to_crop_coordinates
 from .detect import DetectOptions, detect_faces
-from .features import audio_features
+from .features import audio_features, audio_meta
 from .masks import MaskOptions, blend_mask, model_input_mask
 from .progress import NullProgress, Progress
 from .smooth import SmoothOptions, smooth_series
@@ -468,7 +467,6 @@ def _manifest(
     checkpoint: Path | None,
     model: ModelMeta,
 ) -> Manifest:
-    mel_opts = MelOptions()
     return Manifest(
         tool=ToolMeta(name="lipsync-tools", version=__version__),
         source_video=file_sha256(video),
@@ -483,19 +481,7 @@ def _manifest(
             rotation=info.rotation,
         ),
         frames=FramesMeta(codec=options.frame_codec, quality=options.frame_quality),
-        audio=AudioMeta(
-            sample_rate=AUDIO_SAMPLE_RATE,
-            samples=int(features.pcm.shape[0]),
-            mel_bands=int(features.mel.shape[0]),
-            mel_columns=int(features.mel.shape[1]),
-            mel_window=MEL_WINDOW,
-            mel_hop_seconds=mel_opts.hop_length / AUDIO_SAMPLE_RATE,
-            mel_params={
-                k: float(v)
-                for k, v in asdict(mel_opts).items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            },
-        ),
+        audio=audio_meta(features),
         faces=FacesMeta(
             backend=options.face_backend,
             scheme=scheme,

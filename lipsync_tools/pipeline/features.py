@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..audio.mel import MelOptions, mel_window_starts, wav2lip_mel
 from ..media.audio import pcm16_from_float
+from ..package.manifest import AudioMeta
+from ..package.spec import AUDIO_SAMPLE_RATE, MEL_WINDOW
 
 
 @dataclass(frozen=True)
@@ -31,3 +33,21 @@ def audio_features(
     pcm16 = pcm16_from_float(pcm)
     mel = wav2lip_mel(pcm)
     return AudioFeatures(pcm=pcm16, mel=mel, mel_index=mel_window_starts(n_frames, fps, mel.shape[1], window))
+
+
+def audio_meta(features: AudioFeatures) -> AudioMeta:
+    """The manifest's ``audio`` section for ``features`` (the Wav2Lip mel numbers, recorded exactly)."""
+    mel_opts = MelOptions()
+    return AudioMeta(
+        sample_rate=AUDIO_SAMPLE_RATE,
+        samples=int(features.pcm.shape[0]),
+        mel_bands=int(features.mel.shape[0]),
+        mel_columns=int(features.mel.shape[1]),
+        mel_window=MEL_WINDOW,
+        mel_hop_seconds=mel_opts.hop_length / AUDIO_SAMPLE_RATE,
+        mel_params={
+            k: float(v)
+            for k, v in asdict(mel_opts).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        },
+    )
