@@ -122,3 +122,26 @@ class ImportFormatError(LipsyncError, ValueError):
     """An avatar folder made by another tool (``lipsync import``) lacks a file or holds inconsistent data."""
 
     exit_code = 18
+
+
+class DownloadError(LipsyncError):
+    """A download (``lipsync pull``, a catalog URL) failed: HTTP error, redirect loop, truncated or stalled
+    transfer, too large, or a wrong SHA-256.
+
+    ``reason`` is a stable, machine-readable word (``http_status``, ``redirect_loop``, ``too_many_redirects``,
+    ``bad_redirect``, ``too_large``, ``truncated``, ``checksum``, ``stalled``, ``too_slow``, ``connect``,
+    ``network``, ``bad_response``, ``busy``); ``lipsync_tools/remote/pull.py`` says what each leaves behind.
+    """
+
+    exit_code = 19
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class CatalogError(LipsyncError, ValueError):
+    """A catalog file (``lipsync serve --catalog``) is malformed: bad JSON/TOML, unknown key, bad id, URL or
+    SHA-256, a missing local file, or over its limits."""
+
+    exit_code = 20

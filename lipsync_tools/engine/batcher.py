@@ -1,20 +1,29 @@
 """Cross-caller micro-batching: requests from concurrent coroutines gathered into one worker-thread call.
 
-The rule (documented in docs/engine.md): a batch starts with the oldest waiting request and takes every
-request that arrives until it holds ``max_batch`` of them or ``max_wait_s`` has passed since that first
-request *arrived* (so requests that already waited while the previous batch ran go at once). There is one
-exception: when the engine is uncontended (the previous batch held one request and no other arrived while
-it ran), a lone request runs at once instead of waiting for company that is not coming; one caller then
-pays no batching delay at all. The batch runs in a single worker thread, never on the event loop. At most
-``queue_limit`` requests wait; one more is refused at once with ``ProtocolError(overloaded)``: memory never
-grows with the load.
+Requests carry a *key* (the engine uses the model that renders them): a batch only ever holds requests of
+one key, since one model call takes one model's frames. The rule (documented in docs/engine.md):
+
+* **Which key goes next**: among the keys with waiting requests, the one served longest ago (round robin in
+  the order keys were last served). A key that keeps its queue full cannot starve another: every other
+  waiting key runs one batch before it runs again.
+* **What the batch holds**: it starts with that key's oldest waiting request and takes every request of the
+  key that arrives until it holds ``max_batch`` of them or ``max_wait_s`` has passed since that first request
+  *arrived* (so requests that already waited while the previous batch ran go at once). There is one
+  exception: when the engine is uncontended (the previous batch held one request and no other arrived while
+  it ran), a lone request runs at once instead of waiting for company that is not coming; one caller then
+  pays no batching delay at all.
+
+The batch runs in a single worker thread, never on the event loop. At most ``queue_limit`` requests wait,
+all keys together; one more is refused at once with ``ProtocolError(overloaded)``: memory never grows with
+the load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -34,6 +43,7 @@ class _Waiting(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     arrived: float  # event-loop clock, seconds
+    key: Hashable = None
 
 
 class Batcher(Generic[T, R]):
@@ -65,7 +75,11 @@ class Batcher(Generic[T, R]):
         self._on_batch = on_batch
         self._on_depth = on_queue_depth
         self._thread_name = thread_name
-        self._queue: asyncio.Queue[_Waiting[T, R]] | None = None
+        self._queues: dict[Hashable, deque[_Waiting[T, R]]] = {}  # waiting requests per key
+        self._served: dict[Hashable, int] = {}  # key -> batch number it was last served at
+        self._batches = 0
+        self._waiting = 0
+        self._started = False
         self._arrived: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -77,14 +91,20 @@ class Batcher(Generic[T, R]):
         return self._task is not None and not self._task.done()
 
     def depth(self) -> int:
-        """Requests waiting (not counting the batch being run)."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting (not counting the batch being run), all keys together."""
+        return self._waiting
+
+    def key_depth(self, key: Hashable) -> int:
+        """Requests of ``key`` waiting."""
+        queue = self._queues.get(key)
+        return len(queue) if queue is not None else 0
 
     async def start(self) -> None:
         """Start the gathering task in the running loop and the one worker thread."""
         if self.running:
             return
-        self._queue = asyncio.Queue(maxsize=self.queue_limit)
+        self._queues = {}
+        self._waiting = 0
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         self._task = asyncio.get_running_loop().create_task(self._gather_forever(), name=self._thread_name)
@@ -96,50 +116,76 @@ class Batcher(Generic[T, R]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._queue is not None:
-            while not self._queue.empty():
-                self._fail(self._queue.get_nowait().future, _stopping())
+        for queue in self._queues.values():
+            while queue:
+                self._fail(queue.popleft().future, _stopping())
+        self._queues = {}
+        self._waiting = 0
         executor, self._executor = self._executor, None
         if executor is not None:
             # The batch in flight finishes in its thread; wait for it without blocking the event loop.
             await asyncio.to_thread(executor.shutdown, True)
 
-    async def submit(self, item: T) -> R:
-        """Queue ``item`` and wait for its result (or its exception, re-raised here).
+    async def submit(self, item: T, key: Hashable = None) -> R:
+        """Queue ``item`` under ``key`` and wait for its result (or its exception, re-raised here).
 
-        Raises ``ProtocolError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher
-        is not running. Cancelling the caller drops the item if its batch has not started.
+        Items of one key are batched together (see the module docstring). Raises
+        ``ProtocolError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher is not
+        running. Cancelling the caller drops the item if its batch has not started.
         """
-        if not self.running or self._queue is None or self._arrived is None:
+        if not self.running or self._arrived is None:
             raise _stopping()
-        loop = asyncio.get_running_loop()
-        waiting: _Waiting[T, R] = _Waiting(item, loop.create_future(), loop.time())
-        try:
-            self._queue.put_nowait(waiting)
-        except asyncio.QueueFull:
+        if self._waiting >= self.queue_limit:
             raise ProtocolError(
                 ErrorCode.OVERLOADED,
                 f"the engine's queue is full ({self.queue_limit} frames waiting); retry later or raise "
                 "queue_limit",
-            ) from None
+            )
+        loop = asyncio.get_running_loop()
+        waiting: _Waiting[T, R] = _Waiting(item, loop.create_future(), loop.time(), key)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()  # a new key joins at the end of the round
+        queue.append(waiting)
+        self._waiting += 1
         self._arrived.set()
         self._arrivals += 1
         if self._on_depth is not None:
-            self._on_depth(self._queue.qsize())
+            self._on_depth(self._waiting)
         return await waiting.future
 
+    def _take(self, key: Hashable) -> _Waiting[T, R] | None:
+        queue = self._queues.get(key)
+        if not queue:
+            return None
+        self._waiting -= 1
+        waiting = queue.popleft()
+        if not queue:
+            del self._queues[key]
+        return waiting
+
     async def _gather(self) -> list[_Waiting[T, R]]:
-        assert self._queue is not None and self._arrived is not None  # set by start()
+        assert self._arrived is not None  # set by start()
         loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
+        while self._waiting == 0:
+            self._arrived.clear()
+            await self._arrived.wait()
+        # The key served longest ago among those with waiting requests (never served: first).
+        key = min(self._queues, key=lambda k: self._served.get(k, -1))
+        self._batches += 1
+        self._served[key] = self._batches
+        if len(self._served) > _MAX_REMEMBERED_KEYS:  # forget idle keys: the table stays bounded
+            self._served = {k: n for k, n in self._served.items() if k in self._queues or k == key}
+        first = self._take(key)
+        assert first is not None
+        batch = [first]
         wait = self.max_wait_s if self._contended else 0.0
-        deadline = batch[0].arrived + wait
+        deadline = first.arrived + wait
         while len(batch) < self.max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
+            more = self._take(key)
+            if more is not None:
+                batch.append(more)
                 continue
-            except asyncio.QueueEmpty:
-                pass
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -157,8 +203,8 @@ class Batcher(Generic[T, R]):
         try:
             while True:
                 batch = await self._gather()
-                if self._on_depth is not None and self._queue is not None:
-                    self._on_depth(self._queue.qsize())
+                if self._on_depth is not None:
+                    self._on_depth(self._waiting)
                 live = [w for w in batch if not w.future.done()]  # callers that gave up are skipped
                 if not live:
                     continue
@@ -185,6 +231,9 @@ class Batcher(Generic[T, R]):
     def _fail(future: asyncio.Future[R], error: BaseException) -> None:
         if not future.done():
             future.set_exception(error)
+
+
+_MAX_REMEMBERED_KEYS = 1024
 
 
 def _stopping() -> ProtocolError:
