@@ -128,9 +128,10 @@ class DownloadError(LipsyncError):
     """A download (``lipsync pull``, a catalog URL) failed: HTTP error, redirect loop, truncated or stalled
     transfer, too large, or a wrong SHA-256.
 
-    ``reason`` is a stable, machine-readable word (``http_status``, ``redirect_loop``, ``too_many_redirects``,
-    ``bad_redirect``, ``too_large``, ``truncated``, ``checksum``, ``stalled``, ``too_slow``, ``connect``,
-    ``network``, ``bad_response``, ``busy``); ``lipsync_tools/remote/pull.py`` says what each leaves behind.
+    ``reason`` is a stable, machine-readable word (``http_status``, ``server_error``, ``redirect_loop``,
+    ``too_many_redirects``, ``bad_redirect``, ``too_large``, ``truncated``, ``checksum``, ``stalled``,
+    ``too_slow``, ``connect``, ``network``, ``bad_response``, ``busy``); ``lipsync_tools/remote/pull.py`` says
+    what each leaves behind.
     """
 
     exit_code = 19

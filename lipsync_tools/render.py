@@ -27,7 +27,7 @@ from .engine.engine import STAGES, Engine, EngineOptions
 from .engine.model_loader import AudioEncoderChoice, ModelInfo, PackageModelHints, load_model
 from .engine.pacing import pingpong_index
 from .engine.store import PackageStore
-from .errors import LipsyncError, UsageError
+from .errors import LipsyncError, ProtocolError, UsageError
 from .media.audio import load_audio
 from .media.writer import write_video
 from .package.writer import check_output_path
@@ -233,10 +233,11 @@ class _LocalSource(_FrameSource):
             )
         if on_model is not None:
             on_model(self.model)
-        store.expected_family = (loaded.backend.family.name, loaded.backend.audio_mode.name)
-        store.check_family(RENDER_PACKAGE_ID)
         self.engine = Engine(store, loaded.backend, options, audio_encoder=loaded.audio_encoder)
-        self.stream = self.engine.open_stream()
+        try:
+            self.stream = self.engine.open_stream_sync(RENDER_PACKAGE_ID)  # refuses another family's package
+        except ProtocolError as exc:
+            raise UsageError(str(exc)) from None
         self.package_id, self.n_frames, self.fps = RENDER_PACKAGE_ID, info.n_frames, info.fps
         self.width, self.height = info.width, info.height
         video = package.package.manifest.video

@@ -141,15 +141,38 @@ def test_render_through_a_server_uses_a_session_for_ave_packages(
     assert "lipsync_sessions_total 1" in metrics
 
 
-def test_a_wav2lip_server_refuses_a_synctalk_package_at_load(synctalk_package: Path, tmp_path: Path):
-    config = ServerConfig(port=0, model="random", backend="onnx", onnx_cache_dir=tmp_path / "onnx")
+def test_one_server_serves_two_families_each_with_its_own_model(
+    synctalk_package: Path, head_package: Path, tmp_path: Path
+):
+    """A Wav2Lip avatar and a SyncTalk_2D avatar in one process: each package gets its family's model."""
+    import httpx
+
     from lipsync_tools.client import LipsyncClient
     from lipsync_tools.errors import ProtocolError
+    from lipsync_tools.protocol.messages import AudioFormat, FrameRequest
 
-    with running_server(config) as server, LipsyncClient(server.url) as client, pytest.raises(
-        ProtocolError, match="built for synctalk2d-328 with ave audio, but this server runs wav2lip"
-    ):
+    config = ServerConfig(
+        packages=(PackageSpec(id="head", path=head_package),), port=0, model="random", backend="onnx",
+        onnx_cache_dir=tmp_path / "onnx", sessions=TEST_LIMITS,
+    )
+    with running_server(config) as server, LipsyncClient(server.url) as client:
         client.load_package("sanders", str(synctalk_package))
+        for package in ("head", "sanders"):
+            request = FrameRequest(request_id=1, package_id=package, frame_index=5, audio=AudioFormat.REPLAY,
+                                   image=ImageFormat.RAW_BGR)
+            reply = client.frame(request)
+            assert (reply.width, reply.height) == (176, 144)
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+        assert sorted((m["family"], tuple(m["packages"])) for m in models) == [
+            ("synctalk2d-328", ("sanders",)), ("wav2lip", ("head",))
+        ]
+        assert all(m["frames"] == 1 for m in models)
+    # without --model, a package that embeds no checkpoint has no model: refused at load, clearly
+    bare = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx")
+    with running_server(bare) as server, LipsyncClient(server.url) as client:
+        with pytest.raises(ProtocolError, match="embeds no checkpoint, and this server has no wav2lip model"):
+            client.load_package("head", str(head_package))
+        client.load_package("sanders", str(synctalk_package))  # it brings its own checkpoint
 
 
 def test_export_onnx_with_the_original_servers_names(weights: tuple[Path, Path], tmp_path: Path):

@@ -383,6 +383,7 @@ def preview_cmd(
 from . import bench_cmd as _bench_cmd  # noqa: E402, F401  (registers `lipsync bench`)
 from . import import_cmd as _import_cmd  # noqa: E402, F401  (registers `lipsync import`)
 from . import models_cmd as _models_cmd  # noqa: E402, F401  (registers `lipsync models export`)
+from . import pull_cmd as _pull_cmd  # noqa: E402, F401  (registers `lipsync pull`)
 from . import render_cmd as _render_cmd  # noqa: E402, F401  (registers `lipsync render`)
 from . import serve_cmd as _serve_cmd  # noqa: E402, F401  (registers `lipsync serve`)
 

@@ -74,6 +74,14 @@ def serve_cmd(
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Most frames (from all clients) in one model call.")
     ] = 8,
+    max_models: Annotated[
+        int,
+        typer.Option(
+            "--max-models",
+            help="Most models loaded at once (each package is served by its own checkpoint; packages "
+            "sharing one share the model). Idle ones are unloaded, least recently used first.",
+        ),
+    ] = 8,
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", help="How long a batch waits for more frames, in milliseconds.")
     ] = 4.0,
@@ -122,6 +130,20 @@ def serve_cmd(
         Path | None,
         typer.Option("--audio", help="With --original: the file replay requests take their audio from."),
     ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            help="JSON or TOML catalog of package ids (path, or url + sha256, optional checkpoint): an id "
+            "that is not loaded is loaded (downloaded first) by its first request.",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Where catalog downloads are kept (default: the user cache folder)."
+        ),
+    ] = None,
     family: FamilyOpt = None,
     audio_mode: AudioModeOpt = None,
     audio_encoder: AudioEncoderOpt = None,
@@ -162,6 +184,9 @@ def serve_cmd(
             seed=seed,
             backend=backend.value if backend else None,
             max_batch=max_batch,
+            max_models=max_models,
+            catalog=catalog,
+            cache_dir=cache_dir,
             max_wait_ms=max_wait_ms,
             queue_limit=queue_limit,
             token=token,

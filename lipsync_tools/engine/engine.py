@@ -1,6 +1,8 @@
-"""The per-frame engine: audio window -> mel features -> batched model call -> composite -> encode.
+"""The per-frame engine: audio window -> features -> batched model call -> composite -> encode.
 
-One :class:`Engine` serves every loaded package. :meth:`Engine.process` is the async entry point of the
+One :class:`Engine` serves every loaded package, each with its own model from a
+:class:`~lipsync_tools.engine.model_store.ModelStore` (a batch holds one model's frames; see
+:mod:`.batcher` for the order models take turns in). :meth:`Engine.process` is the async entry point of the
 server: requests from concurrent callers are batched (see :mod:`.batcher`) and run in one worker thread,
 so the event loop only validates and hands over. :meth:`Engine.process_batch_sync` runs the same code
 without an event loop (``render``, benchmarks).
@@ -28,7 +30,9 @@ from ..protocol import limits
 from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat
 from .batcher import Batcher
 from .compositor import composite_crop, composite_frame, encode_frame_image
-from .features import FeatureComputer, StreamAudio
+from .features import StreamAudio
+from .model_loader import LoadedModel, ModelInfo
+from .model_store import ModelStore, ServedModel
 from .pacing import is_silent
 from .store import LoadedPackage, PackageStore
 
@@ -92,6 +96,7 @@ class _Job:
     timings: dict[str, int] = field(default_factory=dict)
     stream: StreamAudio | None = None  # a live session's audio (multi-frame audio windows)
     stream_frame: int = 0  # the session frame number this request renders
+    model: ServedModel | None = None  # set before the job is queued
 
 
 def _us(seconds: float) -> int:
@@ -99,8 +104,10 @@ def _us(seconds: float) -> int:
 
 
 class Engine:
-    """Renders frames of the packages in ``store`` with ``backend``; see the module docstring.
+    """Renders frames of the packages in ``store``; see the module docstring.
 
+    ``models`` is a :class:`ModelStore` (many models, chosen per package) or one inference backend that
+    serves every package of its family (then ``audio_encoder`` is its AVE encoder, if it needs one).
     ``await start()`` before :meth:`process` (it starts the batcher in the running loop);
     :meth:`process_batch_sync` needs no loop and no start.
     """
@@ -108,26 +115,24 @@ class Engine:
     def __init__(
         self,
         store: PackageStore,
-        backend: InferenceBackend,
+        models: ModelStore | InferenceBackend,
         options: EngineOptions | None = None,
         observer: Observer | None = None,
         *,
         audio_encoder: object | None = None,
     ) -> None:
         self.store = store
-        self.backend = backend
+        if not isinstance(models, ModelStore):
+            info = ModelInfo(name="given", source="given", is_random=False, backend=models.name,
+                             load_seconds=0.0, family=models.family.name, audio_mode=models.audio_mode.name)
+            models = ModelStore.fixed(LoadedModel(backend=models, info=info, audio_encoder=audio_encoder))
+        self.models = models
         self.options = options or EngineOptions()
         self.observer = observer
-        self.features = FeatureComputer(backend.family, backend.audio_mode, audio_encoder)
-        size = int(backend.crop_size)
-        batch = self.options.max_batch
-        # Batch buffers, reused by every model call (one call at a time: _compute_lock).
-        self._crop_buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
-        self._audio_buffer = np.empty((batch, *backend.audio_mode.network_shape), dtype=np.float32)
-        self._compute_lock = threading.Lock()
+        self._compute_lock = threading.Lock()  # one model call at a time (the batch buffers are shared)
         self._batcher: Batcher[_Job, FrameReply] = Batcher(
             self._run_jobs,
-            max_batch=batch,
+            max_batch=self.options.max_batch,
             max_wait_s=self.options.max_wait_ms / 1000.0,
             queue_limit=self.options.queue_limit,
             on_batch=observer.observe_batch if observer is not None else None,
@@ -161,11 +166,37 @@ class Engine:
 
     # --- entry points ----------------------------------------------------------------------------------
 
-    def open_stream(self) -> StreamAudio | None:
-        """A :class:`StreamAudio` for a live session when the model's audio window spans several frames
-        (AVE), else ``None``. The session adds frame ``k``'s window before asking for frame
+    async def model_for(self, package_id: str) -> ServedModel:
+        """The model serving ``package_id``, loaded first (in a worker thread) when it is not.
+
+        Raises ``ProtocolError``: ``unknown_package``, ``bad_package`` (no model can serve it, or its
+        checkpoint does not load).
+        """
+        package = self.store.get(package_id)
+        key = self.models.key_of(package_id)
+        served = self.models.get(key) if key is not None else None
+        if served is not None:
+            return served
+        return await asyncio.to_thread(self._ensure, package)
+
+    def _ensure(self, package: LoadedPackage) -> ServedModel:
+        try:
+            return self.models.ensure(package.info.id, package.package)
+        except ProtocolError:
+            raise
+        except LipsyncError as exc:
+            raise ProtocolError(ErrorCode.BAD_PACKAGE, str(exc)) from exc
+
+    async def open_stream(self, package_id: str) -> StreamAudio | None:
+        """A :class:`StreamAudio` for a live session of ``package_id`` when its model's audio window spans
+        several frames (AVE), else ``None``. The session adds frame ``k``'s window before asking for frame
         ``k - stream.look_ahead`` and passes the stream to :meth:`process`."""
-        look_ahead = self.features.look_ahead
+        look_ahead = (await self.model_for(package_id)).features.look_ahead
+        return StreamAudio(look_ahead) if look_ahead > 0 else None
+
+    def open_stream_sync(self, package_id: str) -> StreamAudio | None:
+        """:meth:`open_stream` without an event loop (an offline render)."""
+        look_ahead = self._ensure(self.store.get(package_id)).features.look_ahead
         return StreamAudio(look_ahead) if look_ahead > 0 else None
 
     async def process(
@@ -196,8 +227,10 @@ class Engine:
                 request.package_id, request.frame_index, request.image, request.jpeg_quality,
                 request_id=request.request_id,
             )
+        model = await self.model_for(request.package_id)
+        self._check_model(package, model)
         reply = await self._batcher.submit(
-            _Job(request, package, arrived, stream=stream, stream_frame=stream_frame)
+            _Job(request, package, arrived, stream=stream, stream_frame=stream_frame, model=model), model.key
         )
         if self.observer is not None:
             for stage, micros in reply.timings.items():
@@ -266,14 +299,22 @@ class Engine:
         """
         arrived = time.perf_counter()
         frames = stream_frames if stream_frames is not None else [0] * len(requests)
-        jobs = [
-            _Job(request, self._validate(request), arrived, stream=stream, stream_frame=frame)
-            for request, frame in zip(requests, frames, strict=True)
-        ]
+        jobs = []
+        for request, frame in zip(requests, frames, strict=True):
+            package = self._validate(request)
+            model = self._ensure(package)
+            self._check_model(package, model)
+            jobs.append(_Job(request, package, arrived, stream=stream, stream_frame=frame, model=model))
         replies: list[FrameReply] = []
         step = self.options.max_batch
-        for first in range(0, len(jobs), step):
-            for result in self._run_jobs(jobs[first : first + step]):
+        runs: list[list[_Job]] = []
+        for job in jobs:  # consecutive jobs of one model share a call, in order
+            if runs and runs[-1][0].model is job.model and len(runs[-1]) < step:
+                runs[-1].append(job)
+            else:
+                runs.append([job])
+        for run in runs:
+            for result in self._run_jobs(run):
                 if isinstance(result, BaseException):
                     raise result
                 replies.append(result)
@@ -292,13 +333,6 @@ class Engine:
     def _validate(self, request: FrameRequest) -> LoadedPackage:
         package = self.store.get(request.package_id)
         self._check_frame(package, request.frame_index)
-        self.features.check_package(package)
-        if package.info.crop_size != self.backend.crop_size:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
-                f"package {request.package_id!r} has {package.info.crop_size}-pixel crops but the model "
-                f"takes {self.backend.crop_size}; rebuild it with --crop-size {self.backend.crop_size}",
-            )
         size = len(request.payload)
         expected = {AudioFormat.PCM16: limits.PCM_WINDOW_BYTES, AudioFormat.MEL: limits.MEL_WINDOW_BYTES}.get(
             request.audio, 0
@@ -311,6 +345,18 @@ class Engine:
         return package
 
     @staticmethod
+    def _check_model(package: LoadedPackage, model: ServedModel) -> None:
+        """``bad_field`` when the package's crops or family are not what its model takes."""
+        model.features.check_package(package)
+        size = model.backend.crop_size
+        if package.info.crop_size != size:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"package {package.info.id!r} has {package.info.crop_size}-pixel crops but its model takes "
+                f"{size}; rebuild it with --crop-size {size}",
+            )
+
+    @staticmethod
     def _check_frame(package: LoadedPackage, frame_index: int) -> None:
         if not 0 <= frame_index < package.n_frames:
             raise ProtocolError(
@@ -321,9 +367,11 @@ class Engine:
 
     # --- the work (worker thread, or the caller's thread for the sync path) ------------------------------
 
-    def _features(self, job: _Job) -> np.ndarray:
+    @staticmethod
+    def _features(job: _Job) -> np.ndarray:
         """The network audio input of one request (family-specific shape, see :mod:`.features`)."""
-        return self.features.network_audio(job.request, job.package, job.stream, job.stream_frame)
+        assert job.model is not None  # set when queued
+        return job.model.features.network_audio(job.request, job.package, job.stream, job.stream_frame)
 
     def _run_jobs(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
         """Features, one model call, composite and encode for up to ``max_batch`` jobs."""
@@ -332,6 +380,9 @@ class Engine:
 
     def _run_jobs_locked(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
         started = time.perf_counter()
+        model = jobs[0].model  # a batch holds one model's jobs (the batcher's key)
+        assert model is not None and all(job.model is model for job in jobs)
+        crop_buffer, audio_buffer = model.buffers(self.options.max_batch)
         results: list[FrameReply | BaseException | None] = [None] * len(jobs)
         batch: list[int] = []
         for k, job in enumerate(jobs):
@@ -345,8 +396,8 @@ class Engine:
                 results[k] = ProtocolError(ErrorCode.BAD_AUDIO, str(exc))
                 continue
             n = len(batch)
-            self._audio_buffer[n] = mel
-            self._crop_buffer[n] = job.package.crops[job.request.frame_index]
+            audio_buffer[n] = mel
+            crop_buffer[n] = job.package.crops[job.request.frame_index]
             batch.append(k)
             job.timings["features"] = _us(time.perf_counter() - t0)
             job.timings["queue"] = _us(started - job.arrived)
@@ -354,14 +405,18 @@ class Engine:
             n = len(batch)
             t0 = time.perf_counter()
             try:
-                generated = self.backend.infer(self._crop_buffer[:n], self._audio_buffer[:n])
+                generated = model.backend.infer(crop_buffer[:n], audio_buffer[:n])
             except Exception as exc:
                 error = ProtocolError(ErrorCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 for k in batch:
                     results[k] = error
                 batch = []
-            inference = _us(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            inference = _us(seconds)
+            model.frames += len(batch)
+            model.batches += 1
+            model.inference_seconds += seconds
             for row, k in enumerate(batch):
                 job = jobs[k]
                 job.timings["inference"] = inference

@@ -284,7 +284,7 @@ class OriginalEngine:
 
     # --- entry points ----------------------------------------------------------------------------------
 
-    def open_stream(self) -> None:
+    async def open_stream(self, package_id: str) -> None:
         """The original path keeps no state between requests: every request is a one-shot window."""
         return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,18 +156,18 @@ class IdRegistry(Generic[ItemT]):
 class PackageStore(IdRegistry[LoadedPackage]):
     """Packages by id. Built at startup, passed to the engine and the server; safe to use from threads.
 
-    ``expected_crop_size`` (the model's input size), when given, makes :meth:`load` refuse packages whose
-    crops have another size; ``served_checkpoint_sha256`` (set when the model came from a package's
-    embedded checkpoint) refuses packages that embed a different checkpoint, which this model would
-    silently stand in for. ``decode_threads`` bounds the threads that decode full frames at load
-    (default: the CPU count).
+    ``expected_crop_size``, when given, makes :meth:`load` refuse packages whose crops have another size.
+    ``admit(package_id, package)``, when set, is asked before a package's frames are decoded and refuses it
+    by raising (:class:`PackageFormatError`: the engine's model store refuses a package no model can serve);
+    ``on_unload(package_id)`` is told when one goes. ``decode_threads`` bounds the threads that decode full
+    frames at load (default: the CPU count).
     """
 
     def __init__(self, *, expected_crop_size: int | None = None, decode_threads: int | None = None) -> None:
         super().__init__()
         self.expected_crop_size = expected_crop_size
-        self.expected_family: tuple[str, str] | None = None  # (family, audio mode) of the served model
-        self.served_checkpoint_sha256: str | None = None
+        self.admit: Callable[[str, Package], object] | None = None
+        self.on_unload: Callable[[str], None] | None = None
         self.decode_threads = decode_threads or os.cpu_count() or 1
 
     def load(self, package_id: str, path: str | Path, *, replace: bool = False) -> PackageInfo:
@@ -175,7 +176,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
         Raises ``ProtocolError(bad_field)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
         letter or digit: no path can be expressed) or an id already loaded (unless ``replace``);
         :class:`~lipsync_tools.errors.InputNotFoundError` and :class:`PackageFormatError` for a missing or
-        invalid file, or a crop size other than ``expected_crop_size``.
+        invalid file, a crop size other than ``expected_crop_size``, or one ``admit`` refuses.
         """
         if not replace:
             self._check_new_id(package_id)
@@ -185,21 +186,10 @@ class PackageStore(IdRegistry[LoadedPackage]):
         self._insert(package_id, loaded, replace=replace)
         return loaded.info
 
-    def check_family(self, package_id: str) -> None:
-        """Raise :class:`PackageFormatError` when a loaded package was built for another model family or
-        audio than ``expected_family``."""
-        loaded = self.get(package_id)
-        self._check_family(loaded.package, loaded.info.path)
-
-    def _check_family(self, package: Package, path: Path) -> None:
-        if self.expected_family is None:
-            return
-        family, mode = self.expected_family
-        if (package.family, package.audio_mode) != (family, mode):
-            raise PackageFormatError(
-                f"{path}: built for {package.family} with {package.audio_mode} audio, but this server runs "
-                f"{family} with {mode} audio; serve it from a server started with --family {package.family}"
-            )
+    def unload(self, package_id: str) -> None:
+        super().unload(package_id)
+        if self.on_unload is not None:
+            self.on_unload(package_id)
 
     def infos(self) -> list[PackageInfo]:
         """Every loaded package's info, in load order."""
@@ -208,6 +198,8 @@ class PackageStore(IdRegistry[LoadedPackage]):
     def _prepare(self, package_id: str, path: Path) -> LoadedPackage:
         started = time.perf_counter()
         package = open_package(path, mmap=True)
+        if self.admit is not None:
+            self.admit(package_id, package)  # before the costly decode
         opened = time.perf_counter()
 
         from ..media.images import decode_image
@@ -256,18 +248,10 @@ class PackageStore(IdRegistry[LoadedPackage]):
         """Check what per-frame code relies on, once; touch every mapped page; return plain-int tables."""
         m = package.manifest
         s = package.crop_size
-        self._check_family(package, path)
         if self.expected_crop_size is not None and s != self.expected_crop_size:
             raise PackageFormatError(
                 f"{path}: crops are {s}x{s} but the model takes {self.expected_crop_size}x"
                 f"{self.expected_crop_size}; rebuild the package with --crop-size {self.expected_crop_size}"
-            )
-        embedded = m.datasets.get("model/checkpoint")
-        if self.served_checkpoint_sha256 is not None and embedded is not None \
-                and embedded.sha256 != self.served_checkpoint_sha256:
-            raise PackageFormatError(
-                f"{path}: embeds a model checkpoint other than the one this server runs (from another "
-                "package); serve it from its own `lipsync serve` process"
             )
         rects_array = np.asarray(package.rects, dtype=np.int64)
         x0, y0, x1, y1 = rects_array.T

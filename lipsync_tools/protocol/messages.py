@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"  # a text message that is not a UTF-8 JSON object
     BAD_AUDIO = "bad_audio"  # audio of the wrong length or format
     UNKNOWN_PACKAGE = "unknown_package"  # well-formed package id that the server has not loaded
+    BAD_PACKAGE = "bad_package"  # a package no model can serve, or whose model does not load
     FRAME_OUT_OF_RANGE = "frame_out_of_range"  # frame index >= the package's frame count
     UNEXPECTED_MESSAGE = "unexpected_message"  # valid message at the wrong time (e.g. audio before start)
     UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
@@ -63,6 +64,7 @@ HTTP_STATUS: Final[Mapping[str, int]] = {
     ErrorCode.INVALID_JSON: 400,
     ErrorCode.BAD_AUDIO: 422,
     ErrorCode.UNKNOWN_PACKAGE: 404,
+    ErrorCode.BAD_PACKAGE: 422,
     ErrorCode.FRAME_OUT_OF_RANGE: 422,
     ErrorCode.UNEXPECTED_MESSAGE: 400,
     ErrorCode.UNAUTHORIZED: 401,

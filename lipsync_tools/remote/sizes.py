@@ -60,8 +60,8 @@ def format_size(n: int | float) -> str:
     """``n`` bytes for people: ``"812 B"``, ``"1.5 KiB"``, ``"6.0 GiB"`` (binary units, one decimal)."""
     if n < 1024:
         return f"{int(n)} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
+    value, unit = float(n), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):  # noqa: B007  (the unit the loop stops at is the one shown)
         value /= 1024
         if value < 1024:
             break

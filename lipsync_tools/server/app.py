@@ -5,7 +5,8 @@ to :func:`create_app`; nothing is kept in module globals, so tests can run sever
 How the engine parts are made is a :class:`Components` object, so tests can swap in a fake engine.
 
 Endpoints (docs/protocol.md, *Transport*): ``WebSocket /v1/stream``, ``POST /v1/frame``,
-``GET|POST /v1/packages``, ``DELETE /v1/packages/{id}``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+``GET|POST /v1/packages``, ``DELETE /v1/packages/{id}``, ``GET /v1/models``, ``GET /healthz``,
+``GET /readyz``, ``GET /metrics``.
 Every error body is an ``error_reply`` (JSON, or binary when answering a binary ``/v1/frame`` request).
 """
 
@@ -167,6 +168,8 @@ class ServerState:
         self.on_ready: Callable[[StartupReport], None] | None = None
         self.request_shutdown: Callable[[], None] = lambda: None
         self._load_lock: asyncio.Lock | None = None
+        self.catalog: Any = None  # remote.Catalog, read at startup
+        self._catalog_loads: dict[str, asyncio.Future[None]] = {}
 
     # --- what sessions need (sessions.ServerLike) ---------------------------------------------------------
 
@@ -185,6 +188,63 @@ class ServerState:
             raise ProtocolError(ErrorCode.OVERLOADED, f"the server is not ready ({reason}); wait until GET "
                                 "/readyz answers 200")
         return self.engine
+
+    async def ensure_package(self, package_id: str) -> None:
+        """Load ``package_id`` from the catalog when it is not loaded (downloading it first for a URL).
+
+        Concurrent callers for one id share one load; a failed load answers every one of them with the same
+        ``ProtocolError`` (``bad_package``, or ``unknown_package`` for an id the catalog lacks is left to the
+        caller's own lookup). Without a catalog, or for a loaded id, it returns at once.
+        """
+        if package_id in self.store or self.catalog is None or package_id not in self.catalog:
+            return
+        loading = self._catalog_loads.get(package_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_from_catalog(package_id))
+            self._catalog_loads[package_id] = loading
+            loading.add_done_callback(lambda _: self._catalog_loads.pop(package_id, None))
+        await asyncio.shield(loading)
+
+    async def _load_from_catalog(self, package_id: str) -> None:
+        from lipsync_tools.errors import LipsyncError
+
+        entry = self.catalog[package_id]
+        started = time.perf_counter()
+        try:
+            path = await asyncio.to_thread(self._fetch, entry.package)
+            checkpoint = await asyncio.to_thread(self._fetch, entry.checkpoint) if entry.checkpoint else None
+            async with self.load_lock:
+                if package_id in self.store:
+                    return
+                models = getattr(self.engine, "models", None)
+                if checkpoint is not None:
+                    if models is None:
+                        raise ProtocolError(BAD_PACKAGE, "this server cannot take a catalog checkpoint")
+                    models.set_checkpoint(package_id, checkpoint)
+                await asyncio.to_thread(self.store.load, package_id, path)
+        except ProtocolError:
+            raise
+        except LipsyncError as exc:
+            raise ProtocolError(BAD_PACKAGE, f"catalog package {package_id!r}: {exc}") from None
+        except OSError as exc:
+            message = f"catalog package {package_id!r}: cannot read it ({exc})"
+            raise ProtocolError(BAD_PACKAGE, message) from None
+        self.metrics.add_gauge("lipsync_packages_loaded", 1)
+        self.metrics.inc("lipsync_catalog_loads_total")
+        self.metrics.observe("lipsync_catalog_load_seconds", time.perf_counter() - started)
+
+    def _fetch(self, source: Any) -> Path:
+        """A catalog source's local file: its path, or its URL pulled into the cache (verified)."""
+        from lipsync_tools.remote import default_cache_dir, pull
+
+        if not source.is_remote:
+            return Path(source.path)
+        cache = self.config.cache_dir or default_cache_dir()
+        target = source.local_path(cache)
+        if target.is_file():
+            return Path(target)  # only a verified download is ever renamed there
+        cache.mkdir(parents=True, exist_ok=True)
+        return Path(pull(source.url, target, sha256=source.sha256).path)
 
     def package_info(self, package_id: str) -> PackageInfoLike:
         """Info of a loaded package; ``ProtocolError(unknown_package)`` otherwise."""
@@ -209,6 +269,10 @@ class ServerState:
         started = time.perf_counter()
         seconds: dict[str, float] = {"package_open": 0.0, "frame_preload": 0.0, "feature_mapping": 0.0}
         try:
+            if self.config.catalog is not None:
+                from lipsync_tools.remote import load_catalog
+
+                self.catalog = await asyncio.to_thread(load_catalog, self.config.catalog)
             async with self.load_lock:
                 infos = []
                 for spec in self.config.packages:
@@ -373,6 +437,9 @@ class Endpoints:
 
     async def metrics_text(self, request: Request) -> Response:
         """Prometheus text exposition of :class:`Metrics`."""
+        models = getattr(self.state.engine, "models", None)
+        if models is not None:
+            self.metrics.set_models(models.infos(), models.loads, models.evictions)
         return PlainTextResponse(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def frame(self, request: Request) -> Response:
@@ -392,7 +459,9 @@ class Endpoints:
                                     f"POST /v1/frame takes a frame_request, got {message.TYPE.wire_name}; "
                                     "sessions run on the /v1/stream WebSocket")
             request_id = message.request_id
-            reply = await self.state.require_engine().process(message)
+            engine = self.state.require_engine()
+            await self.state.ensure_package(message.package_id)
+            reply = await engine.process(message)
         except ProtocolError as exc:
             self.metrics.error(exc.code)
             return error_response(exc, codec, request_id=request_id)
@@ -413,6 +482,16 @@ class Endpoints:
     async def list_packages(self, request: Request) -> Response:
         """``{"packages": [info, ...]}`` of every loaded package."""
         return JSONResponse({"packages": [i.to_dict() for i in self.state.store.infos()]})
+
+    async def list_models(self, request: Request) -> Response:
+        """``{"models": [info, ...]}``: every loaded model, the packages it serves and its counters."""
+        engine = self.state.engine
+        models = getattr(engine, "models", None)
+        if models is not None:
+            listed = models.infos()
+        else:  # the original path runs one model
+            listed = [self.state.model.to_dict()] if self.state.model is not None else []
+        return JSONResponse({"models": listed})
 
     async def load_package(self, request: Request) -> Response:
         """``{"id": ID, "path": PATH}`` → load it (201 + its info). See docs/protocol.md for the rules."""
@@ -505,6 +584,7 @@ def create_app(state: ServerState) -> ASGIApp:
             Route("/metrics", ep.metrics_text, methods=["GET"]),
             Route("/v1/frame", ep.frame, methods=["POST"]),
             Route("/v1/packages", ep.list_packages, methods=["GET"]),
+            Route("/v1/models", ep.list_models, methods=["GET"]),
             Route("/v1/packages", ep.load_package, methods=["POST"]),
             Route("/v1/packages/{package_id}", ep.unload_package, methods=["DELETE"]),
             WebSocketRoute("/v1/stream", ep.stream),

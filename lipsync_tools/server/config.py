@@ -114,7 +114,10 @@ class ServerConfig:
     ``identity`` = returns its input, for tests), ``backend`` (``None`` = the library default),
     ``use_package_checkpoint``, ``onnx_cache_dir``; ``family`` / ``audio_mode`` (``None``: detected from the
     checkpoint or the first package, else Wav2Lip), ``audio_encoder`` (AVE families: a checkpoint path or
-    ``"random"``; ``None``: the package's), ``blend`` (``feather`` or ``hard``).
+    ``"random"``; ``None``: the package's), ``blend`` (``feather`` or ``hard``), ``max_models`` (most models
+    loaded at once; each package is served by its own, shared by checkpoint).
+    On demand: ``catalog`` (a JSON/TOML file of package ids: a request for a catalog id that is not loaded
+    loads it, downloading a URL first into ``cache_dir``, default the user cache folder).
     Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
     ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
     ``silence_dbfs`` (RMS level below which a window is silence).
@@ -133,6 +136,9 @@ class ServerConfig:
     audio_mode: str | None = None
     audio_encoder: str | None = None
     blend: str = "feather"
+    max_models: int = 8
+    catalog: Path | None = None
+    cache_dir: Path | None = None
     use_package_checkpoint: bool = True
     onnx_cache_dir: Path | None = None
     max_batch: int = 8
@@ -169,8 +175,12 @@ class ServerConfig:
             from lipsync_tools.engine.model_loader import check_family_options
 
             check_family_options(self.family, self.audio_mode)
+        if not 1 <= self.max_models <= 1024:
+            raise UsageError(f"max_models must be in [1, 1024], got {self.max_models}")
         if self.blend not in ("feather", "hard"):
             raise UsageError(f"blend must be feather or hard, got {self.blend!r}")
+        if self.catalog is not None and not self.catalog.is_file():
+            raise InputNotFoundError(f"catalog {self.catalog} does not exist; check --catalog")
         if self.package_dir is not None and not self.package_dir.is_dir():
             raise InputNotFoundError(f"package folder {self.package_dir} does not exist")
         if not 0 <= self.port <= 65535:

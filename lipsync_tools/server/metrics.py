@@ -12,7 +12,7 @@ import bisect
 import math
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -104,6 +104,15 @@ class Metrics:
             "lipsync_stage_seconds": ("histogram", "Engine time per frame and stage, in seconds."),
             "lipsync_request_seconds": ("histogram", "Server time of one request, by endpoint, in seconds."),
             "lipsync_batch_size": ("histogram", "Frames per model call."),
+            "lipsync_catalog_loads_total": ("counter", "Packages loaded on demand from the catalog."),
+            "lipsync_catalog_load_seconds": (
+                "histogram", "Time from a catalog id's first request to its package being loaded."),
+            "lipsync_models_loaded": ("gauge", "Models loaded now."),
+            "lipsync_model_loads_total": ("counter", "Models loaded since start."),
+            "lipsync_model_evictions_total": ("counter", "Idle models unloaded to make room (--max-models)."),
+            "lipsync_model_frames_total": ("counter", "Frames each loaded model rendered, by model key."),
+            "lipsync_model_inference_seconds_total": (
+                "counter", "Model call time of each loaded model, by model key, in seconds."),
         }
         for name in ("lipsync_active_sessions", "lipsync_queue_depth", "lipsync_packages_loaded",
                      "lipsync_ready"):
@@ -177,6 +186,21 @@ class Metrics:
             if name in self._histograms and key in self._histograms[name]:
                 return float(self._histograms[name][key].count)
         return 0.0
+
+    def set_models(self, models: Iterable[dict[str, Any]], loads: int, evictions: int) -> None:
+        """Per-model series from the engine's model store (at most ``--max-models`` label values: the
+        models loaded now; an unloaded model's series go with it)."""
+        listed = list(models)
+        with self._lock:
+            self._gauges["lipsync_models_loaded"] = {(): float(len(listed))}
+            self._counters["lipsync_model_loads_total"] = {(): float(loads)}
+            self._counters["lipsync_model_evictions_total"] = {(): float(evictions)}
+            self._counters["lipsync_model_frames_total"] = {
+                (("model", str(m["key"])[:80]),): float(m["frames"]) for m in listed
+            }
+            self._counters["lipsync_model_inference_seconds_total"] = {
+                (("model", str(m["key"])[:80]),): float(m["inference_seconds"]) for m in listed
+            }
 
     def render(self) -> str:
         """Every metric in the Prometheus text format, ``# HELP``/``# TYPE`` first, ending with a newline."""

@@ -17,94 +17,79 @@ from typing import Any
 
 import uvicorn
 
-from lipsync_tools.errors import LipsyncError, UsageError
+from lipsync_tools.errors import LipsyncError
 from lipsync_tools.server.app import Components, ServerState, StartupReport, StoreLike, create_app
 from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES, ServerConfig
 from lipsync_tools.server.metrics import Metrics
 
 
 def engine_components() -> Components:
-    """The real engine parts: :class:`PackageStore`, :func:`load_model`, :class:`Engine`."""
+    """The real engine parts: :class:`PackageStore`, a :class:`ModelStore` of many models, :class:`Engine`.
+
+    Each package is served by its own model (docs/engine.md, *Models*): startup packages have theirs loaded
+    and warmed before the server is ready; a package loaded later is admitted only when a model can serve
+    it, and that model loads with its first frame.
+    """
     from lipsync_tools.engine import Engine, EngineOptions, PackageStore
-    from lipsync_tools.engine.model_loader import AudioEncoderChoice, PackageModelHints, load_model
+    from lipsync_tools.engine.model_store import ModelDefaults, ModelStore
 
     def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        hints = PackageModelHints()
-        digest = ""
-        infos = store.infos()
-        if infos and isinstance(store, PackageStore):
-            # The family, audio mode and AVE encoder of the first startup package; its embedded checkpoint
-            # when the options name no other weights.
-            first = store.get(infos[0].id).package
-            hints = PackageModelHints.from_package(first, with_checkpoint=False, label=str(infos[0].path))
-        if use_embedded_checkpoint(config) and infos:
-            # One model serves every package, so the startup packages that embed weights must agree on them:
-            # serving one avatar's model with another's weights would be silently wrong.
-            embedding = [info for info in infos if info.has_checkpoint]
-            if embedding:
-                digests = {info.id: _checkpoint_digest(store.get(info.id)) for info in embedding}
-                if len(set(digests.values())) > 1:
-                    names = ", ".join(sorted(digests))
-                    raise UsageError(
-                        f"packages {names} embed different model checkpoints, and one server runs one model; "
-                        "serve them from separate `lipsync serve` processes, or pass --checkpoint to use one "
-                        "model for all"
-                    )
-                source = store.get(embedding[0].id)
-                hints = PackageModelHints.from_package(source.package, label=str(embedding[0].path))
-                digest = digests[embedding[0].id]
-        loaded = load_model(
-            config.model, config.checkpoint, config.seed, config.backend, config.onnx_cache_dir,
-            family=config.family, audio_mode=config.audio_mode,
-            audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
-            hints=hints, warmup_batches=tuple(sorted({1, config.max_batch})),
-        )
-        backend = loaded.backend
+        models = ModelStore(model_defaults(config, ModelDefaults))
         if isinstance(store, PackageStore):
-            # From now on a run-time load of a package the model cannot take is refused at load time.
-            store.expected_crop_size = int(backend.crop_size)
-            store.expected_family = (backend.family.name, backend.audio_mode.name)
-            if hints.checkpoint is not None and digest:
-                store.served_checkpoint_sha256 = digest
-            for info in infos:
-                store.check_family(info.id)
-        return loaded, loaded.info
+            for info in store.infos():  # loaded before the models: check them now
+                models.register(info.id, store.get(info.id).package)
+            # From now on a run-time load is admitted only when a model can serve the package.
+            store.admit = models.register
+            store.on_unload = models.forget
+            for info in store.infos():
+                models.ensure(info.id, store.get(info.id).package)  # load and warm every startup model
+        return models, models.summary()
 
-    def make_engine(store: StoreLike, loaded: Any, config: ServerConfig, metrics: Metrics) -> Any:
+    def make_engine(store: StoreLike, models: Any, config: ServerConfig, metrics: Metrics) -> Any:
         options = EngineOptions(max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
                                 queue_limit=config.queue_limit, jpeg_quality=config.jpeg_quality,
                                 silence_dbfs=config.silence_dbfs, blend=config.blend)
-        return Engine(store, loaded.backend, options, metrics,  # type: ignore[arg-type]
-                      audio_encoder=loaded.audio_encoder)
+        return Engine(store, models, options, metrics)  # type: ignore[arg-type]
 
     return Components(make_store=PackageStore, load_model=load, make_engine=make_engine)
 
 
-def use_embedded_checkpoint(config: ServerConfig) -> bool:
-    """Whether the options leave the weights to the packages' embedded checkpoint."""
-    return config.use_package_checkpoint and config.checkpoint is None and config.model in (None, "wav2lip")
-
-
-def _checkpoint_digest(loaded: Any) -> str:
-    """The SHA-256 the package's manifest records for its embedded checkpoint."""
-    return str(loaded.package.manifest.datasets["model/checkpoint"].sha256)
+def model_defaults(config: ServerConfig, defaults_type: Any) -> Any:
+    """The model store's defaults from the server's options (``--model``, ``--checkpoint``, ...)."""
+    return defaults_type(
+        model=config.model, checkpoint=config.checkpoint, family=config.family, seed=config.seed,
+        backend=config.backend,
+        cache_dir=config.onnx_cache_dir, audio_encoder=config.audio_encoder,
+        use_package_checkpoint=config.use_package_checkpoint, max_models=config.max_models,
+        warmup_batches=tuple(sorted({1, config.max_batch})),
+    )
 
 
 def original_components(audio: Path | None = None) -> Components:
     """The original per-frame path: startup "packages" are raw videos, every stage runs per request.
 
     ``lipsync serve --original VIDEO`` and ``lipsync bench --compare`` use it (same endpoints and codecs;
-    see :mod:`lipsync_tools.engine.original`). ``audio``: the file replay requests are cut from.
+    see :mod:`lipsync_tools.engine.original`). ``audio``: the file replay requests are cut from. One model
+    renders every video: ``--model``/``--checkpoint`` of ``--family`` (default Wav2Lip).
     """
+    from lipsync_tools.engine.model_loader import AudioEncoderChoice, load_model
     from lipsync_tools.engine.original import OriginalEngine, OriginalOptions, VideoStore
+
+    def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
+        loaded = load_model(
+            config.model, config.checkpoint, config.seed, config.backend, config.onnx_cache_dir,
+            family=config.family, audio_mode=config.audio_mode,
+            audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
+            warmup_batches=tuple(sorted({1, config.max_batch})),
+        )
+        return loaded, loaded.info
 
     def make_engine(store: StoreLike, loaded: Any, config: ServerConfig, metrics: Metrics) -> Any:
         options = OriginalOptions(jpeg_quality=config.jpeg_quality, silence_dbfs=config.silence_dbfs)
         return OriginalEngine(store, loaded.backend, options, metrics,  # type: ignore[arg-type]
                               audio_encoder=loaded.audio_encoder)
 
-    return Components(make_store=lambda: VideoStore(audio=audio), load_model=engine_components().load_model,
-                      make_engine=make_engine)
+    return Components(make_store=lambda: VideoStore(audio=audio), load_model=load, make_engine=make_engine)
 
 
 class LipsyncServer:

@@ -78,8 +78,8 @@ class EngineLike(Protocol):
         self, request: FrameRequest, *, stream: Any | None = None, stream_frame: int = 0
     ) -> FrameReply: ...
 
-    def open_stream(self) -> Any | None:
-        """Per-session audio state when the model's window spans several frames (``None``: not needed).
+    async def open_stream(self, package_id: str) -> Any | None:
+        """Per-session audio state when the package's model hears several frames (``None``: not needed).
 
         It has ``look_ahead`` (frames of audio needed after the one rendered), ``add(k, window)`` and
         ``end(total)``; the session passes it back to :meth:`process` with each request."""
@@ -243,7 +243,7 @@ class Session:
         t0: float | None = None
         skipped_in_a_row = 0
         # Families whose audio window reaches ahead (AVE: 6 frames) need that audio before a frame renders.
-        stream = self.engine.open_stream()
+        stream = await self.engine.open_stream(self.start.package_id)
         look_ahead = stream.look_ahead if stream is not None else 0
         windows: dict[int, np.ndarray] = {}
         next_window = 0
@@ -346,6 +346,8 @@ class ServerLike(Protocol):
 
     def package_info(self, package_id: str) -> PackageInfoLike: ...
 
+    async def ensure_package(self, package_id: str) -> None: ...
+
 
 class StreamConnection:
     """Serves one accepted WebSocket until the client leaves, a closing error, or the session's end."""
@@ -444,7 +446,9 @@ class StreamConnection:
 
     async def _answer(self, request: FrameRequest, codec: Codec) -> None:
         try:
-            reply = await self.server.require_engine().process(request)
+            engine = self.server.require_engine()
+            await self.server.ensure_package(request.package_id)
+            reply = await engine.process(request)
         except ProtocolError as exc:
             await self._fail(exc, codec, request.request_id)
             return
@@ -465,6 +469,7 @@ class StreamConnection:
             return
         try:
             engine = self.server.require_engine()
+            await self.server.ensure_package(start.package_id)
             info = self.server.package_info(start.package_id)
             if start.start_frame >= info.n_frames:
                 raise ProtocolError(

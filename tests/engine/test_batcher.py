@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -77,7 +78,7 @@ def test_a_flooding_model_does_not_starve_a_slow_one():
     rare_positions = [i for i, (key, _) in enumerate(model.batches) if key == "rare"]
     assert len(rare_positions) == 5
     # between two of its frames at most one busy batch ran (the one in flight when the frame arrived)
-    assert all(b - a <= 2 for a, b in zip(rare_positions, rare_positions[1:], strict=False)), rare_positions
+    assert all(b - a <= 2 for a, b in itertools.pairwise(rare_positions)), rare_positions
 
 
 def test_the_queue_limit_counts_every_key():

@@ -57,7 +57,7 @@ class FakeEngine:
         return FrameReply(request_id=0, frame_index=index, image=ImageFormat.RAW_BGR, width=4, height=2,
                           silence=silence, payload=bytes(24))
 
-    def open_stream(self) -> None:
+    async def open_stream(self, package_id: str) -> None:
         return None
 
     async def process(

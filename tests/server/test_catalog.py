@@ -1,0 +1,109 @@
+"""``lipsync serve --catalog``: packages loaded by their first request, one per id however many ask, URLs
+pulled from a loopback HTTP server and verified, a catalog checkpoint kept outside its package, and one
+clear error for every waiter when a load fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from lipsync_tools.client import LipsyncClient
+from lipsync_tools.errors import ProtocolError
+from lipsync_tools.models.checkpoint import random_wav2lip
+from lipsync_tools.pipeline.build import build_package
+from lipsync_tools.protocol.messages import AudioFormat, FrameRequest, ImageFormat, Pacing
+from lipsync_tools.server import ServerConfig
+from tests.remote.http_server import Reply, loopback_server
+from tests.server.servers import TEST_LIMITS, running_server, speech_like
+
+pytestmark = pytest.mark.slow
+
+
+def replay(package: str, frame: int = 3) -> FrameRequest:
+    return FrameRequest(request_id=1, package_id=package, frame_index=frame, audio=AudioFormat.REPLAY,
+                        image=ImageFormat.RAW_BGR)
+
+
+@pytest.fixture(scope="module")
+def avatars(astronaut_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("catalog")
+    files: dict[str, Path] = {}
+    for seed in (1, 2, 3):
+        files[f"ckpt{seed}"] = folder / f"finetune-{seed}.pth"
+        torch.save({"state_dict": random_wav2lip(seed=seed).state_dict()}, files[f"ckpt{seed}"])
+    files["a"] = build_package(astronaut_mp4, folder / "a.sanders", checkpoint=files["ckpt1"]).output
+    files["b"] = build_package(astronaut_mp4, folder / "b.sanders", checkpoint=files["ckpt2"]).output
+    files["c"] = build_package(astronaut_mp4, folder / "c.sanders").output  # no checkpoint of its own
+    return files
+
+
+def test_catalog_ids_load_on_first_request(avatars: dict[str, Path], tmp_path: Path):
+    body = avatars["b"].read_bytes()
+    with loopback_server() as http:
+        url = http.route("/b.sanders", Reply(body=body, delay_s=0.3))
+        bad_url = http.route("/bad.sanders", Reply(body=body))
+        catalog = avatars["c"].parent / "catalog.json"  # "c.sanders" is relative to the catalog's folder
+        catalog.write_text(json.dumps({"packages": {
+            "a": {"path": str(avatars["a"])},
+            "b": {"url": url, "sha256": hashlib.sha256(body).hexdigest()},
+            "c": {"path": "c.sanders", "checkpoint": {"path": str(avatars["ckpt3"])}},
+            "bad": {"url": bad_url, "sha256": "0" * 64},
+        }}))
+        cache = tmp_path / "cache"
+        config = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", catalog=catalog,
+                              cache_dir=cache, sessions=TEST_LIMITS)
+        with running_server(config) as server:
+            with LipsyncClient(server.url) as client:
+                assert client.packages() == []  # nothing is loaded before it is asked for
+            # three clients ask for "b" at once: one download, one load, three answers
+            replies: list[object] = []
+
+            def ask(package: str) -> None:
+                with LipsyncClient(server.url) as own:
+                    try:
+                        replies.append(own.frame(replay(package)))
+                    except ProtocolError as exc:
+                        replies.append(exc)
+
+            threads = [threading.Thread(target=ask, args=("b",)) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert len(replies) == 3 and all(not isinstance(r, ProtocolError) for r in replies), replies
+            assert [entry.path for entry in http.log].count("/b.sanders") == 1
+            # a failed load answers every waiter with the same clear error, and leaves nothing behind
+            replies.clear()
+            threads = [threading.Thread(target=ask, args=("bad",)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert len(replies) == 2
+            assert all(isinstance(r, ProtocolError) and r.code == "bad_package" for r in replies)
+            assert len({str(r) for r in replies}) == 1 and "sha256" in str(replies[0]).lower()
+            assert sorted(p.name for p in cache.iterdir()) == [f"{hashlib.sha256(body).hexdigest()}.sanders"]
+            with LipsyncClient(server.url) as client:
+                # a session on a catalog id loads it too
+                with client.session("a", pacing=Pacing.UNPACED, image=ImageFormat.RAW_BGR) as session:
+                    frames = list(session.play(speech_like(0.4)))
+                assert len(frames) == 10
+                c = client.frame(replay("c")).image_array().astype(np.int16)
+                a = client.frame(replay("a")).image_array().astype(np.int16)
+                assert np.abs(a - c).max() > 0  # c is served with its catalog checkpoint, not a's
+                with pytest.raises(ProtocolError) as unknown:
+                    client.frame(replay("nobody"))
+                assert unknown.value.code == "unknown_package"
+            models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
+            assert sorted(m["packages"][0] for m in models) == ["a", "b", "c"]
+            sha3 = hashlib.sha256(avatars["ckpt3"].read_bytes()).hexdigest()
+            assert any(m["key"] == f"sha256:{sha3}" for m in models)
+            metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+            assert "lipsync_catalog_loads_total 3" in metrics and "lipsync_models_loaded 3" in metrics
