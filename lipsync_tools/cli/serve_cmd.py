@@ -138,6 +138,17 @@ def serve_cmd(
             "that is not loaded is loaded (downloaded first) by its first request.",
         ),
     ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory budget for decoded frames and model weights, e.g. 6GiB: idle packages and models "
+            "are unloaded (least recently used first) to make room; a load that cannot fit is refused.",
+        ),
+    ] = None,
+    max_packages: Annotated[
+        int | None, typer.Option("--max-packages", help="Most packages loaded at once (idle ones make room).")
+    ] = None,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
@@ -165,6 +176,7 @@ def serve_cmd(
 
     def action() -> None:
         from ..errors import UsageError
+        from ..remote import parse_size
         from ..server.run import original_components
 
         if original is not None and packages:
@@ -187,6 +199,8 @@ def serve_cmd(
             max_models=max_models,
             catalog=catalog,
             cache_dir=cache_dir,
+            max_memory=parse_size(max_memory) if max_memory is not None else None,
+            max_packages=max_packages,
             max_wait_ms=max_wait_ms,
             queue_limit=queue_limit,
             token=token,

@@ -333,6 +333,7 @@ class Engine:
     def _validate(self, request: FrameRequest) -> LoadedPackage:
         package = self.store.get(request.package_id)
         self._check_frame(package, request.frame_index)
+        package.usage.touch()  # the memory budget evicts the least recently used first
         size = len(request.payload)
         expected = {AudioFormat.PCM16: limits.PCM_WINDOW_BYTES, AudioFormat.MEL: limits.MEL_WINDOW_BYTES}.get(
             request.audio, 0

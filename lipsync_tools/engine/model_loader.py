@@ -82,12 +82,13 @@ class ModelInfo:
     audio_mode: str = "mel"
     audio_encoder: str = "none"  # "none", a path, "embedded in PKG" or "random (seed N)"
     audio_encoder_is_random: bool = False
+    weight_bytes: int = 0  # parameters and buffers of the network (and its AVE encoder), float32
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name, "source": self.source, "is_random": self.is_random, "backend": self.backend,
             "family": self.family, "audio_mode": self.audio_mode, "audio_encoder": self.audio_encoder,
-            "audio_encoder_is_random": self.audio_encoder_is_random,
+            "audio_encoder_is_random": self.audio_encoder_is_random, "weight_bytes": self.weight_bytes,
             "load_seconds": round(self.load_seconds, 6), "warmup_seconds": round(self.warmup_seconds, 6),
         }
 
@@ -231,6 +232,7 @@ def load_model(
     else:
         module = IdentityNetwork(fam, mode.name)
     encoder, encoder_label, encoder_random = _audio_encoder(mode.name, audio_encoder, hints)
+    weight_bytes = _tensor_bytes(module) + (_tensor_bytes(encoder) if encoder is not None else 0)
     chosen = backend or DEFAULT_BACKEND
     runtime_options = BackendOptions(num_threads=num_threads, onnx_cache_dir=cache_dir)
     runtime = create_backend(chosen, module, runtime_options, fam)
@@ -244,9 +246,13 @@ def load_model(
     info = ModelInfo(
         name=name, source=source, is_random=name == "random", backend=runtime.name,
         load_seconds=loaded - started, warmup_seconds=warm - loaded, family=fam.name, audio_mode=mode.name,
-        audio_encoder=encoder_label, audio_encoder_is_random=encoder_random,
+        audio_encoder=encoder_label, audio_encoder_is_random=encoder_random, weight_bytes=weight_bytes,
     )
     return LoadedModel(backend=runtime, info=info, audio_encoder=encoder)
+
+
+def _tensor_bytes(module: Any) -> int:
+    return sum(int(t.numel()) * int(t.element_size()) for t in module.state_dict().values())
 
 
 def check_family_options(family: str | None, audio_mode: str | None) -> None:

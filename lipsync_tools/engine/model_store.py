@@ -297,6 +297,35 @@ class ModelStore:
             del self._models[victim.key]
             self.evictions += 1
 
+    # -- memory ----------------------------------------------------------------------------------------
+    def weight_bytes(self) -> int:
+        """The loaded models' weights (network and AVE encoder, float32): what the budget counts for them."""
+        return sum(m.info.weight_bytes for m in list(self._models.values()))
+
+    def need_bytes(self, package_id: str, package: Package) -> int:
+        """What serving ``package`` would add: 0 when its model is loaded, else an estimate of its weights
+        (the checkpoint's size, or the family's parameter count for random weights)."""
+        key = self.key_of(package_id)
+        if key is not None and key in self._models:
+            return 0
+        recipe = self._recipes.get(package_id)
+        embedded = package.manifest.datasets.get("model/checkpoint")
+        if recipe is not None and recipe.checkpoint is not None:
+            return recipe.checkpoint.stat().st_size
+        if recipe is not None and recipe.model is None and embedded is not None:
+            return int(embedded.shape[0])
+        return _FAMILY_WEIGHT_BYTES.get(package.family, 0)
+
+    def free_idle(self) -> int:
+        """Unload every model no registered package needs; returns the weight bytes freed."""
+        with self._lock:
+            needed = set(self._by_package.values())
+            idle = [m for m in self._models.values() if m.key not in needed and m.key != self._fixed]
+            for m in idle:
+                del self._models[m.key]
+                self.evictions += 1
+            return sum(m.info.weight_bytes for m in idle)
+
     # -- views -----------------------------------------------------------------------------------------
     def summary(self) -> ModelsSummary:
         """What the server reports at startup: every loaded model (see :class:`ModelsSummary`)."""
@@ -349,6 +378,14 @@ class ModelsSummary:
     def to_dict(self) -> dict[str, Any]:
         first = self.infos[0].to_dict() if self.infos else {}
         return {**first, "name": self.name, "is_random": self.is_random, "models": self.models}
+
+
+_FAMILY_WEIGHT_BYTES = {  # float32 parameters and buffers, measured on our networks (tests pin the counts)
+    "wav2lip": 36_298_035 * 4,
+    "synctalk2d-328": 12_186_935 * 4,
+    "synctalk2d-160": 12_163_591 * 4,
+    "ultralight-160": 12_159_591 * 4,
+}
 
 
 def _features(loaded: LoadedModel) -> FeatureComputer:

@@ -62,6 +62,27 @@ class PackageInfo:
         }
 
 
+@dataclass(eq=False)
+class PackageUsage:
+    """How a loaded package is used now: when a frame last asked for it, and how many live sessions hold it
+    (a held package is never evicted to make room)."""
+
+    last_used: float = field(default_factory=time.monotonic)
+    sessions: int = 0
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryBudget:
+    """``max_bytes``: decoded frames of the loaded packages plus their models' weights (``None``: no limit);
+    ``max_packages``: most packages loaded at once (``None``: no limit)."""
+
+    max_bytes: int | None = None
+    max_packages: int | None = None
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class LoadedPackage:
     """A package ready for per-frame work. Shapes: N frames, S crop size, H x W frame size, T mel columns.
@@ -80,6 +101,7 @@ class LoadedPackage:
     mel: np.ndarray = field(repr=False)
     rects: list[tuple[int, int, int, int]] = field(repr=False)
     mel_starts: list[int] = field(repr=False)
+    usage: PackageUsage = field(default_factory=PackageUsage, repr=False)
 
     @property
     def n_frames(self) -> int:
@@ -169,6 +191,15 @@ class PackageStore(IdRegistry[LoadedPackage]):
         self.admit: Callable[[str, Package], object] | None = None
         self.on_unload: Callable[[str], None] | None = None
         self.decode_threads = decode_threads or os.cpu_count() or 1
+        self.budget = MemoryBudget()
+        # The models' side of the budget (set by the server: the engine's model store). ``model_bytes``:
+        # what loaded models hold; ``model_need(package)``: what loading this package's model would add;
+        # ``free_models()``: unload models no loaded package needs, returning the bytes freed.
+        self.model_bytes: Callable[[], int] = lambda: 0
+        self.model_need: Callable[[str, Package], int] = lambda package_id, package: 0
+        self.free_models: Callable[[], int] = lambda: 0
+        self.evictions = 0
+        self._budget_lock = threading.Lock()
 
     def load(self, package_id: str, path: str | Path, *, replace: bool = False) -> PackageInfo:
         """Open ``path`` read-only under ``package_id`` and prepare it for serving.
@@ -191,6 +222,79 @@ class PackageStore(IdRegistry[LoadedPackage]):
         if self.on_unload is not None:
             self.on_unload(package_id)
 
+    # -- usage and the memory budget ---------------------------------------------------------------------
+    def hold(self, package_id: str) -> LoadedPackage:
+        """A live session starts on ``package_id``: it is not evicted until :meth:`release`."""
+        loaded = self.get(package_id)
+        loaded.usage.sessions += 1
+        loaded.usage.touch()
+        return loaded
+
+    def release(self, package_id: str) -> None:
+        loaded = self._items.get(package_id)
+        if loaded is not None:
+            loaded.usage.sessions = max(0, loaded.usage.sessions - 1)
+            loaded.usage.touch()
+
+    def frames_bytes(self) -> int:
+        """Decoded full frames (and arrays read into RAM) of every loaded package."""
+        return sum(item.info.ram_bytes for item in list(self._items.values()))
+
+    def used_bytes(self) -> int:
+        """What the budget counts now: decoded frames plus loaded models."""
+        return self.frames_bytes() + self.model_bytes()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded package's info with its usage (``GET /v1/packages``)."""
+        now = time.monotonic()
+        return [
+            {**item.info.to_dict(), "sessions": item.usage.sessions,
+             "idle_seconds": round(now - item.usage.last_used, 3)}
+            for item in list(self._items.values())
+        ]
+
+    @staticmethod
+    def estimate_bytes(package: Package) -> int:
+        """What decoding ``package``'s frames will hold, from its manifest alone: N x H x W x 3."""
+        v = package.manifest.video
+        return int(v.frame_count) * int(v.width) * int(v.height) * 3
+
+    def _make_room(self, package_id: str, package: Package, path: Path) -> None:
+        """Evict idle packages (least recently used first) and idle models until ``package`` fits the
+        budget; refuse it (:class:`PackageFormatError`) when it cannot. Runs before any frame is decoded."""
+        budget = self.budget
+        if budget.max_bytes is None and budget.max_packages is None:
+            return
+        need = self.estimate_bytes(package) + self.model_need(package_id, package)
+        if budget.max_bytes is not None and need > budget.max_bytes:
+            raise PackageFormatError(
+                f"{path}: needs about {need / 2**20:.0f} MiB (decoded frames and model), more than the whole "
+                f"memory budget of {budget.max_bytes / 2**20:.0f} MiB (--max-memory); raise it"
+            )
+        with self._budget_lock:
+            while True:
+                over_count = budget.max_packages is not None and len(self._items) >= budget.max_packages
+                used = self.used_bytes()
+                over_bytes = budget.max_bytes is not None and used + need > budget.max_bytes
+                if not (over_count or over_bytes):
+                    return
+                if over_bytes and self.free_models() > 0:
+                    continue
+                idle = [(k, v) for k, v in list(self._items.items()) if v.usage.sessions == 0]
+                if not idle:
+                    busy = len(self._items)
+                    limit = (
+                        f"{budget.max_packages} packages (--max-packages)" if over_count
+                        else f"{used / 2**20:.0f} of {(budget.max_bytes or 0) / 2**20:.0f} MiB (--max-memory)"
+                    )
+                    raise PackageFormatError(
+                        f"{path}: no room: {limit} in use, and all {busy} loaded packages have live "
+                        "sessions; retry when a session ends, or raise the limit"
+                    )
+                victim, _ = min(idle, key=lambda kv: kv[1].usage.last_used)
+                self.unload(victim)
+                self.evictions += 1
+
     def infos(self) -> list[PackageInfo]:
         """Every loaded package's info, in load order."""
         return [p.info for p in list(self._items.values())]
@@ -200,6 +304,12 @@ class PackageStore(IdRegistry[LoadedPackage]):
         package = open_package(path, mmap=True)
         if self.admit is not None:
             self.admit(package_id, package)  # before the costly decode
+        try:
+            self._make_room(package_id, package, path)
+        except BaseException:
+            if self.on_unload is not None:
+                self.on_unload(package_id)  # the admission is withdrawn
+            raise
         opened = time.perf_counter()
 
         from ..media.images import decode_image

@@ -246,6 +246,17 @@ class ServerState:
         cache.mkdir(parents=True, exist_ok=True)
         return Path(pull(source.url, target, sha256=source.sha256).path)
 
+    def hold_package(self, package_id: str) -> None:
+        """A session runs on ``package_id``: the memory budget must not evict it meanwhile."""
+        hold = getattr(self.store, "hold", None)
+        if hold is not None:
+            hold(package_id)
+
+    def release_package(self, package_id: str) -> None:
+        release = getattr(self.store, "release", None)
+        if release is not None:
+            release(package_id)
+
     def package_info(self, package_id: str) -> PackageInfoLike:
         """Info of a loaded package; ``ProtocolError(unknown_package)`` otherwise."""
         info: PackageInfoLike = self.store.get(package_id).info
@@ -440,6 +451,9 @@ class Endpoints:
         models = getattr(self.state.engine, "models", None)
         if models is not None:
             self.metrics.set_models(models.infos(), models.loads, models.evictions)
+        store: Any = self.state.store
+        if hasattr(store, "used_bytes"):
+            self.metrics.set_memory(store.used_bytes(), store.budget.max_bytes, store.evictions)
         return PlainTextResponse(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def frame(self, request: Request) -> Response:
@@ -480,8 +494,11 @@ class Endpoints:
         return error_response(error, status=status)
 
     async def list_packages(self, request: Request) -> Response:
-        """``{"packages": [info, ...]}`` of every loaded package."""
-        return JSONResponse({"packages": [i.to_dict() for i in self.state.store.infos()]})
+        """``{"packages": [info, ...]}`` of every loaded package (with its sessions and idle time when the
+        store tracks them)."""
+        describe = getattr(self.state.store, "describe", None)
+        listed = describe() if describe is not None else [i.to_dict() for i in self.state.store.infos()]
+        return JSONResponse({"packages": listed})
 
     async def list_models(self, request: Request) -> Response:
         """``{"models": [info, ...]}``: every loaded model, the packages it serves and its counters."""

@@ -117,7 +117,9 @@ class ServerConfig:
     ``"random"``; ``None``: the package's), ``blend`` (``feather`` or ``hard``), ``max_models`` (most models
     loaded at once; each package is served by its own, shared by checkpoint).
     On demand: ``catalog`` (a JSON/TOML file of package ids: a request for a catalog id that is not loaded
-    loads it, downloading a URL first into ``cache_dir``, default the user cache folder).
+    loads it, downloading a URL first into ``cache_dir``, default the user cache folder). Budget:
+    ``max_memory`` (bytes of decoded frames plus model weights) and ``max_packages``: idle packages and models
+    are unloaded, least recently used first, to make room; a load that cannot fit is refused.
     Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
     ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
     ``silence_dbfs`` (RMS level below which a window is silence).
@@ -139,6 +141,8 @@ class ServerConfig:
     max_models: int = 8
     catalog: Path | None = None
     cache_dir: Path | None = None
+    max_memory: int | None = None
+    max_packages: int | None = None
     use_package_checkpoint: bool = True
     onnx_cache_dir: Path | None = None
     max_batch: int = 8
@@ -175,6 +179,10 @@ class ServerConfig:
             from lipsync_tools.engine.model_loader import check_family_options
 
             check_family_options(self.family, self.audio_mode)
+        if self.max_memory is not None and self.max_memory < 1:
+            raise UsageError(f"max_memory must be a positive size, got {self.max_memory}")
+        if self.max_packages is not None and self.max_packages < 1:
+            raise UsageError(f"max_packages must be >= 1, got {self.max_packages}")
         if not 1 <= self.max_models <= 1024:
             raise UsageError(f"max_models must be in [1, 1024], got {self.max_models}")
         if self.blend not in ("feather", "hard"):

@@ -108,6 +108,11 @@ class Metrics:
             "lipsync_catalog_load_seconds": (
                 "histogram", "Time from a catalog id's first request to its package being loaded."),
             "lipsync_models_loaded": ("gauge", "Models loaded now."),
+            "lipsync_memory_used_bytes": (
+                "gauge", "Decoded frames and model weights held now (what the budget counts)."),
+            "lipsync_memory_budget_bytes": (
+                "gauge", "The memory budget (--max-memory); 0 when there is none."),
+            "lipsync_package_evictions_total": ("counter", "Idle packages unloaded to make room."),
             "lipsync_model_loads_total": ("counter", "Models loaded since start."),
             "lipsync_model_evictions_total": ("counter", "Idle models unloaded to make room (--max-models)."),
             "lipsync_model_frames_total": ("counter", "Frames each loaded model rendered, by model key."),
@@ -201,6 +206,13 @@ class Metrics:
             self._counters["lipsync_model_inference_seconds_total"] = {
                 (("model", str(m["key"])[:80]),): float(m["inference_seconds"]) for m in listed
             }
+
+    def set_memory(self, used: int, budget: int | None, evictions: int) -> None:
+        """The memory budget's state (set when /metrics is read)."""
+        with self._lock:
+            self._gauges["lipsync_memory_used_bytes"] = {(): float(used)}
+            self._gauges["lipsync_memory_budget_bytes"] = {(): float(budget or 0)}
+            self._counters["lipsync_package_evictions_total"] = {(): float(evictions)}
 
     def render(self) -> str:
         """Every metric in the Prometheus text format, ``# HELP``/``# TYPE`` first, ending with a newline."""

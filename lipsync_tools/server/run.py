@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from lipsync_tools.errors import LipsyncError
+from lipsync_tools.errors import LipsyncError, UsageError
 from lipsync_tools.server.app import Components, ServerState, StartupReport, StoreLike, create_app
 from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES, ServerConfig
 from lipsync_tools.server.metrics import Metrics
@@ -32,10 +32,16 @@ def engine_components() -> Components:
     """
     from lipsync_tools.engine import Engine, EngineOptions, PackageStore
     from lipsync_tools.engine.model_store import ModelDefaults, ModelStore
+    from lipsync_tools.engine.store import MemoryBudget
 
     def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
         models = ModelStore(model_defaults(config, ModelDefaults))
         if isinstance(store, PackageStore):
+            store.budget = MemoryBudget(max_bytes=config.max_memory, max_packages=config.max_packages)
+            store.model_bytes = models.weight_bytes
+            store.model_need = models.need_bytes
+            store.free_models = models.free_idle
+            check_startup_budget(store, models, config)
             for info in store.infos():  # loaded before the models: check them now
                 models.register(info.id, store.get(info.id).package)
             # From now on a run-time load is admitted only when a model can serve the package.
@@ -52,6 +58,21 @@ def engine_components() -> Components:
         return Engine(store, models, options, metrics)  # type: ignore[arg-type]
 
     return Components(make_store=PackageStore, load_model=load, make_engine=make_engine)
+
+
+def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
+    """The startup packages load before the budget applies: refuse to start when they exceed it."""
+    if config.max_packages is not None and len(store) > config.max_packages:
+        raise UsageError(f"{len(store)} startup packages but --max-packages {config.max_packages}")
+    if config.max_memory is not None:
+        need = store.frames_bytes() + sum(
+            models.need_bytes(info.id, store.get(info.id).package) for info in store.infos()
+        )
+        if need > config.max_memory:
+            raise UsageError(
+                f"the startup packages need about {need / 2**20:.0f} MiB (decoded frames and models), more "
+                f"than --max-memory {config.max_memory / 2**20:.0f} MiB; raise it or start with fewer"
+            )
 
 
 def model_defaults(config: ServerConfig, defaults_type: Any) -> Any:

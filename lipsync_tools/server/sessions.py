@@ -348,6 +348,10 @@ class ServerLike(Protocol):
 
     async def ensure_package(self, package_id: str) -> None: ...
 
+    def hold_package(self, package_id: str) -> None: ...
+
+    def release_package(self, package_id: str) -> None: ...
+
 
 class StreamConnection:
     """Serves one accepted WebSocket until the client leaves, a closing error, or the session's end."""
@@ -495,6 +499,17 @@ class StreamConnection:
         self._session_task = asyncio.create_task(self._run_session(session, codec))
 
     async def _run_session(self, session: Session, codec: Codec) -> None:
+        try:
+            self.server.hold_package(session.start.package_id)  # never evicted while the session runs
+        except ProtocolError as exc:
+            await self._fail(exc, codec, session.start.request_id)
+            return
+        try:
+            await self._run_held_session(session, codec)
+        finally:
+            self.server.release_package(session.start.package_id)
+
+    async def _run_held_session(self, session: Session, codec: Codec) -> None:
         try:
             await session.run()
         except TooSlowError as exc:

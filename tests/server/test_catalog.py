@@ -107,3 +107,54 @@ def test_catalog_ids_load_on_first_request(avatars: dict[str, Path], tmp_path: P
             assert any(m["key"] == f"sha256:{sha3}" for m in models)
             metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
             assert "lipsync_catalog_loads_total 3" in metrics and "lipsync_models_loaded 3" in metrics
+
+
+def test_memory_budget_evicts_idle_packages_never_held_ones_and_refuses_what_cannot_fit(
+    avatars: dict[str, Path], tmp_path: Path
+):
+    """A budget that holds two avatars (decoded frames + Wav2Lip weights) serving three: the least recently
+    used idle one makes room; one with a live session is never evicted; when every loaded one is held, the
+    load is refused with a clear error and the server keeps serving."""
+    import time
+
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"packages": {
+        "a": {"path": str(avatars["a"])},
+        "b": {"path": str(avatars["b"])},
+        "c": {"path": str(avatars["c"]), "checkpoint": {"path": str(avatars["ckpt3"])}},
+    }}))
+    per_avatar = 50 * 320 * 240 * 3 + 36_298_035 * 4  # frames + Wav2Lip weights
+    config = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", catalog=catalog,
+                          max_memory=int(2.5 * per_avatar), sessions=TEST_LIMITS)
+
+    def loaded(url: str) -> list[str]:
+        return sorted(p["id"] for p in httpx.get(f"{url}/v1/packages", timeout=10).json()["packages"])
+
+    def held(url: str, package: str) -> None:
+        for _ in range(100):
+            listed = httpx.get(f"{url}/v1/packages", timeout=10).json()["packages"]
+            if any(p["id"] == package and p["sessions"] == 1 for p in listed):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{package} is not held by its session")
+
+    with running_server(config) as server, LipsyncClient(server.url) as client:
+        client.frame(replay("a"))
+        client.frame(replay("b"))
+        assert loaded(server.url) == ["a", "b"]
+        client.frame(replay("c"))  # a is the least recently used: it goes, with its model
+        assert loaded(server.url) == ["b", "c"]
+        with LipsyncClient(server.url) as other, other.session("b", pacing=Pacing.UNPACED):
+            held(server.url, "b")
+            client.frame(replay("a"))  # c goes, not b: b has a live session
+            assert loaded(server.url) == ["a", "b"]
+            with LipsyncClient(server.url) as third, third.session("a", pacing=Pacing.UNPACED):
+                held(server.url, "a")
+                with pytest.raises(ProtocolError, match="no room") as refused:
+                    client.frame(replay("c"))
+                assert refused.value.code == "bad_package"
+                assert loaded(server.url) == ["a", "b"]
+                client.frame(replay("b"))  # and the server keeps serving
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert "lipsync_package_evictions_total 2" in metrics
+        assert f"lipsync_memory_budget_bytes {int(2.5 * per_avatar)}" in metrics
