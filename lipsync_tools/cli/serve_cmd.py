@@ -34,6 +34,11 @@ class ModelChoice(StrEnum):
     identity = "identity"
 
 
+class FramesMode(StrEnum):
+    all = "all"
+    none = "none"
+
+
 @app.command("serve")
 def serve_cmd(
     packages: Annotated[
@@ -149,6 +154,14 @@ def serve_cmd(
     max_packages: Annotated[
         int | None, typer.Option("--max-packages", help="Most packages loaded at once (idle ones make room).")
     ] = None,
+    frames: Annotated[
+        FramesMode,
+        typer.Option(
+            "--frames",
+            help="all: decode every package's full frames into RAM; none: crop-only serving (only crops, "
+            "masks and features; megabytes per avatar; clients composite crop_only replies).",
+        ),
+    ] = FramesMode.all,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
@@ -201,6 +214,7 @@ def serve_cmd(
             cache_dir=cache_dir,
             max_memory=parse_size(max_memory) if max_memory is not None else None,
             max_packages=max_packages,
+            frames=frames.value,
             max_wait_ms=max_wait_ms,
             queue_limit=queue_limit,
             token=token,

@@ -255,6 +255,7 @@ class Engine:
         arrived = time.perf_counter()
         package = self.store.get(package_id)
         self._check_frame(package, frame_index)
+        self._check_image(package, image_format)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
         if image_format in (ImageFormat.JPEG, ImageFormat.PNG):
             reply = await asyncio.to_thread(
@@ -280,6 +281,7 @@ class Engine:
         arrived = time.perf_counter()
         package = self.store.get(package_id)
         self._check_frame(package, frame_index)
+        self._check_image(package, image_format)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
         return self._original_reply(package, frame_index, image_format, quality, request_id, arrived)
 
@@ -333,6 +335,7 @@ class Engine:
     def _validate(self, request: FrameRequest) -> LoadedPackage:
         package = self.store.get(request.package_id)
         self._check_frame(package, request.frame_index)
+        self._check_image(package, request.image)
         package.usage.touch()  # the memory budget evicts the least recently used first
         size = len(request.payload)
         expected = {AudioFormat.PCM16: limits.PCM_WINDOW_BYTES, AudioFormat.MEL: limits.MEL_WINDOW_BYTES}.get(
@@ -344,6 +347,16 @@ class Engine:
                 f"{request.audio.wire_name} audio must be {expected} bytes, got {size}",
             )
         return package
+
+    @staticmethod
+    def _check_image(package: LoadedPackage, image: ImageFormat) -> None:
+        """``bad_field`` for a full-frame image of a package loaded without its frames (crop-only)."""
+        if image is not ImageFormat.CROP_ONLY and not package.frames:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"package {package.info.id!r} was loaded without its full frames (--frames none, for "
+                f"crop-only serving); request image=crop_only, or load it with its frames",
+            )
 
     @staticmethod
     def _check_model(package: LoadedPackage, model: ServedModel) -> None:

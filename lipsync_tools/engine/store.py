@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from ..audio.mel import MEL_WINDOW_FRAMES
-from ..errors import PackageFormatError, ProtocolError
+from ..errors import PackageFormatError, ProtocolError, UsageError
 from ..package.reader import Package, open_package
 from ..protocol.messages import ErrorCode, check_package_id
 
@@ -48,6 +48,7 @@ class PackageInfo:
     load_seconds: dict[str, float]
     family: str = "wav2lip"
     audio_mode: str = "mel"
+    frames: str = "all"  # "none": loaded for crop-only serving, full frames not decoded
     ram_bytes: int
     mapped_bytes: int = 0
 
@@ -57,6 +58,7 @@ class PackageInfo:
             "id": self.id, "path": str(self.path), "n_frames": self.n_frames, "fps": self.fps,
             "width": self.width, "height": self.height, "crop_size": self.crop_size,
             "has_checkpoint": self.has_checkpoint, "family": self.family, "audio_mode": self.audio_mode,
+            "frames": self.frames,
             "load_seconds": {k: round(v, 6) for k, v in self.load_seconds.items()},
             "ram_bytes": self.ram_bytes, "mapped_bytes": self.mapped_bytes,
         }
@@ -201,8 +203,14 @@ class PackageStore(IdRegistry[LoadedPackage]):
         self.evictions = 0
         self._budget_lock = threading.Lock()
 
-    def load(self, package_id: str, path: str | Path, *, replace: bool = False) -> PackageInfo:
+    def load(
+        self, package_id: str, path: str | Path, *, replace: bool = False, frames: str = "all"
+    ) -> PackageInfo:
         """Open ``path`` read-only under ``package_id`` and prepare it for serving.
+
+        ``frames="none"`` loads it for crop-only serving: its full frames are not decoded into RAM (only the
+        crops, masks, boxes and features, memory-mapped), so it costs megabytes; full-frame requests to it
+        are refused.
 
         Raises ``ProtocolError(bad_field)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
         letter or digit: no path can be expressed) or an id already loaded (unless ``replace``);
@@ -213,7 +221,9 @@ class PackageStore(IdRegistry[LoadedPackage]):
             self._check_new_id(package_id)
         else:
             check_package_id(package_id)
-        loaded = self._prepare(package_id, Path(path))
+        if frames not in ("all", "none"):
+            raise UsageError(f"frames is {frames!r}; expected all or none")
+        loaded = self._prepare(package_id, Path(path), frames)
         self._insert(package_id, loaded, replace=replace)
         return loaded.info
 
@@ -254,18 +264,21 @@ class PackageStore(IdRegistry[LoadedPackage]):
         ]
 
     @staticmethod
-    def estimate_bytes(package: Package) -> int:
-        """What decoding ``package``'s frames will hold, from its manifest alone: N x H x W x 3."""
+    def estimate_bytes(package: Package, frames: str = "all") -> int:
+        """What decoding ``package``'s frames will hold, from its manifest alone: N x H x W x 3 (0 for
+        ``frames="none"``)."""
+        if frames == "none":
+            return 0
         v = package.manifest.video
         return int(v.frame_count) * int(v.width) * int(v.height) * 3
 
-    def _make_room(self, package_id: str, package: Package, path: Path) -> None:
+    def _make_room(self, package_id: str, package: Package, path: Path, frames: str = "all") -> None:
         """Evict idle packages (least recently used first) and idle models until ``package`` fits the
         budget; refuse it (:class:`PackageFormatError`) when it cannot. Runs before any frame is decoded."""
         budget = self.budget
         if budget.max_bytes is None and budget.max_packages is None:
             return
-        need = self.estimate_bytes(package) + self.model_need(package_id, package)
+        need = self.estimate_bytes(package, frames) + self.model_need(package_id, package)
         if budget.max_bytes is not None and need > budget.max_bytes:
             raise PackageFormatError(
                 f"{path}: needs about {need / 2**20:.0f} MiB (decoded frames and model), more than the whole "
@@ -299,13 +312,13 @@ class PackageStore(IdRegistry[LoadedPackage]):
         """Every loaded package's info, in load order."""
         return [p.info for p in list(self._items.values())]
 
-    def _prepare(self, package_id: str, path: Path) -> LoadedPackage:
+    def _prepare(self, package_id: str, path: Path, frames_mode: str = "all") -> LoadedPackage:
         started = time.perf_counter()
-        package = open_package(path, mmap=True)
+        package = open_package(path, mmap=True, load_frames=frames_mode == "all")
         if self.admit is not None:
             self.admit(package_id, package)  # before the costly decode
         try:
-            self._make_room(package_id, package, path)
+            self._make_room(package_id, package, path, frames_mode)
         except BaseException:
             if self.on_unload is not None:
                 self.on_unload(package_id)  # the admission is withdrawn
@@ -344,7 +357,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
             id=package_id, path=path, n_frames=package.n_frames, fps=float(m.video.fps),
             width=m.video.width, height=m.video.height, crop_size=package.crop_size,
             has_checkpoint=package.has_checkpoint, load_seconds=load_seconds,
-            family=package.family, audio_mode=package.audio_mode,
+            family=package.family, audio_mode=package.audio_mode, frames=frames_mode,
             ram_bytes=sum(int(f.nbytes) for f in frames) + in_ram, mapped_bytes=mapped_bytes,
         )
         return LoadedPackage(

@@ -221,7 +221,7 @@ class ServerState:
                     if models is None:
                         raise ProtocolError(BAD_PACKAGE, "this server cannot take a catalog checkpoint")
                     models.set_checkpoint(package_id, checkpoint)
-                await asyncio.to_thread(self.store.load, package_id, path)
+                await asyncio.to_thread(self.load_package, package_id, path, entry.frames)
         except ProtocolError:
             raise
         except LipsyncError as exc:
@@ -232,6 +232,13 @@ class ServerState:
         self.metrics.add_gauge("lipsync_packages_loaded", 1)
         self.metrics.inc("lipsync_catalog_loads_total")
         self.metrics.observe("lipsync_catalog_load_seconds", time.perf_counter() - started)
+
+    def load_package(self, package_id: str, path: Path, frames: str) -> Any:
+        """Load a package into the store; ``frames="none"`` for crop-only serving (package stores only)."""
+        if frames == "all":
+            return self.store.load(package_id, path)
+        load: Any = self.store.load
+        return load(package_id, path, frames=frames)
 
     def _fetch(self, source: Any) -> Path:
         """A catalog source's local file: its path, or its URL pulled into the cache (verified)."""
@@ -287,7 +294,7 @@ class ServerState:
             async with self.load_lock:
                 infos = []
                 for spec in self.config.packages:
-                    info = await asyncio.to_thread(self.store.load, spec.id, spec.path)
+                    info = await asyncio.to_thread(self.load_package, spec.id, spec.path, self.config.frames)
                     infos.append(info)
                     for key, phase in (("package_open", "open"), ("frame_preload", "frame_preload"),
                                        ("feature_mapping", "feature_mapping")):
@@ -532,7 +539,8 @@ class Endpoints:
                     raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded; DELETE "
                                         f"/v1/packages/{package_id} first or choose another id")
                 try:
-                    info = await asyncio.to_thread(self.state.store.load, package_id, path)
+                    frames = self.state.config.frames
+                    info = await asyncio.to_thread(self.state.load_package, package_id, path, frames)
                 except InputNotFoundError as exc:
                     raise ProtocolError(NOT_FOUND, str(exc)) from None
                 except PackageFormatError as exc:

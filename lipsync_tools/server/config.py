@@ -119,7 +119,8 @@ class ServerConfig:
     On demand: ``catalog`` (a JSON/TOML file of package ids: a request for a catalog id that is not loaded
     loads it, downloading a URL first into ``cache_dir``, default the user cache folder). Budget:
     ``max_memory`` (bytes of decoded frames plus model weights) and ``max_packages``: idle packages and models
-    are unloaded, least recently used first, to make room; a load that cannot fit is refused.
+    are unloaded, least recently used first, to make room; a load that cannot fit is refused. ``frames``:
+    ``"none"`` loads packages for crop-only serving (full frames not decoded; a catalog entry may say so).
     Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
     ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
     ``silence_dbfs`` (RMS level below which a window is silence).
@@ -143,6 +144,7 @@ class ServerConfig:
     cache_dir: Path | None = None
     max_memory: int | None = None
     max_packages: int | None = None
+    frames: str = "all"
     use_package_checkpoint: bool = True
     onnx_cache_dir: Path | None = None
     max_batch: int = 8
@@ -179,6 +181,8 @@ class ServerConfig:
             from lipsync_tools.engine.model_loader import check_family_options
 
             check_family_options(self.family, self.audio_mode)
+        if self.frames not in ("all", "none"):
+            raise UsageError(f"frames must be all or none, got {self.frames!r}")
         if self.max_memory is not None and self.max_memory < 1:
             raise UsageError(f"max_memory must be a positive size, got {self.max_memory}")
         if self.max_packages is not None and self.max_packages < 1:

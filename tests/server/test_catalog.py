@@ -158,3 +158,26 @@ def test_memory_budget_evicts_idle_packages_never_held_ones_and_refuses_what_can
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
         assert "lipsync_package_evictions_total 2" in metrics
         assert f"lipsync_memory_budget_bytes {int(2.5 * per_avatar)}" in metrics
+
+
+def test_crop_only_avatars_cost_megabytes_and_refuse_full_frames(avatars: dict[str, Path], tmp_path: Path):
+    """``"frames": "none"`` (or ``--frames none``): no full frame is decoded; crop_only replies work."""
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"packages": {
+        "lean": {"path": str(avatars["a"]), "frames": "none"},
+        "full": {"path": str(avatars["a"])},
+    }}))
+    config = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", catalog=catalog)
+    with running_server(config) as server, LipsyncClient(server.url) as client:
+        crop = FrameRequest(request_id=1, package_id="lean", frame_index=3, audio=AudioFormat.REPLAY,
+                            image=ImageFormat.CROP_ONLY)
+        reply = client.frame(crop)
+        assert reply.rect is not None and (reply.width, reply.height) == (96, 96)
+        with pytest.raises(ProtocolError, match="loaded without its full frames") as refused:
+            client.frame(replay("lean"))
+        assert refused.value.code == "bad_field"
+        client.frame(replay("full"))
+        listed = {p["id"]: p for p in client.packages()}
+    decoded = 50 * 320 * 240 * 3
+    assert listed["full"]["ram_bytes"] >= decoded and listed["lean"]["frames"] == "none"
+    assert listed["lean"]["ram_bytes"] < decoded / 100
