@@ -153,7 +153,7 @@ def test_one_server_serves_two_families_each_with_its_own_model(
 
     config = ServerConfig(
         packages=(PackageSpec(id="head", path=head_package),), port=0, model="random", backend="onnx",
-        onnx_cache_dir=tmp_path / "onnx", sessions=TEST_LIMITS,
+        onnx_cache_dir=tmp_path / "onnx", sessions=TEST_LIMITS, package_dir=synctalk_package.parent,
     )
     with running_server(config) as server, LipsyncClient(server.url) as client:
         client.load_package("sanders", str(synctalk_package))
@@ -168,7 +168,7 @@ def test_one_server_serves_two_families_each_with_its_own_model(
         ]
         assert all(m["frames"] == 1 for m in models)
     # without --model, a package that embeds no checkpoint has no model: refused at load, clearly
-    bare = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx")
+    bare = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", package_dir=Path("/"))
     with running_server(bare) as server, LipsyncClient(server.url) as client:
         with pytest.raises(ProtocolError, match="embeds no checkpoint, and this server has no wav2lip model"):
             client.load_package("head", str(head_package))

@@ -105,8 +105,22 @@ def serve_cmd(
     ] = None,
     package_dir: Annotated[
         Path | None,
-        typer.Option("--package-dir", help="Run-time loads (POST /v1/packages) only from this folder."),
+        typer.Option(
+            "--package-dir",
+            help="Run-time loads by path (POST /v1/packages {id, path}) only from this folder; without it "
+            "none by path.",
+        ),
     ] = None,
+    allow_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-urls", help="Allow run-time loads of {id, url, sha256} (downloaded, verified)."
+        ),
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Allow a non-loopback --host without --token (a trusted network)."),
+    ] = False,
     no_runtime_loading: Annotated[
         bool, typer.Option("--no-runtime-loading", help="Refuse POST/DELETE /v1/packages.")
     ] = False,
@@ -218,6 +232,8 @@ def serve_cmd(
             max_wait_ms=max_wait_ms,
             queue_limit=queue_limit,
             token=token,
+            allow_urls=allow_urls,
+            insecure=insecure,
             package_dir=package_dir,
             allow_runtime_loading=not no_runtime_loading,
             onnx_cache_dir=onnx_cache,

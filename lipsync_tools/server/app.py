@@ -518,53 +518,103 @@ class Endpoints:
         return JSONResponse({"models": listed})
 
     async def load_package(self, request: Request) -> Response:
-        """``{"id": ID, "path": PATH}`` → load it (201 + its info). See docs/protocol.md for the rules."""
+        """Load a package at run time (201 + its info). The body is one of (docs/protocol.md):
+
+        * ``{"id"}``: a catalog id (``--catalog``);
+        * ``{"id", "path"}``: a file inside ``--package-dir`` (relative paths are relative to it);
+        * ``{"id", "url", "sha256"}``: downloaded into the cache and verified, only with ``--allow-urls``.
+
+        Off without ``--package-dir``/``--allow-urls``/``--catalog``. A refused path never says whether it
+        exists.
+        """
+        config = self.state.config
         try:
-            if not self.state.config.allow_runtime_loading:
+            if not config.allow_runtime_loading:
                 raise ProtocolError(FORBIDDEN, "this server does not load packages at run time")
             body = await read_body(request, MAX_PACKAGE_API_BODY)
             try:
                 obj = json.loads(body)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
-            if not isinstance(obj, dict) or set(obj) != {"id", "path"}:
-                raise ProtocolError(ErrorCode.BAD_FIELD, 'send a JSON object with exactly "id" and "path"')
-            package_id, raw_path = obj["id"], obj["path"]
+            shapes = ({"id"}, {"id", "path"}, {"id", "url", "sha256"})
+            if not isinstance(obj, dict) or set(obj) not in shapes:
+                raise ProtocolError(
+                    ErrorCode.BAD_FIELD,
+                    'send a JSON object {"id"} (a catalog id), {"id", "path"} or {"id", "url", "sha256"}',
+                )
+            package_id = obj["id"]
             check_package_id(package_id)
-            if not isinstance(raw_path, str) or not raw_path or "\0" in raw_path:
-                raise ProtocolError(ErrorCode.BAD_FIELD, '"path" must be a non-empty string')
-            path = self._checked_path(Path(raw_path))
-            async with self.state.load_lock:
-                if package_id in self.state.store:
-                    raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded; DELETE "
-                                        f"/v1/packages/{package_id} first or choose another id")
-                try:
-                    frames = self.state.config.frames
-                    info = await asyncio.to_thread(self.state.load_package, package_id, path, frames)
-                except InputNotFoundError as exc:
-                    raise ProtocolError(NOT_FOUND, str(exc)) from None
-                except PackageFormatError as exc:
-                    raise ProtocolError(BAD_PACKAGE, str(exc)) from None
-                except OSError as exc:
-                    raise ProtocolError(BAD_PACKAGE, f"{path}: cannot read it ({exc})") from None
-            self.metrics.add_gauge("lipsync_packages_loaded", 1)
+            if package_id in self.state.store:
+                raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded; DELETE "
+                                    f"/v1/packages/{package_id} first or choose another id")
+            if set(obj) == {"id"}:
+                catalog = self.state.catalog
+                if catalog is None or package_id not in catalog:
+                    raise ProtocolError(NOT_FOUND, f"{package_id!r} is not in this server's catalog")
+                await self.state.ensure_package(package_id)
+                info = self.state.store.get(package_id).info
+            else:
+                path = await self._runtime_source(obj)
+                async with self.state.load_lock:
+                    if package_id in self.state.store:
+                        raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded")
+                    try:
+                        frames = config.frames
+                        info = await asyncio.to_thread(self.state.load_package, package_id, path, frames)
+                    except InputNotFoundError as exc:
+                        raise ProtocolError(NOT_FOUND, str(exc)) from None
+                    except PackageFormatError as exc:
+                        raise ProtocolError(BAD_PACKAGE, str(exc)) from None
+                    except OSError as exc:
+                        raise ProtocolError(BAD_PACKAGE, f"{path}: cannot read it ({exc})") from None
+                self.metrics.add_gauge("lipsync_packages_loaded", 1)
         except ProtocolError as exc:
             return self._api_error(exc)
         return JSONResponse(info.to_dict(), status_code=201)
 
-    def _checked_path(self, path: Path) -> Path:
-        """``path`` resolved; must be an existing file, inside ``package_dir`` when one is configured."""
+    async def _runtime_source(self, obj: dict[str, Any]) -> Path:
+        """The local file of a ``{"id", "path"}`` or ``{"id", "url", "sha256"}`` load, checked."""
+        config = self.state.config
+        if "path" in obj:
+            raw_path = obj["path"]
+            if not isinstance(raw_path, str) or not raw_path or "\0" in raw_path:
+                raise ProtocolError(ErrorCode.BAD_FIELD, '"path" must be a non-empty string')
+            if config.package_dir is None:
+                raise ProtocolError(FORBIDDEN, "this server loads packages by path only from its "
+                                    "--package-dir, and none was given")
+            return self._checked_path(Path(raw_path))
+        if not config.allow_urls:
+            raise ProtocolError(
+                FORBIDDEN, "this server does not download packages (start it with --allow-urls)"
+            )
+        from lipsync_tools.errors import LipsyncError
+        from lipsync_tools.remote.catalog import CatalogSource
+
         try:
-            resolved = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise ProtocolError(NOT_FOUND, f"{path} does not exist on the server") from None
-        if not resolved.is_file():
-            raise ProtocolError(NOT_FOUND, f"{path} is not a file")
+            source = CatalogSource(url=obj["url"], sha256=obj["sha256"])
+            return await asyncio.to_thread(self.state._fetch, source)
+        except LipsyncError as exc:
+            raise ProtocolError(BAD_PACKAGE, str(exc)) from None
+
+    def _checked_path(self, path: Path) -> Path:
+        """``path`` (relative: to ``package_dir``) resolved inside ``package_dir``, an existing file.
+
+        A path outside the folder is refused with the same answer whether it exists or not; symlinks and
+        ``..`` are resolved first, so they cannot lead outside.
+        """
         folder = self.state.config.package_dir
-        if folder is not None and not resolved.is_relative_to(folder.resolve()):
-            # resolve() first: symlinks and '..' cannot lead outside the folder
+        assert folder is not None  # checked by the caller
+        root = folder.resolve()
+        candidate = path if path.is_absolute() else root / path
+        try:
+            resolved = candidate.resolve(strict=False)
+        except (OSError, RuntimeError):
+            resolved = None
+        if resolved is None or not resolved.is_relative_to(root):
             raise ProtocolError(FORBIDDEN, f"{path} is outside the server's package folder; this server "
                                 "loads packages only from its --package-dir")
+        if not resolved.is_file():
+            raise ProtocolError(NOT_FOUND, f"{path} is not a file in the server's package folder")
         return resolved
 
     async def unload_package(self, request: Request) -> Response:

@@ -124,8 +124,10 @@ class ServerConfig:
     Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
     ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
     ``silence_dbfs`` (RMS level below which a window is silence).
-    Safety: ``token`` (bearer token, ``None`` = open), ``package_dir`` (run-time loads must be inside it;
-    ``None`` = any readable path), ``allow_runtime_loading``.
+    Safety: ``token`` (bearer token, ``None`` = open; required when ``host`` is not a loopback address unless
+    ``insecure``), ``package_dir`` (run-time loads by path only inside it; ``None``: none by path),
+    ``allow_urls`` (run-time loads of ``{"id", "url", "sha256"}``), ``allow_runtime_loading`` (off: no
+    run-time load or unload at all; catalog ids still load on demand).
     """
 
     packages: tuple[PackageSpec, ...] = ()
@@ -145,6 +147,8 @@ class ServerConfig:
     max_memory: int | None = None
     max_packages: int | None = None
     frames: str = "all"
+    allow_urls: bool = False
+    insecure: bool = False
     use_package_checkpoint: bool = True
     onnx_cache_dir: Path | None = None
     max_batch: int = 8
@@ -207,4 +211,21 @@ class ServerConfig:
             raise UsageError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.token is not None and not self.token.strip():
             raise UsageError("the bearer token is empty; give a real token or none")
+        if self.token is None and not self.insecure and not is_loopback(self.host):
+            raise UsageError(
+                f"--host {self.host} exposes the server beyond this machine without a token: pass --token "
+                "(or set LIPSYNC_TOKEN), or --insecure if the network is trusted"
+            )
         self.sessions.check()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only: localhost, 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -28,9 +28,13 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live_server(avatar_package: Path, onnx_cache: Path) -> Iterator[LipsyncServer]:
-    """A ready server with ``astro`` loaded and random weights, on 127.0.0.1 at a free port."""
-    with running_server(random_model_config(avatar_package, onnx_cache)) as server:
+def live_server(
+    avatar_package: Path, onnx_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LipsyncServer]:
+    """A ready server with ``astro`` loaded and random weights, on 127.0.0.1 at a free port; run-time loads
+    by path from the session's temporary folders (its --package-dir)."""
+    config = random_model_config(avatar_package, onnx_cache, package_dir=tmp_path_factory.getbasetemp())
+    with running_server(config) as server:
         yield server
 
 

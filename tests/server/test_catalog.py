@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lipsync_tools.client import LipsyncClient
-from lipsync_tools.errors import ProtocolError
+from lipsync_tools.errors import ProtocolError, UsageError
 from lipsync_tools.models.checkpoint import random_wav2lip
 from lipsync_tools.pipeline.build import build_package
 from lipsync_tools.protocol.messages import AudioFormat, FrameRequest, ImageFormat, Pacing
@@ -181,3 +181,46 @@ def test_crop_only_avatars_cost_megabytes_and_refuse_full_frames(avatars: dict[s
     decoded = 50 * 320 * 240 * 3
     assert listed["full"]["ram_bytes"] >= decoded and listed["lean"]["frames"] == "none"
     assert listed["lean"]["ram_bytes"] < decoded / 100
+
+
+def test_run_time_loading_is_safe_by_default(avatars: dict[str, Path], tmp_path: Path):
+    """Paths only under --package-dir (never saying whether an outside path exists), URLs only with
+    --allow-urls, catalog ids by id; a non-loopback host needs a token."""
+    body = avatars["b"].read_bytes()
+    sha = hashlib.sha256(body).hexdigest()
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"packages": {"a": {"path": str(avatars["a"])}}}))
+    inside = tmp_path / "packages"
+    inside.mkdir()
+    (inside / "b.sanders").write_bytes(body)
+    with loopback_server() as http:
+        url = http.route("/b.sanders", Reply(body=body))
+        closed = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", catalog=catalog)
+        with running_server(closed) as server:
+            post = lambda obj: httpx.post(f"{server.url}/v1/packages", json=obj, timeout=30)  # noqa: E731
+            by_path = post({"id": "x", "path": str(inside / "b.sanders")})
+            assert (by_path.status_code, by_path.json()["code"]) == (403, "forbidden")
+            assert "--package-dir" in by_path.json()["message"]
+            by_url = post({"id": "x", "url": url, "sha256": sha})
+            assert (by_url.status_code, by_url.json()["code"]) == (403, "forbidden")
+            assert post({"id": "a"}).status_code == 201  # a catalog id loads by id
+        opened = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", package_dir=inside,
+                              allow_urls=True, cache_dir=tmp_path / "cache")
+        with running_server(opened) as server:
+            post = lambda obj: httpx.post(f"{server.url}/v1/packages", json=obj, timeout=30)  # noqa: E731
+            assert post({"id": "rel", "path": "b.sanders"}).status_code == 201  # relative to --package-dir
+            existing_outside = post({"id": "o1", "path": str(avatars["a"])}).json()
+            missing_outside = post({"id": "o2", "path": str(avatars["a"].parent / "nope.sanders")}).json()
+            assert existing_outside["code"] == missing_outside["code"] == "forbidden"
+            assert "outside" in existing_outside["message"] and "outside" in missing_outside["message"]
+            escape = post({"id": "o3", "path": "../" + avatars["a"].name}).json()
+            assert escape["code"] == "forbidden"
+            assert post({"id": "web", "url": url, "sha256": sha}).status_code == 201
+            wrong = post({"id": "web2", "url": url, "sha256": "0" * 64}).json()
+            assert wrong["code"] == "bad_package" and "sha256" in wrong["message"].lower()
+    exposed = ServerConfig(host="0.0.0.0", port=0)
+    with pytest.raises(UsageError, match="without a token"):
+        exposed.check()  # checked only: nothing is bound
+    ServerConfig(host="0.0.0.0", port=0, token="s3cret").check()
+    ServerConfig(host="0.0.0.0", port=0, insecure=True).check()
+    ServerConfig(host="::1", port=0).check()

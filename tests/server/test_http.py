@@ -83,8 +83,10 @@ def test_packages_list_load_and_unload_at_run_time(url: str, avatar_package: Pat
     [
         ({"id": "../etc", "path": "x"}, "bad_field", 400),
         ({"id": ".hidden", "path": "x"}, "bad_field", 400),
-        ({"id": "ok", "path": "/definitely/not/here.sanders"}, "not_found", 404),
-        ({"id": "ok"}, "bad_field", 400),
+        ({"id": "ok", "path": "/definitely/not/here.sanders"}, "forbidden", 403),  # outside: existence unsaid
+        ({"id": "ok", "path": "not/here.sanders"}, "not_found", 404),  # relative to --package-dir
+        ({"id": "ok"}, "not_found", 404),  # a catalog id, and this server has no catalog
+        ({"id": "ok", "url": "http://127.0.0.1:9/x.sanders", "sha256": "0" * 64}, "forbidden", 403),
         ({"id": "ok", "path": "x", "extra": 1}, "bad_field", 400),
         ({"id": "ok", "path": 5}, "bad_field", 400),
     ],

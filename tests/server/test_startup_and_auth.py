@@ -181,7 +181,8 @@ def test_packages_with_different_checkpoints_are_served_by_their_own_models(
                 for name, ckpt in (("a", checkpoints[0]), ("b", checkpoints[1]), ("c", checkpoints[0]))}
 
     specs = (PackageSpec(id="a", path=packages["a"]), PackageSpec(id="c", path=packages["c"]))
-    config = ServerConfig(packages=specs, port=0, backend="onnx", onnx_cache_dir=onnx_cache)
+    config = ServerConfig(packages=specs, port=0, backend="onnx", onnx_cache_dir=onnx_cache,
+                          package_dir=tmp_path)
     with running_server(config) as server, LipsyncClient(server.url) as client:
         models = server.state.engine.models.infos()  # type: ignore[union-attr]
         assert len(models) == 1 and models[0]["packages"] == ["a", "c"]  # one checkpoint, one model
