@@ -107,6 +107,7 @@ class ServerLaunch:
     family: str | None = None  # original servers: the family to render (packages carry their own)
     audio_encoder: str | None = None  # original servers of AVE families: a path, or "random" (seed ``seed``)
     max_batch: int = 8
+    catalog: Path | None = None  # a package server that loads ``package_id`` on demand from this catalog
     log_dir: Path
     onnx_cache: Path | None = None  # shared by the servers: one ONNX export per run, not one per server
 
@@ -136,6 +137,8 @@ class ServerLaunch:
             cmd += ["--family", self.family]
         if self.kind == "original" and self.audio_encoder is not None:
             cmd += ["--audio-encoder", self.audio_encoder]
+        if self.catalog is not None:
+            return [*cmd, "--catalog", str(self.catalog)]
         spec = f"{self.package_id}={self.path}"
         return [*cmd, "--original", spec] if self.kind == "original" else [*cmd, spec]
 

@@ -100,6 +100,16 @@ RESULT_SCHEMA: dict[str, Any] = {
             "note": str,
         }
     ],
+    "cold_start": {
+        "first_frame_ms": NUM,
+        "warm_frame_ms": NUM,
+        "rss_before_mb": NUM,
+        "rss_after_mb": NUM,
+        "first_load_rss_mb": NUM,
+        "package_rss_mb": NUM,
+        "decoded_frames_mb": NUM,
+        "rss_over_decoded": OPT_NUM,
+    },
     "notes": list,
     "headline": {
         "non_model_ratio_original_over_preloaded": OPT_NUM,
@@ -315,6 +325,18 @@ def tables(result: dict[str, Any]) -> list[Table]:
          _ms(f["ms_per_frame_p90"]), f["note"]]
         for f in result.get("families", [])
     ]
+    cold = result.get("cold_start")
+    if cold:
+        out.append(
+            Table(
+                "Cold start: a package loaded on demand by its first frame (--catalog)",
+                ["first frame ms", "next frames ms", "RSS of first load (with model) MB",
+                 "RSS of a package MB", "decoded frames MB", "package / decoded"],
+                [[_ms(cold["first_frame_ms"]), _ms(cold["warm_frame_ms"]), f"{cold['first_load_rss_mb']:.1f}",
+                  f"{cold['package_rss_mb']:.1f}", f"{cold['decoded_frames_mb']:.1f}",
+                  str(cold["rss_over_decoded"])]],
+            )
+        )
     if family_rows:
         out.append(
             Table(

@@ -15,7 +15,10 @@
 6. **model backends**: torch eager, torch channels_last and ONNX Runtime at batch 1 and batched, in this
    process after the servers stopped;
 7. **model families**: the network time of every registered family (Wav2Lip, SyncTalk_2D-328/160,
-   Ultralight-160) side by side, ONNX Runtime and torch, random weights, batch 1 and batched.
+   Ultralight-160) side by side, ONNX Runtime and torch, random weights, batch 1 and batched;
+8. **cold start**: a server started with ``--catalog`` and nothing loaded; the first frame of the package
+   (loaded on demand: open, decode, model load) against the next one, and the server's RSS growth for the
+   package against its decoded frame bytes.
 
 The result is one JSON-ready dict, documented (and checked) by
 :data:`lipsync_tools.bench.report.RESULT_SCHEMA`.
@@ -230,6 +233,8 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
             server.stop()
         say("model backends: torch eager, torch channels_last, ONNX Runtime")
         backends = model_backends(options, bench_input, work)
+        say("cold start: the first frame of a package loaded on demand (--catalog)")
+        cold = cold_start(options, bench_input, work)
         say("model families: every family's network, ONNX Runtime and torch")
         families = family_networks(options, work)
     result = {
@@ -256,6 +261,7 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
         "scaling": scaling,
         "backends": backends,
         "families": families,
+        "cold_start": cold,
         "notes": notes,
     }
     result["headline"] = headline(result)
@@ -656,6 +662,62 @@ def model_backends(options: CompareOptions, bench_input: BenchInput, work: Path)
                 }
             )
     return rows
+
+
+def cold_start(options: CompareOptions, bench_input: BenchInput, work: Path) -> dict[str, Any]:
+    """First-frame latency of a package that is not loaded (``--catalog`` loads it on demand, with its
+    model), the next frames', and RSS: what the first load added (package and model), and what a second
+    package sharing that model added, against its decoded frames (``N x H x W x 3``)."""
+    import json
+
+    import psutil
+
+    from ..client import LipsyncClient
+
+    catalog = work / "cold-catalog.json"
+    path = str(bench_input.package.resolve())
+    second = f"{PACKAGE_ID}-2"  # the same file under another id: a package whose model is already loaded
+    catalog.write_text(json.dumps({"packages": {PACKAGE_ID: {"path": path}, second: {"path": path}}}))
+    launch = ServerLaunch(
+        name="cold", kind="package", package_id=PACKAGE_ID, path=bench_input.package, seed=options.seed,
+        backend=options.backend, max_batch=8, log_dir=work / "logs", onnx_cache=work / "onnx",
+        catalog=catalog,
+    )
+    server = ServerProcess.start(launch, options.server_start_seconds)
+    try:
+        process = psutil.Process(server.pid)
+        before = process.memory_info().rss
+        spec = MODES["preloaded"]
+        with LipsyncClient(server.url) as client:
+            t0 = time.perf_counter()
+            reply = client.frame(_request(spec, bench_input, 0, 1, options.jpeg_quality))
+            check_reply(reply, spec, 0, bench_input)
+            first = time.perf_counter() - t0
+            warm: list[float] = []
+            for k in range(1, 4):
+                t0 = time.perf_counter()
+                reply = client.frame(_request(spec, bench_input, k, k + 1, options.jpeg_quality))
+                warm.append(time.perf_counter() - t0)
+                check_reply(reply, spec, k, bench_input)
+            after = process.memory_info().rss
+            request = _request(spec, bench_input, 0, 9, options.jpeg_quality)
+            request = replace(request, package_id=second)
+            client.frame(request)
+            after_second = process.memory_info().rss
+    finally:
+        server.stop()
+    decoded = bench_input.n_frames * bench_input.width * bench_input.height * 3
+    grown = max(0, after_second - after)
+    return {
+        "first_frame_ms": round(first * 1000, 2),
+        "warm_frame_ms": round(float(np.median(warm)) * 1000, 2),
+        "rss_before_mb": round(before / 1e6, 1),
+        "rss_after_mb": round(after / 1e6, 1),
+        "first_load_rss_mb": round(max(0, after - before) / 1e6, 1),
+        "package_rss_mb": round(grown / 1e6, 1),
+        "decoded_frames_mb": round(decoded / 1e6, 1),
+        "rss_over_decoded": round(grown / decoded, 3) if decoded else None,
+    }
 
 
 def family_networks(options: CompareOptions, work: Path) -> list[dict[str, Any]]:

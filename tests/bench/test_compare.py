@@ -88,6 +88,8 @@ def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any])
     assert timed >= {(name, runtime, 1) for name in MODEL_FAMILIES for runtime in ("onnx", "torch")}
     assert all(f["ms_per_frame_median"] > 0 for f in result["families"])
     assert result["input"]["family"] == "wav2lip"
+    cold = result["cold_start"]
+    assert cold["first_frame_ms"] > cold["warm_frame_ms"] > 0 and cold["decoded_frames_mb"] > 0
     headline = result["headline"]
     assert headline["non_model_ratio_original_over_preloaded"] > 0
     assert headline["preloaded_end_to_end_over_model"] > 1
@@ -97,7 +99,7 @@ def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any])
 @pytest.mark.slow
 def test_tables_markdown_and_plot_show_every_figure(result: dict[str, Any], tmp_path: Path):
     titles = [t.title for t in tables(result)]
-    assert len(titles) == 6
+    assert len(titles) == 7
     markdown = to_markdown(result)
     for needle in (
         "face detection",
@@ -255,6 +257,16 @@ def result_like() -> dict[str, Any]:
                 "note": "",
             }
         ],
+        "cold_start": {
+            "first_frame_ms": 900.0,
+            "warm_frame_ms": 50.0,
+            "rss_before_mb": 500.0,
+            "rss_after_mb": 520.0,
+            "first_load_rss_mb": 20.0,
+            "package_rss_mb": 20.0,
+            "decoded_frames_mb": 9.0,
+            "rss_over_decoded": 2.2,
+        },
         "families": [
             {
                 "family": "synctalk2d-328",
