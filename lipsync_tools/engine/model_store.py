@@ -192,6 +192,17 @@ class ModelStore:
     def _recipe(self, package: Package, external: Path | None = None) -> _Recipe:
         d = self.defaults
         family, mode = package.family, package.audio_mode
+        from ..models import get_family
+
+        try:
+            takes = get_family(family).crop_size
+        except UsageError as exc:
+            raise PackageFormatError(f"{package.path}: manifest model.family: {exc}") from None
+        if package.crop_size != takes:
+            raise PackageFormatError(
+                f"{package.path}: dataset 'crops' holds {package.crop_size}-pixel crops but the {family} "
+                f"network takes {takes}; rebuild the package for it (lipsync build-package --family {family})"
+            )
         if self._fixed is not None:
             served = self._models[self._fixed]
             if (family, mode) != (served.backend.family.name, served.backend.audio_mode.name):

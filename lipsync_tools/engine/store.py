@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from ..audio.mel import MEL_WINDOW_FRAMES
-from ..errors import PackageFormatError, ProtocolError, UsageError
+from ..errors import LipsyncError, PackageFormatError, ProtocolError, UsageError
 from ..package.reader import Package, open_package
 from ..protocol.messages import ErrorCode, check_package_id
 
@@ -327,9 +327,17 @@ class PackageStore(IdRegistry[LoadedPackage]):
 
         from ..media.images import decode_image
 
+        def decode(index: int) -> np.ndarray:
+            try:
+                return decode_image(package.encoded_frames[index])
+            except LipsyncError as exc:
+                raise PackageFormatError(
+                    f"{path}: dataset 'frames', frame {index}: {exc} Rebuild the package"
+                ) from None
+
         with ThreadPoolExecutor(max_workers=max(1, min(self.decode_threads, package.n_frames))) as pool:
             # cv2.imdecode releases the GIL, so frames decode in parallel.
-            frames = list(pool.map(decode_image, package.encoded_frames))
+            frames = list(pool.map(decode, range(len(package.encoded_frames))))
         m = package.manifest
         for i, frame in enumerate(frames):
             if frame.shape != (m.video.height, m.video.width, 3):
@@ -382,8 +390,16 @@ class PackageStore(IdRegistry[LoadedPackage]):
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise PackageFormatError(
-                f"{path}: crop rectangle {i} {tuple(rects_array[i])} is empty or outside the "
+                f"{path}: dataset 'rects', rectangle {i} {tuple(rects_array[i])} is empty or outside the "
                 f"{m.video.width}x{m.video.height} frame; rebuild the package"
+            )
+        not_square = (x1 - x0) != (y1 - y0)
+        if not_square.any():
+            i = int(np.flatnonzero(not_square)[0])
+            raise PackageFormatError(
+                f"{path}: dataset 'rects', rectangle {i} {tuple(rects_array[i])} is not square "
+                f"({int(x1[i] - x0[i])}x{int(y1[i] - y0[i])}); crops are pasted back into squares. Rebuild "
+                "the package"
             )
         starts = np.asarray(package.mel_index, dtype=np.int64)
         columns = package.mel.shape[1]

@@ -25,6 +25,7 @@ from .spec import (
     MAX_CROP_SIZE,
     MAX_ENCODED_FRAME_BYTES,
     MAX_FEATURE_DIM,
+    MAX_FPS,
     MAX_FRAME_SIDE,
     MAX_FRAMES,
     MAX_LANDMARKS,
@@ -154,8 +155,10 @@ def read_manifest(f: h5py.File, path: Path) -> Manifest:
     for value, low, high, name in limits:
         if not low <= value <= high:
             raise PackageFormatError(f"{path}: manifest {name} is {value}; expected {low}..{high}")
-    if not m.video.fps > 0:
-        raise PackageFormatError(f"{path}: manifest video.fps is {m.video.fps}; expected > 0")
+    if not 0 < m.video.fps <= MAX_FPS:
+        raise PackageFormatError(
+            f"{path}: manifest video.fps is {m.video.fps}; expected more than 0, at most {MAX_FPS:g}"
+        )
     if m.model is not None:
         row = m.model.feature_row_shape
         sizes_ok = all(1 <= d <= MAX_FEATURE_DIM for d in row) and int(np.prod(row)) <= MAX_FEATURE_DIM

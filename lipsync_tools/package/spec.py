@@ -28,6 +28,7 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_ENCODED_FRAME_BYTES = 64 * 1024 * 1024
 MAX_AUDIO_SAMPLES = 16_000 * 60 * 60 * 12  # 12 hours at 16 kHz
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
+MAX_FPS = 240.0  # frames per second of the stored video; real footage is 24..60
 MAX_FEATURE_DIM = 65_536  # values per audio feature row (AVE: 512, HuBERT: 2 x 1024, WeNet: 16 x 512)
 
 MEL_BANDS = 80

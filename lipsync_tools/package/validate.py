@@ -102,6 +102,21 @@ def _check_datasets(f: h5py.File, manifest: Manifest) -> list[Problem]:
     return problems
 
 
+def _check_frames_decode(f: h5py.File, manifest: Manifest) -> list[Problem]:
+    """Every stored frame decodes to the manifest's size (what a server checks when it loads)."""
+    import cv2
+
+    expected = (manifest.video.height, manifest.video.width, 3)
+    frames = f["frames"]
+    for i in range(frames.shape[0]):
+        image = cv2.imdecode(np.asarray(frames[i], dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None or image.shape != expected:
+            found = "undecodable bytes" if image is None else f"an image of shape {image.shape}"
+            return [Problem("frames", f"frame {i} holds {found}; expected a {manifest.frames.codec} image of "
+                                      f"shape {expected}")]
+    return []
+
+
 def _check_values(f: h5py.File, manifest: Manifest) -> list[Problem]:
     problems: list[Problem] = []
     w, h = manifest.video.width, manifest.video.height
@@ -122,6 +137,13 @@ def _check_values(f: h5py.File, manifest: Manifest) -> list[Problem]:
                 f"empty (first at frame {int(np.argmax(bad))})",
             )
         )
+    not_square = (rects[:, 2] - rects[:, 0]) != (rects[:, 3] - rects[:, 1])
+    if not_square.any():
+        problems.append(
+            Problem("rects", f"{int(not_square.sum())} rectangles are not square (first at frame "
+                             f"{int(np.argmax(not_square))})")
+        )
+    problems.extend(_check_frames_decode(f, manifest))
     mel_index = f["audio/mel_index"][...]
     columns = manifest.audio.mel_columns
     bad_mel = (mel_index < 0) | (mel_index + MEL_WINDOW > columns)
