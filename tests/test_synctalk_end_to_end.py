@@ -166,7 +166,7 @@ def test_one_server_serves_two_families_each_with_its_own_model(
         assert sorted((m["family"], tuple(m["packages"])) for m in models) == [
             ("synctalk2d-328", ("sanders",)), ("wav2lip", ("head",))
         ]
-        assert all(m["frames"] == 1 for m in models)
+        assert all(m["frames"] >= 1 for m in models)  # the startup warm-up renders a few of head's too
     # without --model, a package that embeds no checkpoint has no model: refused at load, clearly
     bare = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", package_dir=Path("/"))
     with running_server(bare) as server, LipsyncClient(server.url) as client:
