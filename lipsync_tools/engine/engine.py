@@ -429,6 +429,8 @@ class Engine:
             seconds = time.perf_counter() - t0
             inference = _us(seconds)
             model.frames += len(batch)
+            for k in batch:
+                jobs[k].package.usage.frames += 1
             model.batches += 1
             model.inference_seconds += seconds
             for row, k in enumerate(batch):

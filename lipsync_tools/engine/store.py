@@ -71,6 +71,7 @@ class PackageUsage:
 
     last_used: float = field(default_factory=time.monotonic)
     sessions: int = 0
+    frames: int = 0  # model frames rendered for it
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -258,7 +259,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
         """Every loaded package's info with its usage (``GET /v1/packages``)."""
         now = time.monotonic()
         return [
-            {**item.info.to_dict(), "sessions": item.usage.sessions,
+            {**item.info.to_dict(), "sessions": item.usage.sessions, "frames": item.usage.frames,
              "idle_seconds": round(now - item.usage.last_used, 3)}
             for item in list(self._items.values())
         ]

@@ -460,7 +460,8 @@ class Endpoints:
             self.metrics.set_models(models.infos(), models.loads, models.evictions)
         store: Any = self.state.store
         if hasattr(store, "used_bytes"):
-            self.metrics.set_memory(store.used_bytes(), store.budget.max_bytes, store.evictions)
+            self.metrics.set_memory(store.used_bytes(), store.budget.max_bytes, store.evictions,
+                                    store.describe())
         return PlainTextResponse(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def frame(self, request: Request) -> Response:

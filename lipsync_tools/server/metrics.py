@@ -113,6 +113,8 @@ class Metrics:
             "lipsync_memory_budget_bytes": (
                 "gauge", "The memory budget (--max-memory); 0 when there is none."),
             "lipsync_package_evictions_total": ("counter", "Idle packages unloaded to make room."),
+            "lipsync_package_frames_total": (
+                "counter", "Model frames each loaded package got, by package id."),
             "lipsync_model_loads_total": ("counter", "Models loaded since start."),
             "lipsync_model_evictions_total": ("counter", "Idle models unloaded to make room (--max-models)."),
             "lipsync_model_frames_total": ("counter", "Frames each loaded model rendered, by model key."),
@@ -207,9 +209,15 @@ class Metrics:
                 (("model", str(m["key"])[:80]),): float(m["inference_seconds"]) for m in listed
             }
 
-    def set_memory(self, used: int, budget: int | None, evictions: int) -> None:
-        """The memory budget's state (set when /metrics is read)."""
+    def set_memory(
+        self, used: int, budget: int | None, evictions: int, packages: Iterable[dict[str, Any]] = ()
+    ) -> None:
+        """The memory budget's state and per-package frames (set when /metrics is read; one label value per
+        loaded package: the budget and --max-packages bound them)."""
         with self._lock:
+            self._counters["lipsync_package_frames_total"] = {
+                (("package", str(p["id"])),): float(p.get("frames", 0)) for p in packages
+            }
             self._gauges["lipsync_memory_used_bytes"] = {(): float(used)}
             self._gauges["lipsync_memory_budget_bytes"] = {(): float(budget or 0)}
             self._counters["lipsync_package_evictions_total"] = {(): float(evictions)}

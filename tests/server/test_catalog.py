@@ -107,6 +107,8 @@ def test_catalog_ids_load_on_first_request(avatars: dict[str, Path], tmp_path: P
             assert any(m["key"] == f"sha256:{sha3}" for m in models)
             metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
             assert "lipsync_catalog_loads_total 3" in metrics and "lipsync_models_loaded 3" in metrics
+            assert 'lipsync_package_frames_total{package="c"} 1' in metrics
+            assert f'lipsync_model_frames_total{{model="sha256:{sha3}"}} 1' in metrics
 
 
 def test_memory_budget_evicts_idle_packages_never_held_ones_and_refuses_what_cannot_fit(
