@@ -2,13 +2,13 @@
 
 Which model serves a package (documented in docs/engine.md, *Models*):
 
-1. ``--model random`` / ``identity``: random weights (or the identity network) of the package's own family;
-   one model per (family, audio mode), shared by every package of it;
-2. ``--checkpoint PATH``: that checkpoint serves every package of its family; packages of another family
-   use their embedded checkpoint;
-3. otherwise the package's embedded checkpoint, identified by the SHA-256 its manifest records: packages
-   embedding the same checkpoint share one loaded model;
-4. a package that none of these covers is refused when it is loaded (``bad_package``), naming what to pass.
+1. a catalog entry's ``checkpoint`` (a model kept outside the package) serves that package;
+2. ``--model random`` / ``identity``: random weights (or the identity network) of the package's own family,
+   even over an embedded checkpoint (a demo says so); one model per (family, audio mode);
+3. the package's embedded checkpoint, identified by the SHA-256 its manifest records: packages embedding the
+   same checkpoint share one loaded model;
+4. ``--checkpoint PATH``, the server's default: it serves the packages of its family that embed none;
+5. a package that none of these covers is refused when it is loaded (``bad_package``), naming what to pass.
 
 AVE families also need an AVE encoder (``--audio-encoder``, else the package's embedded one, else the random
 seed the package recorded); it is part of the model's identity, so two packages share a model only when
@@ -225,11 +225,11 @@ class ModelStore:
         if d.model in ("random", "identity"):
             seed = f":seed{d.seed}" if d.model == "random" else ""
             return _Recipe(f"{d.model}:{family}:{mode}{seed}{encoder}", hints, None, d.model)
-        if d.checkpoint is not None and self._checkpoint_family == family:
-            return _Recipe(f"{self._checkpoint_key}{encoder}", hints, d.checkpoint, None)
         embedded = package.manifest.datasets.get("model/checkpoint")
         if embedded is not None and d.use_package_checkpoint:
             return _Recipe(f"sha256:{embedded.sha256}{encoder}", hints, None, None)
+        if d.checkpoint is not None and self._checkpoint_family == family:
+            return _Recipe(f"{self._checkpoint_key}{encoder}", hints, d.checkpoint, None)
         given = ""
         if d.checkpoint is not None:
             given = f"; --checkpoint is a {self._checkpoint_family} checkpoint"

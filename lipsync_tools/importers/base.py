@@ -57,9 +57,9 @@ from ..package.manifest import (
     ToolMeta,
     VideoMeta,
 )
-from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MEL_WINDOW
+from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, MEL_WINDOW
 from ..package.writer import PackageWriter, check_output_path
-from ..pipeline.build import model_meta
+from ..pipeline.build import check_frame_storage, model_meta
 from ..pipeline.crop import crop_face, to_crop_coordinates
 from ..pipeline.features import audio_features, audio_meta
 from ..pipeline.masks import MaskOptions, blend_mask, model_input_mask
@@ -101,14 +101,7 @@ class ImportOptions:
             raise UsageError(
                 f"--fps is {self.fps}; expected a frame rate in 1..240 (SyncTalk_2D datasets: 25)"
             )
-        if self.frame_codec not in FRAME_CODECS:
-            raise UsageError(
-                f"frame codec is {self.frame_codec!r}; expected one of {', '.join(FRAME_CODECS)}"
-            )
-        if self.frame_codec == "jpeg" and not 1 <= self.frame_quality <= 100:
-            raise UsageError(f"JPEG quality is {self.frame_quality}; expected 1..100")
-        if self.frame_codec == "png" and not 0 <= self.frame_quality <= 9:
-            raise UsageError(f"PNG compression level is {self.frame_quality}; expected 0..9")
+        check_frame_storage(self.frame_codec, self.frame_quality)
         MaskOptions(feather=self.feather)
 
 

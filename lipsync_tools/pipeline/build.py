@@ -79,14 +79,7 @@ class BuildOptions:
     detect_max_side: int = 640
 
     def __post_init__(self) -> None:
-        if self.frame_codec not in FRAME_CODECS:
-            raise UsageError(
-                f"frame codec is {self.frame_codec!r}; expected one of {', '.join(FRAME_CODECS)}"
-            )
-        if self.frame_codec == "jpeg" and not 1 <= self.frame_quality <= 100:
-            raise UsageError(f"JPEG quality is {self.frame_quality}; expected 1..100")
-        if self.frame_codec == "png" and not 0 <= self.frame_quality <= 9:
-            raise UsageError(f"PNG compression level is {self.frame_quality}; expected 0..9")
+        check_frame_storage(self.frame_codec, self.frame_quality)
         # Construct the stage options now so a bad value fails before any work.
         family = self.model_family()
         family.audio_mode(self.audio_mode)
@@ -126,6 +119,17 @@ class BuildOptions:
         values["crop_size"] = self.effective_crop_size
         values["audio_mode"] = self.model_family().audio_mode(self.audio_mode).name
         return values
+
+
+def check_frame_storage(codec: str, quality: int) -> None:
+    """Raise :class:`UsageError` unless ``codec`` is a stored-frame codec and ``quality`` suits it (JPEG
+    quality 1..100, PNG compression level 0..9). Builds and imports store frames the same way."""
+    if codec not in FRAME_CODECS:
+        raise UsageError(f"frame codec is {codec!r}; expected one of {', '.join(FRAME_CODECS)}")
+    if codec == "jpeg" and not 1 <= quality <= 100:
+        raise UsageError(f"JPEG quality is {quality}; expected 1..100")
+    if codec == "png" and not 0 <= quality <= 9:
+        raise UsageError(f"PNG compression level is {quality}; expected 0..9")
 
 
 @dataclass

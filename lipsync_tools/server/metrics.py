@@ -118,6 +118,8 @@ class Metrics:
             "lipsync_model_loads_total": ("counter", "Models loaded since start."),
             "lipsync_model_evictions_total": ("counter", "Idle models unloaded to make room (--max-models)."),
             "lipsync_model_frames_total": ("counter", "Frames each loaded model rendered, by model key."),
+            "lipsync_model_batches_total": (
+                "counter", "Model calls of each loaded model (frames / batches = its mean batch size)."),
             "lipsync_model_inference_seconds_total": (
                 "counter", "Model call time of each loaded model, by model key, in seconds."),
         }
@@ -204,6 +206,9 @@ class Metrics:
             self._counters["lipsync_model_evictions_total"] = {(): float(evictions)}
             self._counters["lipsync_model_frames_total"] = {
                 (("model", str(m["key"])[:80]),): float(m["frames"]) for m in listed
+            }
+            self._counters["lipsync_model_batches_total"] = {
+                (("model", str(m["key"])[:80]),): float(m["batches"]) for m in listed
             }
             self._counters["lipsync_model_inference_seconds_total"] = {
                 (("model", str(m["key"])[:80]),): float(m["inference_seconds"]) for m in listed
