@@ -259,7 +259,8 @@ class PackageStore(IdRegistry[LoadedPackage]):
         """Every loaded package's info with its usage (``GET /v1/packages``)."""
         now = time.monotonic()
         return [
-            {**item.info.to_dict(), "sessions": item.usage.sessions, "frames": item.usage.frames,
+            {**item.info.to_dict(), "sessions": item.usage.sessions,
+             "frames_rendered": item.usage.frames,
              "idle_seconds": round(now - item.usage.last_used, 3)}
             for item in list(self._items.values())
         ]

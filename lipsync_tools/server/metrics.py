@@ -221,7 +221,7 @@ class Metrics:
         loaded package: the budget and --max-packages bound them)."""
         with self._lock:
             self._counters["lipsync_package_frames_total"] = {
-                (("package", str(p["id"])),): float(p.get("frames", 0)) for p in packages
+                (("package", str(p["id"])),): float(p.get("frames_rendered", 0)) for p in packages
             }
             self._gauges["lipsync_memory_used_bytes"] = {(): float(used)}
             self._gauges["lipsync_memory_budget_bytes"] = {(): float(budget or 0)}
