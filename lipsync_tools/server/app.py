@@ -211,8 +211,10 @@ class ServerState:
         entry = self.catalog[package_id]
         started = time.perf_counter()
         try:
-            path = await asyncio.to_thread(self._fetch, entry.package)
-            checkpoint = await asyncio.to_thread(self._fetch, entry.checkpoint) if entry.checkpoint else None
+            path = await asyncio.to_thread(self.fetch_source, entry.package)
+            checkpoint = None
+            if entry.checkpoint is not None:
+                checkpoint = await asyncio.to_thread(self.fetch_source, entry.checkpoint)
             async with self.load_lock:
                 if package_id in self.store:
                     return
@@ -240,7 +242,7 @@ class ServerState:
         load: Any = self.store.load
         return load(package_id, path, frames=frames)
 
-    def _fetch(self, source: Any) -> Path:
+    def fetch_source(self, source: Any) -> Path:
         """A catalog source's local file: its path, or its URL pulled into the cache (verified)."""
         from lipsync_tools.remote import default_cache_dir, pull
 
@@ -593,7 +595,7 @@ class Endpoints:
 
         try:
             source = CatalogSource(url=obj["url"], sha256=obj["sha256"])
-            return await asyncio.to_thread(self.state._fetch, source)
+            return await asyncio.to_thread(self.state.fetch_source, source)
         except LipsyncError as exc:
             raise ProtocolError(BAD_PACKAGE, str(exc)) from None
 
