@@ -69,6 +69,24 @@ _WENET_8 = AudioMode(
 
 _UNET_SOURCE = "SyncTalk_2D (ZiqiaoPeng/SyncTalk_2D), per avatar"
 
+def _unet_family(
+    name: str,
+    title: str,
+    source: str,
+    *,
+    crop_size: int,
+    hidden_rect: tuple[int, int, int, int],
+    audio_modes: tuple[AudioMode, ...],
+) -> ModelFamily:
+    """A per-avatar UNet family (SyncTalk_2D, Ultralight): SyncTalk_2D's box, a 4-pixel margin around the
+    network's image, ``[reference, masked]`` input, the first audio mode as the default."""
+    return ModelFamily(
+        name=name, title=title, source=source, crop_size=crop_size, inner_margin=4, box_rule="synctalk2d",
+        hidden_rect=hidden_rect, reference_first=True, audio_modes=audio_modes,
+        default_audio_mode=audio_modes[0].name, per_avatar=True, network="lipsync_tools.models.unet:UNet",
+    )
+
+
 MODEL_FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
@@ -88,47 +106,19 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_first=False,
             onnx_names=("face", "mel", "crop"),
         ),
-        ModelFamily(
-            name="synctalk2d-328",
-            title="SyncTalk_2D UNet-328 (per avatar)",
-            source=f"{_UNET_SOURCE}, unet_328.py",
-            crop_size=328,
-            inner_margin=4,
-            box_rule="synctalk2d",
-            hidden_rect=(5, 5, 310, 305),
-            reference_first=True,
-            audio_modes=(_AVE, _HUBERT_16, _WENET_16),
-            default_audio_mode="ave",
-            per_avatar=True,
-            network="lipsync_tools.models.unet:UNet",
+        _unet_family(
+            "synctalk2d-328", "SyncTalk_2D UNet-328 (per avatar)", f"{_UNET_SOURCE}, unet_328.py",
+            crop_size=328, hidden_rect=(5, 5, 310, 305), audio_modes=(_AVE, _HUBERT_16, _WENET_16),
         ),
-        ModelFamily(
-            name="synctalk2d-160",
-            title="SyncTalk_2D UNet-160 (per avatar)",
-            source=f"{_UNET_SOURCE}, unet.py",
-            crop_size=168,
-            inner_margin=4,
-            box_rule="synctalk2d",
-            hidden_rect=(5, 5, 150, 145),
-            reference_first=True,
-            audio_modes=(_AVE, _HUBERT_16, _WENET_16),
-            default_audio_mode="ave",
-            per_avatar=True,
-            network="lipsync_tools.models.unet:UNet",
+        _unet_family(
+            "synctalk2d-160", "SyncTalk_2D UNet-160 (per avatar)", f"{_UNET_SOURCE}, unet.py",
+            crop_size=168, hidden_rect=(5, 5, 150, 145), audio_modes=(_AVE, _HUBERT_16, _WENET_16),
         ),
-        ModelFamily(
-            name="ultralight-160",
-            title="Ultralight-Digital-Human UNet-160 (per avatar; LiveTalking's ultralight avatars)",
-            source="Ultralight-Digital-Human (anliyuan/Ultralight-Digital-Human), unet.py, per avatar",
-            crop_size=168,
-            inner_margin=4,
-            box_rule="synctalk2d",
-            hidden_rect=(5, 5, 150, 145),
-            reference_first=True,
-            audio_modes=(_HUBERT_8, _WENET_8),
-            default_audio_mode="hubert",
-            per_avatar=True,
-            network="lipsync_tools.models.unet:UNet",
+        _unet_family(
+            "ultralight-160",
+            "Ultralight-Digital-Human UNet-160 (per avatar; LiveTalking's ultralight avatars)",
+            "Ultralight-Digital-Human (anliyuan/Ultralight-Digital-Human), unet.py, per avatar",
+            crop_size=168, hidden_rect=(5, 5, 150, 145), audio_modes=(_HUBERT_8, _WENET_8),
         ),
     )
 }
