@@ -120,15 +120,22 @@ class PackageModelHints:
     label: str = "the package"
 
     @classmethod
-    def from_package(cls, package: Any, *, with_checkpoint: bool = True, label: str | None = None
-                     ) -> PackageModelHints:
-        """Read the hints of an opened :class:`~lipsync_tools.package.reader.Package` (reads the file)."""
+    def from_package(
+        cls,
+        package: Any,
+        *,
+        with_checkpoint: bool = True,
+        with_audio_encoder: bool = True,
+        label: str | None = None,
+    ) -> PackageModelHints:
+        """Read the hints of an opened :class:`~lipsync_tools.package.reader.Package`; the embedded checkpoint
+        and AVE encoder are read from the file only when asked for."""
         meta = package.manifest.model
         return cls(
             family=package.family,
             audio_mode=package.audio_mode,
             checkpoint=package.read_checkpoint() if with_checkpoint else None,
-            audio_encoder=package.read_checkpoint("model/audio_encoder"),
+            audio_encoder=package.read_checkpoint("model/audio_encoder") if with_audio_encoder else None,
             audio_encoder_seed=meta.audio_encoder_seed if meta is not None and meta.audio_encoder == "random"
             else None,
             label=label or str(package.path),

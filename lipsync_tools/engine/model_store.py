@@ -112,7 +112,6 @@ class ServedModel:
 @dataclass(frozen=True)
 class _Recipe:
     key: str
-    hints: PackageModelHints
     checkpoint: Path | None
     model: str | None
 
@@ -210,8 +209,7 @@ class ModelStore:
                     f"{package.path}: built for {family} with {mode} audio, but this engine runs "
                     f"{served.backend.family.name} with {served.backend.audio_mode.name} audio"
                 )
-            return _Recipe(self._fixed, PackageModelHints(), None, None)
-        hints = PackageModelHints.from_package(package, with_checkpoint=False, label=str(package.path))
+            return _Recipe(self._fixed, None, None)
         encoder = self._encoder_key(package)
         if external is not None:
             from ..models import detect_network, read_state_dict
@@ -221,15 +219,15 @@ class ModelStore:
                 raise PackageFormatError(
                     f"{external} is a {found} checkpoint but {package.path} is a {family} package"
                 )
-            return _Recipe(f"sha256:{_file_sha256(external)}{encoder}", hints, external, None)
+            return _Recipe(f"sha256:{_file_sha256(external)}{encoder}", external, None)
         if d.model in ("random", "identity"):
             seed = f":seed{d.seed}" if d.model == "random" else ""
-            return _Recipe(f"{d.model}:{family}:{mode}{seed}{encoder}", hints, None, d.model)
+            return _Recipe(f"{d.model}:{family}:{mode}{seed}{encoder}", None, d.model)
         embedded = package.manifest.datasets.get("model/checkpoint")
         if embedded is not None and d.use_package_checkpoint:
-            return _Recipe(f"sha256:{embedded.sha256}{encoder}", hints, None, None)
+            return _Recipe(f"sha256:{embedded.sha256}{encoder}", None, None)
         if d.checkpoint is not None and self._checkpoint_family == family:
-            return _Recipe(f"{self._checkpoint_key}{encoder}", hints, d.checkpoint, None)
+            return _Recipe(f"{self._checkpoint_key}{encoder}", d.checkpoint, None)
         given = ""
         if d.checkpoint is not None:
             given = f"; --checkpoint is a {self._checkpoint_family} checkpoint"
@@ -275,9 +273,15 @@ class ModelStore:
 
     def _load(self, key: str, recipe: _Recipe, package: Package) -> ServedModel:
         d = self.defaults
-        hints = recipe.hints
-        if recipe.model is None and recipe.checkpoint is None:
-            hints = PackageModelHints.from_package(package, label=str(package.path))  # reads the bytes
+        with self._lock:
+            self._make_room()  # before the load: a model that cannot be kept is not loaded at all
+        # The package's bytes are read here, once per model load: the embedded checkpoint only when it is
+        # the weights, the embedded AVE encoder only when no --audio-encoder replaces it.
+        embedded_weights = recipe.model is None and recipe.checkpoint is None
+        hints = PackageModelHints.from_package(
+            package, label=str(package.path), with_checkpoint=embedded_weights,
+            with_audio_encoder=d.audio_encoder is None,
+        )
         encoder = AudioEncoderChoice.parse(d.audio_encoder, d.seed) if package.audio_mode == "ave" else None
         started = time.perf_counter()
         loaded = load_model(
@@ -289,7 +293,6 @@ class ModelStore:
             key=key, loaded=loaded, features=_features(loaded), load_seconds=time.perf_counter() - started
         )
         with self._lock:
-            self._make_room()
             self._models[key] = served
             self.loads += 1
         return served
