@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..audio.mel import mel_from_pcm_window
 from ..errors import ProtocolError
-from ..models.audio_features import ave_rows, package_ave_features, padded_ave_array, padded_row_frame
+from ..models.audio_features import ave_rows, package_ave_features, padded_row_frame
 from ..models.family import AudioMode, ModelFamily
 from ..protocol.messages import AudioFormat, ErrorCode, FrameRequest
 from .store import LoadedPackage
@@ -63,7 +64,9 @@ class StreamAudio:
     def end(self, total: int) -> None:
         self.total = total
 
-    def rows(self, frames: range, compute: Any) -> dict[int, np.ndarray]:
+    def rows(
+        self, frames: range, compute: Callable[[list[np.ndarray]], np.ndarray]
+    ) -> dict[int, np.ndarray]:
         """The AVE rows of ``frames`` (computing missing ones with ``compute(pcm_windows) -> rows``)."""
         with self._lock:
             missing = [f for f in frames if f not in self._rows and f in self._pcm]
@@ -185,9 +188,16 @@ class FeatureComputer:
 
 
 def _mel_window(request: FrameRequest, package: LoadedPackage) -> np.ndarray:
-    """The ``(80, 16)`` float32 mel window of one request."""
+    """The ``(80, 16)`` float32 mel window of one request (replay: the package's own)."""
+    return request_mel_window(request, lambda: package.mel_window(request.frame_index))
+
+
+def request_mel_window(request: FrameRequest, replay: Callable[[], np.ndarray]) -> np.ndarray:
+    """The ``(80, 16)`` float32 mel window a request carries: its mel payload (NaN/inf: ``bad_audio``), the
+    mel of its PCM16 window, or ``replay()`` for ``audio=replay``. The engine and the original path share it.
+    """
     if request.audio is AudioFormat.REPLAY:
-        return package.mel_window(request.frame_index)
+        return replay()
     if request.audio is AudioFormat.MEL:
         mel = request.mel_window()
         if not np.isfinite(mel).all():
@@ -198,4 +208,4 @@ def _mel_window(request: FrameRequest, package: LoadedPackage) -> np.ndarray:
     return mel_from_pcm_window(pcm)
 
 
-__all__ = ["FeatureComputer", "StreamAudio", "padded_ave_array"]
+__all__ = ["FeatureComputer", "StreamAudio", "request_mel_window"]

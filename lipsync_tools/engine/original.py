@@ -44,7 +44,7 @@ from ..protocol.messages import (
     ImageFormat,
 )
 from .compositor import composite_crop, composite_frame, encode_frame_image
-from .features import FeatureComputer
+from .features import FeatureComputer, request_mel_window
 from .pacing import is_silent
 from .store import IdRegistry
 
@@ -390,16 +390,9 @@ class OriginalEngine:
         return self.features.network_audio(mel_request, None, None, 0)  # type: ignore[arg-type]
 
     def _features(self, request: FrameRequest, source: VideoSource) -> np.ndarray:
-        if request.audio is AudioFormat.MEL:
-            mel = request.mel_window()
-            if not np.isfinite(mel).all():
-                raise ProtocolError(ErrorCode.BAD_AUDIO, "mel window holds NaN or infinite values")
-            return mel
-        if request.audio is AudioFormat.REPLAY:
-            return mel_from_pcm_window(source.replay_window(request.frame_index))
-        pcm = request.pcm_window().astype(np.float32)
-        pcm *= np.float32(1.0 / 32768.0)
-        return mel_from_pcm_window(pcm)
+        return request_mel_window(
+            request, lambda: mel_from_pcm_window(source.replay_window(request.frame_index))
+        )
 
     def _render(self, request: FrameRequest, source: VideoSource, arrived: float) -> FrameReply:
         timings: dict[str, int] = {}
