@@ -238,6 +238,7 @@ class _LocalSource(_FrameSource):
             self.stream = self.engine.open_stream_sync(RENDER_PACKAGE_ID)  # refuses another family's package
         except ProtocolError as exc:
             raise UsageError(str(exc)) from None
+        self.windows_added = 0  # output frames whose mel window the stream has
         self.package_id, self.n_frames, self.fps = RENDER_PACKAGE_ID, info.n_frames, info.fps
         self.width, self.height = info.width, info.height
         video = package.package.manifest.video
@@ -252,10 +253,12 @@ class _LocalSource(_FrameSource):
         frames = [r.request_id for r in requests]
         if stream.total is None:
             stream.end(len(starts))
-        for k in range(frames[0] - 16, frames[-1] + stream.look_ahead + 1):
-            if 0 <= k < len(starts):
-                start = int(starts[k])
-                stream.add(k, np.ascontiguousarray(mel[:, start : start + MEL_WINDOW_FRAMES]))
+        # Each output frame's window is added once, look_ahead frames before the frame that needs it.
+        last = min(frames[-1] + stream.look_ahead, len(starts) - 1)
+        for k in range(self.windows_added, last + 1):
+            start = int(starts[k])
+            stream.add(k, np.ascontiguousarray(mel[:, start : start + MEL_WINDOW_FRAMES]))
+        self.windows_added = max(self.windows_added, last + 1)
         return self.engine.process_batch_sync(requests, stream=stream, stream_frames=frames)
 
 

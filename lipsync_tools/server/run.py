@@ -31,11 +31,11 @@ def engine_components() -> Components:
     it, and that model loads with its first frame.
     """
     from lipsync_tools.engine import Engine, EngineOptions, PackageStore
-    from lipsync_tools.engine.model_store import ModelDefaults, ModelStore
+    from lipsync_tools.engine.model_store import ModelStore
     from lipsync_tools.engine.store import MemoryBudget
 
     def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        models = ModelStore(model_defaults(config, ModelDefaults))
+        models = ModelStore(model_defaults(config))
         if isinstance(store, PackageStore):
             store.budget = MemoryBudget(max_bytes=config.max_memory, max_packages=config.max_packages)
             store.model_bytes = models.weight_bytes
@@ -75,9 +75,11 @@ def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
             )
 
 
-def model_defaults(config: ServerConfig, defaults_type: Any) -> Any:
+def model_defaults(config: ServerConfig) -> Any:
     """The model store's defaults from the server's options (``--model``, ``--checkpoint``, ...)."""
-    return defaults_type(
+    from lipsync_tools.engine.model_store import ModelDefaults
+
+    return ModelDefaults(
         model=config.model, checkpoint=config.checkpoint, family=config.family, seed=config.seed,
         backend=config.backend,
         cache_dir=config.onnx_cache_dir, audio_encoder=config.audio_encoder,
