@@ -94,6 +94,10 @@ class LoadedPackage:
     ``blend_masks`` uint8 ``(N, S, S)``, ``mel`` float32 ``(80, T)``: memory-mapped, read-only.
     ``rects``: N ``(x0, y0, x1, y1)`` int tuples (half-open, square, inside the frame). ``mel_starts``: N
     ints, the first mel column of each frame's window (every window lies inside ``mel``).
+    ``encoded_frames``: the package's own stored full frames (``frame_codec`` ``"jpeg"`` or ``"png"`` bytes,
+    about a tenth of the decoded size): silent session frames are sent from them without re-encoding, and
+    ``GET /v1/packages/{id}/frames`` serves them to clients that composite crops themselves. Empty for a
+    package loaded with ``frames="none"``.
     """
 
     info: PackageInfo
@@ -104,6 +108,8 @@ class LoadedPackage:
     mel: np.ndarray = field(repr=False)
     rects: list[tuple[int, int, int, int]] = field(repr=False)
     mel_starts: list[int] = field(repr=False)
+    encoded_frames: list[bytes] = field(default_factory=list, repr=False)
+    frame_codec: str = "jpeg"
     usage: PackageUsage = field(default_factory=PackageUsage, repr=False)
 
     @property
@@ -267,12 +273,12 @@ class PackageStore(IdRegistry[LoadedPackage]):
 
     @staticmethod
     def estimate_bytes(package: Package, frames: str = "all") -> int:
-        """What decoding ``package``'s frames will hold, from its manifest alone: N x H x W x 3 (0 for
-        ``frames="none"``)."""
+        """What ``package``'s frames will hold: N x H x W x 3 decoded plus the stored bytes kept beside them
+        (0 for ``frames="none"``)."""
         if frames == "none":
             return 0
         v = package.manifest.video
-        return int(v.frame_count) * int(v.width) * int(v.height) * 3
+        return int(v.frame_count) * int(v.width) * int(v.height) * 3 + sum(map(len, package.encoded_frames))
 
     def _make_room(self, package_id: str, package: Package, path: Path, frames: str = "all") -> None:
         """Evict idle packages (least recently used first) and idle models until ``package`` fits the
@@ -348,7 +354,8 @@ class PackageStore(IdRegistry[LoadedPackage]):
                     f"{m.video.width}x{m.video.height}. Rebuild the package"
                 )
             frame.flags.writeable = False  # shared by every request: replies copy, never write
-        package.encoded_frames.clear()  # the decoded frames replace them; keep RAM to one copy
+        encoded = list(package.encoded_frames)  # kept: silent frames and /frames are sent from them
+        package.encoded_frames.clear()
         preloaded = time.perf_counter()
 
         rects, mel_starts = self._check_and_map(package, path)
@@ -368,11 +375,13 @@ class PackageStore(IdRegistry[LoadedPackage]):
             width=m.video.width, height=m.video.height, crop_size=package.crop_size,
             has_checkpoint=package.has_checkpoint, load_seconds=load_seconds,
             family=package.family, audio_mode=package.audio_mode, frames=frames_mode,
-            ram_bytes=sum(int(f.nbytes) for f in frames) + in_ram, mapped_bytes=mapped_bytes,
+            ram_bytes=sum(int(f.nbytes) for f in frames) + sum(len(b) for b in encoded) + in_ram,
+            mapped_bytes=mapped_bytes,
         )
         return LoadedPackage(
             info=info, package=package, frames=frames, crops=package.crops, blend_masks=package.blend_masks,
-            mel=package.mel, rects=rects, mel_starts=mel_starts,
+            mel=package.mel, rects=rects, mel_starts=mel_starts, encoded_frames=encoded,
+            frame_codec=m.frames.codec,
         )
 
     def _check_and_map(

@@ -9,8 +9,16 @@ from __future__ import annotations
 import re
 from typing import Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 """Version written into every message (binary header byte 4, JSON ``"v"``). Bumped on any layout change."""
+
+ERROR_REPLY_VERSIONS: Final = frozenset({1, 2})
+"""Versions whose error_reply has the same layout as this one's (binary: the 32-byte header, the code, the
+message; JSON: the same five keys), so ``encode_error`` can write an error a peer of that version reads.
+
+Version 2 changed frame_reply, session_started and session_end, not the header or error_reply. A version
+that changes either MUST drop the older versions from this set.
+"""
 
 MAGIC: Final = b"LSYN"
 """First four bytes of every binary message."""
@@ -37,6 +45,11 @@ MEL_WINDOW_BYTES: Final = MEL_BINS * MEL_STEPS * 4
 
 MAX_AUDIO_CHUNK_BYTES: Final = 1 << 20
 """Largest PCM payload of one session AudioChunk (1 MiB, about 32 s): clients stream, they do not upload."""
+
+MAX_AUDIO_OFFSET: Final = 2**53 - 1
+"""Largest FrameReply ``audio_offset`` (a sample index at 16 kHz): the largest integer a JSON/JavaScript
+number holds exactly, so a browser client reads every offset it can be sent (about 17,800 years of audio).
+"""
 
 # --- identifiers ------------------------------------------------------------------------------------------
 MAX_PACKAGE_ID_LEN: Final = 64
@@ -73,7 +86,7 @@ MAX_REPLY_PAYLOAD: Final = 64 << 20
 
 BINARY_HEADER_SIZE: Final = 32
 MAX_FIELDS_LEN: Final = 2048
-"""Largest type-specific field block of a binary message (a FrameReply with 32 timings needs <= 1197)."""
+"""Largest type-specific field block of a binary message (a FrameReply with 32 timings needs <= 1209)."""
 
 MAX_BINARY_MESSAGE_BYTES: Final = BINARY_HEADER_SIZE + MAX_PACKAGE_ID_LEN + MAX_FIELDS_LEN + MAX_REPLY_PAYLOAD
 """Upper bound of any binary message: use it as the WebSocket ``max_size`` / HTTP body limit."""

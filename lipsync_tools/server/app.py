@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import numpy as np
 from starlette.applications import Starlette
@@ -390,40 +391,77 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-class BearerAuth:
-    """ASGI middleware: with a token configured, every request but ``/healthz`` must carry it.
+WS_SUBPROTOCOL = "lipsync"
+"""The WebSocket subprotocol the server accepts (and echoes) when a client offers it (browsers need it)."""
 
-    HTTP: 401 with an ``unauthorized`` error_reply. WebSocket: accepted, then the error_reply as a JSON text
-    frame and close 1008 (docs/protocol.md, *Transport*), so a client learns why instead of seeing a bare
-    handshake failure.
+BEARER_SUBPROTOCOL_PREFIX = "bearer."
+"""A WebSocket subprotocol ``bearer.<token>`` carries the token for clients that cannot set a header."""
+
+PUBLIC_PATHS = ("/healthz", "/demo")
+"""Paths served without a token: liveness, and the demo page itself (it holds no data; the page asks for
+the token and sends it with its own requests)."""
+
+
+def offered_subprotocols(scope: Scope) -> list[str]:
+    """The subprotocols a WebSocket client offered (``Sec-WebSocket-Protocol``), in order."""
+    return [p for p in (s.strip() for s in scope.get("subprotocols") or []) if p]
+
+
+def accepted_subprotocol(scope: Scope) -> str | None:
+    """``lipsync`` when the client offered it, else None (a ``bearer.`` entry is never echoed)."""
+    return WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered_subprotocols(scope) else None
+
+
+def _is_public(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in PUBLIC_PATHS)
+
+
+class BearerAuth:
+    """ASGI middleware: with a token configured, every request but ``/healthz`` and ``/demo`` must carry it.
+
+    HTTP: ``Authorization: Bearer <token>``; else 401 with an ``unauthorized`` error_reply. WebSocket: the
+    header, or (browsers cannot set headers on a WebSocket) the subprotocol ``bearer.<token>`` or the query
+    parameter ``?token=<token>``; else accepted, then the error_reply as a JSON text frame and close 1008
+    (docs/protocol.md, *Transport*), so a client learns why instead of seeing a bare handshake failure.
     """
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
         token = state.config.token
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._token = token.encode() if token else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self._token is not None
+        expected = b"Bearer " + self._token
+        given = [dict(scope.get("headers") or []).get(b"authorization", b"")]
+        if scope["type"] == "websocket":
+            tokens = [p.removeprefix(BEARER_SUBPROTOCOL_PREFIX) for p in offered_subprotocols(scope)
+                      if p.startswith(BEARER_SUBPROTOCOL_PREFIX)]
+            tokens += parse_qs((scope.get("query_string") or b"").decode("latin-1")).get("token", [])
+            given += [b"Bearer " + t.encode("utf-8", "replace") for t in tokens]
+        # compare_digest: the time taken does not reveal how much of the token was right
+        return any(hmac.compare_digest(g, expected) for g in given)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self._expected is None or scope["type"] not in ("http", "websocket")
-                or scope.get("path") == "/healthz"):
+        if (self._token is None or scope["type"] not in ("http", "websocket")
+                or _is_public(str(scope.get("path", "")))):
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        # compare_digest: the time taken does not reveal how much of the token was right
-        if hmac.compare_digest(given, self._expected):
+        if self._authorized(scope):
             await self.app(scope, receive, send)
             return
         self.state.metrics.error(ErrorCode.UNAUTHORIZED)
         error = ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong bearer token; send the header "
-                              "'Authorization: Bearer <token>' with the server's --token")
+                              "'Authorization: Bearer <token>' with the server's --token (WebSocket clients "
+                              "without headers: the subprotocol 'bearer.<token>' or '?token=<token>')")
         if scope["type"] == "http":
             content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
             codec = CODECS["binary"] if content_type.startswith(CODECS["binary"].content_type) else None
             await error_response(error, codec)(scope, receive, send)
             return
         await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.accept", "subprotocol": accepted_subprotocol(scope)})
         await send({"type": "websocket.send", "text": CODECS["json"].encode(ErrorReply.from_error(error))})
         await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
 
@@ -636,7 +674,7 @@ class Endpoints:
 
     async def stream(self, websocket: WebSocket) -> None:
         """``/v1/stream``: sessions and request/response frames (sessions.StreamConnection)."""
-        await websocket.accept()
+        await websocket.accept(subprotocol=accepted_subprotocol(websocket.scope))
         await StreamConnection(websocket, self.state).serve()
 
 

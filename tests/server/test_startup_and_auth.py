@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from lipsync_tools.client import LipsyncClient
 from lipsync_tools.errors import InputNotFoundError, ProtocolError, UsageError
@@ -98,9 +99,10 @@ def test_bearer_token_guards_every_endpoint_but_healthz(avatar_package: Path, tm
             r = httpx.request(method, f"{url}{path}", headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401, path
             assert r.headers["www-authenticate"] == "Bearer"
-            assert CODECS["json"].decode(r.content) == ErrorReply(
-                request_id=0, code="unauthorized", message="missing or wrong bearer token; send the header "
-                "'Authorization: Bearer <token>' with the server's --token")
+            error = CODECS["json"].decode(r.content)
+            assert isinstance(error, ErrorReply) and error.code == "unauthorized"
+            assert "'Authorization: Bearer <token>' with the server's --token" in error.message
+            assert "bearer.<token>" in error.message  # the browser-side ways are named too
         with LipsyncClient(url) as anonymous, pytest.raises(ProtocolError) as denied:
             anonymous.packages()
         assert denied.value.code == "unauthorized"
@@ -125,6 +127,22 @@ def test_bearer_token_guards_every_endpoint_but_healthz(avatar_package: Path, tm
                 client.load_package("outside", escape)
             assert dotdot.value.code == "forbidden"
             assert 'lipsync_errors_total{code="unauthorized"} 7' in client.metrics()
+        # Browsers cannot set a header on a WebSocket: the token also works as a subprotocol or a query
+        # parameter, and the server echoes only the plain "lipsync" subprotocol, never the token.
+        ws_url = url.replace("http://", "ws://") + "/v1/stream"
+        request = CODECS["binary"].encode(FrameRequest(request_id=3, package_id=PACKAGE_ID, frame_index=0,
+                                                       audio=AudioFormat.REPLAY))
+        for target, subprotocols in ((ws_url, ["lipsync", "bearer.s3cret"]), (ws_url + "?token=s3cret", None),
+                                     (ws_url + "?token=wrong", ["lipsync"]), (ws_url, ["bearer.wrong"])):
+            with ws_connect(target, subprotocols=subprotocols, open_timeout=10) as ws:  # type: ignore[arg-type]
+                assert ws.subprotocol == ("lipsync" if subprotocols and "lipsync" in subprotocols else None)
+                if "wrong" in target or "bearer.wrong" in (subprotocols or []):
+                    denied_reply = CODECS["json"].decode(ws.recv(10))
+                    assert isinstance(denied_reply, ErrorReply) and denied_reply.code == "unauthorized"
+                else:
+                    ws.send(request)
+                    assert CODECS["binary"].decode(ws.recv(10)).request_id == 3
+        assert httpx.get(f"{url}/demo").status_code != 401  # the page itself is public
 
 
 def test_lipsync_serve_runs_as_a_process(avatar_package: Path) -> None:
