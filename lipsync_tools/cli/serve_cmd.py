@@ -94,6 +94,24 @@ def serve_cmd(
         int,
         typer.Option("--queue-limit", help="Frames waiting for the model before requests get 'overloaded'."),
     ] = 64,
+    min_session_fps: Annotated[
+        float,
+        typer.Option(
+            "--min-session-fps",
+            help="Refuse a live session ('overloaded') when the admitted ones could no longer each get this "
+            "many frames per second (measured model speed; docs/engine.md, Live sessions).",
+        ),
+    ] = 20.0,
+    max_sessions: Annotated[
+        int, typer.Option("--max-sessions", help="Most live sessions at once, whatever the capacity.")
+    ] = 32,
+    session_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--session-idle-timeout",
+            help="Close a session ('idle_timeout') that sends no audio for this many seconds without ending.",
+        ),
+    ] = 30.0,
     token: Annotated[
         str | None,
         typer.Option(
@@ -188,7 +206,7 @@ def serve_cmd(
     blend: BlendOpt = BlendName.feather,
 ) -> None:
     """Serve lip-sync frames from preloaded packages over HTTP and WebSocket (docs/protocol.md)."""
-    from ..server import PackageSpec, ServerConfig, StartupReport, format_startup, run
+    from ..server import PackageSpec, ServerConfig, SessionLimits, StartupReport, format_startup, run
 
     def on_ready(report: StartupReport) -> None:
         if json_output:
@@ -231,6 +249,9 @@ def serve_cmd(
             frames=frames.value,
             max_wait_ms=max_wait_ms,
             queue_limit=queue_limit,
+            min_session_fps=min_session_fps,
+            max_sessions=max_sessions,
+            sessions=SessionLimits(idle_timeout_seconds=session_idle_timeout),
             token=token,
             allow_urls=allow_urls,
             insecure=insecure,

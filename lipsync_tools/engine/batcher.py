@@ -13,15 +13,23 @@ one key, since one model call takes one model's frames. The rule (documented in 
   it ran), a lone request runs at once instead of waiting for company that is not coming; one caller then
   pays no batching delay at all.
 
-The batch runs in a single worker thread, never on the event loop. At most ``queue_limit`` requests wait,
-all keys together; one more is refused at once with ``ProtocolError(overloaded)``: memory never grows with
-the load.
+The batch runs in a single worker thread, never on the event loop. ``run`` may answer an item with a
+:class:`concurrent.futures.Future` instead of a result (the engine composites and encodes in a small pool
+while the next batch's model call runs); its caller gets the future's result when it is done. At most
+``queue_limit`` requests wait, all keys together; one more is refused at once with
+``ProtocolError(overloaded)``: memory never grows with the load.
+
+No caller is ever left waiting: :meth:`Batcher.stop` fails every waiting and running request with
+``overloaded``, and if the gathering loop itself dies (a bug), every request gets ``internal`` and
+:attr:`Batcher.failure` says why (the server's ``/readyz`` reports it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +42,10 @@ from ..protocol.messages import ErrorCode
 T = TypeVar("T")
 R = TypeVar("R")
 
-RunBatch = Callable[[list[T]], Sequence[R | BaseException]]
-"""Runs in the worker thread: one result or exception per item, in order."""
+RunBatch = Callable[[list[T]], Sequence["R | BaseException | concurrent.futures.Future[R]"]]
+"""Runs in the worker thread: one result, exception or future of a result per item, in order."""
+
+log = logging.getLogger("lipsync.engine")
 
 
 @dataclass
@@ -85,6 +95,10 @@ class Batcher(Generic[T, R]):
         self._task: asyncio.Task[None] | None = None
         self._contended = True  # until a lone request has run alone
         self._arrivals = 0  # requests submitted since the current batch started
+        self.failure: BaseException | None = None  # why the gathering loop died, if it did
+        self.running_since: float | None = None  # event-loop time the running batch started
+        self.running_key: Hashable = None
+        self.running_size = 0
 
     @property
     def running(self) -> bool:
@@ -105,6 +119,7 @@ class Batcher(Generic[T, R]):
             return
         self._queues = {}
         self._waiting = 0
+        self.failure = None
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         self._task = asyncio.get_running_loop().create_task(self._gather_forever(), name=self._thread_name)
@@ -116,11 +131,7 @@ class Batcher(Generic[T, R]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for queue in self._queues.values():
-            while queue:
-                self._fail(queue.popleft().future, _stopping())
-        self._queues = {}
-        self._waiting = 0
+        self._fail_waiting(_stopping())
         executor, self._executor = self._executor, None
         if executor is not None:
             # The batch in flight finishes in its thread; wait for it without blocking the event loop.
@@ -133,6 +144,8 @@ class Batcher(Generic[T, R]):
         ``ProtocolError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher is not
         running. Cancelling the caller drops the item if its batch has not started.
         """
+        if self.failure is not None:
+            raise _died(self.failure)
         if not self.running or self._arrived is None:
             raise _stopping()
         if self._waiting >= self.queue_limit:
@@ -150,8 +163,7 @@ class Batcher(Generic[T, R]):
         self._waiting += 1
         self._arrived.set()
         self._arrivals += 1
-        if self._on_depth is not None:
-            self._on_depth(self._waiting)
+        self._notify(self._on_depth, self._waiting)
         return await waiting.future
 
     def _take(self, key: Hashable) -> _Waiting[T, R] | None:
@@ -198,34 +210,63 @@ class Batcher(Generic[T, R]):
         return batch
 
     async def _gather_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         live: list[_Waiting[T, R]] = []
         try:
             while True:
                 batch = await self._gather()
-                if self._on_depth is not None:
-                    self._on_depth(self._waiting)
                 live = [w for w in batch if not w.future.done()]  # callers that gave up are skipped
-                if not live:
-                    continue
-                if self._on_batch is not None:
-                    self._on_batch(len(live))
-                self._arrivals = 0
-                try:
-                    results = await loop.run_in_executor(self._executor, self._run, [w.item for w in live])
-                except Exception as exc:  # run() itself failed: every caller of the batch gets the error
-                    results = [exc] * len(live)
-                self._contended = len(live) > 1 or self._arrivals > 0
-                for waiting, result in zip(live, results, strict=True):
-                    if isinstance(result, BaseException):
-                        self._fail(waiting.future, result)
-                    elif not waiting.future.done():
-                        waiting.future.set_result(result)
+                self._notify(self._on_depth, self._waiting)
+                if live:
+                    await self._run_batch(live)
                 live = []
         except asyncio.CancelledError:
             for waiting in live:
                 self._fail(waiting.future, _stopping())
             raise
+        except BaseException as exc:  # a bug in the loop: nobody may wait forever for it
+            log.exception("the engine's batching loop died")
+            self.failure = exc
+            for waiting in live:
+                self._fail(waiting.future, _died(exc))
+            self._fail_waiting(_died(exc))
+        finally:
+            self.running_since = None
+
+    async def _run_batch(self, live: list[_Waiting[T, R]]) -> None:
+        loop = asyncio.get_running_loop()
+        self._notify(self._on_batch, len(live))
+        self._arrivals = 0
+        self.running_since, self.running_key, self.running_size = loop.time(), live[0].key, len(live)
+        try:
+            results = await loop.run_in_executor(self._executor, self._run, [w.item for w in live])
+        except Exception as exc:  # run() itself failed: every caller of the batch gets the error
+            results = [exc] * len(live)
+        finally:
+            self.running_since = None
+        self._contended = len(live) > 1 or self._arrivals > 0
+        for waiting, result in zip(live, results, strict=True):
+            if isinstance(result, concurrent.futures.Future):
+                _chain(result, waiting.future, loop)
+            elif isinstance(result, BaseException):
+                self._fail(waiting.future, result)
+            elif not waiting.future.done():
+                waiting.future.set_result(result)
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        for queue in self._queues.values():
+            while queue:
+                self._fail(queue.popleft().future, error)
+        self._queues = {}
+        self._waiting = 0
+
+    @staticmethod
+    def _notify(hook: Callable[[int], None] | None, value: int) -> None:
+        if hook is None:
+            return
+        try:
+            hook(value)
+        except Exception:  # a metrics hook must not stop the engine
+            log.exception("batcher hook failed")
 
     @staticmethod
     def _fail(future: asyncio.Future[R], error: BaseException) -> None:
@@ -241,3 +282,35 @@ def _stopping() -> ProtocolError:
         ErrorCode.OVERLOADED, "the engine is not running (stopped or not started); retry later"
     )
 
+
+
+def _died(error: BaseException) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.INTERNAL,
+        f"the engine's batching loop stopped after an error ({type(error).__name__}: {error}); restart the "
+        "server and report this",
+    )
+
+
+def _chain(
+    source: concurrent.futures.Future[R], target: asyncio.Future[R], loop: asyncio.AbstractEventLoop
+) -> None:
+    """Resolve ``target`` (on ``loop``) with ``source``'s outcome once it is done (in any thread)."""
+
+    def copy(done: concurrent.futures.Future[R]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.set_exception(_stopping())
+            return
+        error = done.exception()
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(done.result())
+
+    def on_done(done: concurrent.futures.Future[R]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+            loop.call_soon_threadsafe(copy, done)
+
+    source.add_done_callback(on_done)

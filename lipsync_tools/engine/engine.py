@@ -7,6 +7,10 @@ server: requests from concurrent callers are batched (see :mod:`.batcher`) and r
 so the event loop only validates and hands over. :meth:`Engine.process_batch_sync` runs the same code
 without an event loop (``render``, benchmarks).
 
+The model call and the work after it overlap: a batch's compositing and encoding run in a small pool of
+worker threads (``EngineOptions.post_workers``; OpenCV and libjpeg release the GIL) while the next batch's
+model call runs. A silent session frame is sent from the package's stored JPEG bytes, without encoding.
+
 Each reply carries ``timings`` in microseconds, in this order (names in :data:`STAGES`):
 ``features`` (this request's mel window), ``queue`` (arrival until its batch started), ``inference`` (the
 batched model call this frame was part of: shared by the batch), ``composite``, ``encode`` and ``total``
@@ -16,8 +20,10 @@ batched model call this frame was part of: shared by the batch), ``composite``, 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +33,7 @@ from ..audio.mel import mel_from_pcm_window
 from ..errors import LipsyncError, ProtocolError, UsageError
 from ..models.backends import InferenceBackend
 from ..protocol import limits
-from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat
+from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat, Payload
 from .batcher import Batcher
 from .compositor import composite_crop, composite_frame, encode_frame_image
 from .features import StreamAudio
@@ -53,7 +59,8 @@ class EngineOptions:
     one (render previews, original frames). ``silence_dbfs``: RMS level below which a PCM window is
     silence (:func:`~lipsync_tools.engine.pacing.is_silent`). ``blend``: how a generated crop goes back
     into the frame: ``feather`` (the package's feathered blend mask) or ``hard`` (the whole crop pasted, as
-    SyncTalk_2D's and Ultralight's own scripts do).
+    SyncTalk_2D's and Ultralight's own scripts do). ``post_workers``: threads that composite and encode
+    finished batches while the next model call runs (0: in the model's thread, one after another).
     """
 
     max_batch: int = 8
@@ -62,6 +69,7 @@ class EngineOptions:
     jpeg_quality: int = 90
     silence_dbfs: float = -50.0
     blend: str = "feather"
+    post_workers: int = 2
 
     def __post_init__(self) -> None:
         if self.blend not in ("feather", "hard"):
@@ -74,6 +82,8 @@ class EngineOptions:
             raise UsageError(f"queue_limit is {self.queue_limit}; expected 1..100000")
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"jpeg_quality is {self.jpeg_quality}; expected 1..100")
+        if not 0 <= self.post_workers <= 64:
+            raise UsageError(f"post_workers is {self.post_workers}; expected 0..64")
 
 
 class Observer(Protocol):
@@ -97,6 +107,13 @@ class _Job:
     stream: StreamAudio | None = None  # a live session's audio (multi-frame audio windows)
     stream_frame: int = 0  # the session frame number this request renders
     model: ServedModel | None = None  # set before the job is queued
+
+
+JobResult = FrameReply | BaseException | concurrent.futures.Future[FrameReply]
+"""What the worker thread answers per job: a reply, an error, or the pool's future of one."""
+
+_POST_ALPHA = 0.1
+"""Weight of one frame in the moving average of compositing + encoding time."""
 
 
 def _us(seconds: float) -> int:
@@ -130,6 +147,8 @@ class Engine:
         self.options = options or EngineOptions()
         self.observer = observer
         self._compute_lock = threading.Lock()  # one model call at a time (the batch buffers are shared)
+        self._post: ThreadPoolExecutor | None = None  # compositing + encoding pool, while serving
+        self.post_seconds = 0.0  # moving average of composite + encode seconds per model frame
         self._batcher: Batcher[_Job, FrameReply] = Batcher(
             self._run_jobs,
             max_batch=self.options.max_batch,
@@ -145,6 +164,8 @@ class Engine:
     async def start(self) -> None:
         """Warm the PCM feature path, then start batching in the running event loop (idempotent)."""
         await asyncio.to_thread(self.warm_up)
+        if self.options.post_workers > 0 and self._post is None:
+            self._post = ThreadPoolExecutor(self.options.post_workers, thread_name_prefix="lipsync-post")
         await self._batcher.start()
 
     def warm_up(self) -> None:
@@ -158,11 +179,36 @@ class Engine:
     async def stop(self) -> None:
         """Stop batching; requests still waiting get ``ProtocolError(overloaded)``."""
         await self._batcher.stop()
+        post, self._post = self._post, None
+        if post is not None:
+            await asyncio.to_thread(post.shutdown, True)  # frames being encoded finish and are answered
 
     @property
     def queue_depth(self) -> int:
         """Requests waiting for a batch right now."""
         return self._batcher.depth()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the batching loop died, if it did (then every request fails with ``internal``)."""
+        return self._batcher.failure
+
+    def expected_latency(self, model: ServedModel) -> float:
+        """Seconds a frame submitted now for ``model`` is expected to take until its reply is ready.
+
+        The rest of the running batch, the batches queued ahead of it, its own batch (from the model's
+        :class:`~lipsync_tools.engine.capacity.Capacity`), and compositing and encoding. An estimate for
+        sessions deciding whether a frame can still be on time; 0.0 while nothing was measured.
+        """
+        b = self._batcher
+        capacity = model.capacity
+        own = capacity.batch_seconds(min(self.options.max_batch, b.key_depth(model.key) + 1))
+        ahead = -(-b.depth() // self.options.max_batch) * capacity.batch_seconds(self.options.max_batch)
+        running = 0.0
+        if b.running_since is not None:
+            elapsed = asyncio.get_running_loop().time() - b.running_since
+            running = max(0.0, capacity.batch_seconds(b.running_size) - elapsed)
+        return running + ahead + own + self.post_seconds
 
     # --- entry points ----------------------------------------------------------------------------------
 
@@ -257,7 +303,8 @@ class Engine:
         self._check_frame(package, frame_index)
         self._check_image(package, image_format)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
-        if image_format in (ImageFormat.JPEG, ImageFormat.PNG):
+        stored = image_format is ImageFormat.JPEG and package.frame_codec == "jpeg" and package.encoded_frames
+        if image_format in (ImageFormat.JPEG, ImageFormat.PNG) and not stored:
             reply = await asyncio.to_thread(
                 self._original_reply, package, frame_index, image_format, quality, request_id, arrived
             )
@@ -316,9 +363,12 @@ class Engine:
             else:
                 runs.append([job])
         for run in runs:
-            for result in self._run_jobs(run):
+            with self._compute_lock:
+                results = self._run_jobs_locked(run, None)
+            for result in results:
                 if isinstance(result, BaseException):
                     raise result
+                assert isinstance(result, FrameReply)  # no pool: finished here
                 replies.append(result)
         if self.observer is not None:
             for reply in replies:
@@ -387,17 +437,18 @@ class Engine:
         assert job.model is not None  # set when queued
         return job.model.features.network_audio(job.request, job.package, job.stream, job.stream_frame)
 
-    def _run_jobs(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
-        """Features, one model call, composite and encode for up to ``max_batch`` jobs."""
+    def _run_jobs(self, jobs: list[_Job]) -> list[JobResult]:
+        """Features and one model call for up to ``max_batch`` jobs; compositing and encoding follow in the
+        post pool while serving (each result is then a future), else here."""
         with self._compute_lock:
-            return self._run_jobs_locked(jobs)
+            return self._run_jobs_locked(jobs, self._post)
 
-    def _run_jobs_locked(self, jobs: list[_Job]) -> list[FrameReply | BaseException]:
+    def _run_jobs_locked(self, jobs: list[_Job], post: ThreadPoolExecutor | None) -> list[JobResult]:
         started = time.perf_counter()
         model = jobs[0].model  # a batch holds one model's jobs (the batcher's key)
         assert model is not None and all(job.model is model for job in jobs)
         crop_buffer, audio_buffer = model.buffers(self.options.max_batch)
-        results: list[FrameReply | BaseException | None] = [None] * len(jobs)
+        results: list[JobResult | None] = [None] * len(jobs)
         batch: list[int] = []
         for k, job in enumerate(jobs):
             t0 = time.perf_counter()
@@ -433,16 +484,28 @@ class Engine:
                 jobs[k].package.usage.frames += 1
             model.batches += 1
             model.inference_seconds += seconds
+            if batch:
+                model.capacity.observe(len(batch), seconds)
             for row, k in enumerate(batch):
                 job = jobs[k]
                 job.timings["inference"] = inference
-                try:
-                    results[k] = self._finish(job, generated[row])
-                except Exception as exc:
-                    results[k] = ProtocolError(
-                        ErrorCode.INTERNAL, f"compositing failed: {type(exc).__name__}: {exc}"
-                    )
+                if post is not None:
+                    results[k] = post.submit(self._finish_checked, job, generated[row])
+                else:
+                    try:
+                        results[k] = self._finish_checked(job, generated[row])
+                    except ProtocolError as exc:
+                        results[k] = exc
         return [r if r is not None else ProtocolError(ErrorCode.INTERNAL, "no result") for r in results]
+
+    def _finish_checked(self, job: _Job, generated: np.ndarray) -> FrameReply:
+        """:meth:`_finish`; any failure becomes ``ProtocolError(internal)``."""
+        try:
+            return self._finish(job, generated)
+        except Exception as exc:
+            raise ProtocolError(
+                ErrorCode.INTERNAL, f"compositing failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _finish(self, job: _Job, generated: np.ndarray) -> FrameReply:
         request, package = job.request, job.package
@@ -461,6 +524,7 @@ class Engine:
         timings = job.timings
         timings["composite"] = _us(t1 - t0)
         timings["encode"] = _us(t2 - t1)
+        self.post_seconds += _POST_ALPHA * ((t2 - t0) - self.post_seconds)
         timings["total"] = _us(t2 - job.arrived)
         ordered = {stage: timings[stage] for stage in STAGES}
         return FrameReply(
@@ -485,7 +549,10 @@ class Engine:
                 timings={"encode": 0, "total": _us(time.perf_counter() - arrived)}, silence=True,
             )
         frame = package.frames[index]
-        payload = encode_frame_image(frame, image_format, quality)  # frames are read-only: raw is a view
+        if image_format is ImageFormat.JPEG and package.frame_codec == "jpeg" and package.encoded_frames:
+            payload: Payload = package.encoded_frames[index]  # the package's own JPEG, not encoded again
+        else:
+            payload = encode_frame_image(frame, image_format, quality)  # frames are read-only: raw is a view
         t1 = time.perf_counter()
         return FrameReply(
             request_id=request_id, frame_index=index, image=image_format, width=int(frame.shape[1]),

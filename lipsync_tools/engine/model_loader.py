@@ -39,6 +39,7 @@ from ..models.backends import IdentityNetwork
 __all__ = ["AudioEncoderChoice", "LoadedModel", "ModelInfo", "PackageModelHints", "load_inference_backend",
            "load_model"]
 from ..models.families import get_family, load_network, random_network
+from .capacity import Capacity, measure_capacity
 
 MODEL_NAMES: tuple[str, ...] = ("random", "wav2lip", "identity")
 
@@ -149,6 +150,7 @@ class LoadedModel:
     backend: InferenceBackend
     info: ModelInfo
     audio_encoder: Any | None = None
+    capacity: Capacity = field(default_factory=Capacity)
 
 
 def load_inference_backend(
@@ -185,12 +187,15 @@ def load_model(
     hints: PackageModelHints | None = None,
     num_threads: int | None = None,
     warmup_batches: tuple[int, ...] = (1,),
+    capacity_batches: tuple[int, ...] = (),
 ) -> LoadedModel:
     """Build the model the options ask for; see the module docstring for the precedence.
 
     ``backend`` defaults to :data:`lipsync_tools.models.DEFAULT_BACKEND` (the faster one by measurement).
     ``cache_dir`` keeps ONNX exports between starts. ``warmup_batches``: batch sizes run once on zeros
     before returning, so the first real frame does not pay for lazy initialisation (empty: no warm-up).
+    ``capacity_batches``: batch sizes timed once each after a warm call (``LoadedModel.capacity``; the
+    server's admission and session deadlines use it); those sizes need no separate warm-up.
 
     Raises :class:`UsageError` (unknown model name, conflicting options, no weights at all),
     :class:`~lipsync_tools.errors.InputNotFoundError` / :class:`~lipsync_tools.errors.CheckpointError`
@@ -246,16 +251,19 @@ def load_model(
     loaded = time.perf_counter()
     size = int(runtime.crop_size)
     for batch in warmup_batches:
+        if batch in capacity_batches:
+            continue  # measure_capacity warms it
         runtime.infer(
             np.zeros((batch, size, size, 3), np.uint8), np.zeros((batch, *mode.network_shape), np.float32)
         )
+    capacity = measure_capacity(runtime, capacity_batches)
     warm = time.perf_counter()
     info = ModelInfo(
         name=name, source=source, is_random=name == "random", backend=runtime.name,
         load_seconds=loaded - started, warmup_seconds=warm - loaded, family=fam.name, audio_mode=mode.name,
         audio_encoder=encoder_label, audio_encoder_is_random=encoder_random, weight_bytes=weight_bytes,
     )
-    return LoadedModel(backend=runtime, info=info, audio_encoder=encoder)
+    return LoadedModel(backend=runtime, info=info, audio_encoder=encoder, capacity=capacity)
 
 
 def _tensor_bytes(module: Any) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import CheckpointError, PackageFormatError, UsageError
 from ..models import InferenceBackend
 from ..package.reader import Package
+from .capacity import Capacity
 from .features import FeatureComputer
 from .model_loader import (
     AudioEncoderChoice,
@@ -50,7 +51,8 @@ class ModelDefaults:
     of random weights; ``backend``/``cache_dir``: the inference runtime and ONNX cache; ``audio_encoder``:
     AVE families' encoder (path or ``"random"``); ``use_package_checkpoint``: whether embedded checkpoints
     may be used; ``max_models``: most models loaded at once; ``warmup_batches``: batch sizes each model
-    runs once when loaded.
+    runs once when loaded; ``capacity_batches``: batch sizes timed when a model loads (its
+    :class:`~lipsync_tools.engine.capacity.Capacity`, for admission and session deadlines).
     """
 
     model: str | None = None
@@ -63,6 +65,7 @@ class ModelDefaults:
     use_package_checkpoint: bool = True
     max_models: int = 8
     warmup_batches: tuple[int, ...] = (1,)
+    capacity_batches: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_models <= 1024:
@@ -91,6 +94,11 @@ class ServedModel:
     def info(self) -> ModelInfo:
         return self.loaded.info
 
+    @property
+    def capacity(self) -> Capacity:
+        """Seconds per model call by batch size (measured at load, updated by every batch served)."""
+        return self.loaded.capacity
+
     def buffers(self, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch input buffers (crops, audio), allocated once per model and reused by every call."""
         if self._buffers is None or self._buffers[0].shape[0] < max_batch:
@@ -105,6 +113,7 @@ class ServedModel:
         return {
             "key": self.key, **self.info.to_dict(), "packages": sorted(packages), "frames": self.frames,
             "batches": self.batches, "inference_seconds": round(self.inference_seconds, 6),
+            "capacity": self.capacity.to_dict(),
             "idle_seconds": round(time.monotonic() - self.last_used, 3),
         }
 
@@ -287,7 +296,7 @@ class ModelStore:
         loaded = load_model(
             recipe.model, recipe.checkpoint, d.seed, d.backend, d.cache_dir, family=package.family,
             audio_mode=package.audio_mode, audio_encoder=encoder, hints=hints,
-            warmup_batches=d.warmup_batches,
+            warmup_batches=d.warmup_batches, capacity_batches=d.capacity_batches,
         )
         served = ServedModel(
             key=key, loaded=loaded, features=_features(loaded), load_seconds=time.perf_counter() - started

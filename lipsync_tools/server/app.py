@@ -46,6 +46,7 @@ from lipsync_tools.protocol import (
     check_package_id,
     codec_for_content_type,
 )
+from lipsync_tools.server.admission import Admission
 from lipsync_tools.server.config import (
     MAX_BINARY_REQUEST_BYTES,
     MAX_JSON_REQUEST_BYTES,
@@ -53,6 +54,7 @@ from lipsync_tools.server.config import (
     ServerConfig,
     SessionLimits,
 )
+from lipsync_tools.server.demo import demo_routes
 from lipsync_tools.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lipsync_tools.server.metrics import Metrics
 from lipsync_tools.server.sessions import EngineLike, PackageInfoLike, StreamConnection
@@ -171,6 +173,18 @@ class ServerState:
         self._load_lock: asyncio.Lock | None = None
         self.catalog: Any = None  # remote.Catalog, read at startup
         self._catalog_loads: dict[str, asyncio.Future[None]] = {}
+        self.admission = Admission(
+            min_session_fps=config.min_session_fps, max_sessions=config.max_sessions,
+            max_batch=config.max_batch, post_seconds=self._post_seconds,
+        )
+
+    def _post_seconds(self) -> float:
+        return float(getattr(self.engine, "post_seconds", 0.0) or 0.0)
+
+    @property
+    def engine_failure(self) -> BaseException | None:
+        """Why the running engine's batching loop died, if it did (``/readyz`` then answers 503)."""
+        return getattr(self.engine, "failure", None) if self.engine is not None else None
 
     # --- what sessions need (sessions.ServerLike) ---------------------------------------------------------
 
@@ -487,10 +501,15 @@ class Endpoints:
     async def readyz(self, request: Request) -> Response:
         """200 once every startup package and the model are loaded and warm; 503 before (or on failure)."""
         state = self.state
-        if state.ready:
+        failure = state.engine_failure
+        if state.ready and failure is None:
             return JSONResponse({"ready": True, "packages": [i.id for i in state.store.infos()],
-                                 "model": state.model.name if state.model else None})
-        reason = f"startup failed: {state.startup_error}" if state.startup_error else "loading"
+                                 "model": state.model.name if state.model else None,
+                                 "sessions": state.admission.to_dict()})
+        if failure is not None:
+            reason = f"engine failed: {type(failure).__name__}: {failure}; restart the server"
+        else:
+            reason = f"startup failed: {state.startup_error}" if state.startup_error else "loading"
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     async def metrics_text(self, request: Request) -> Response:
@@ -704,6 +723,7 @@ def create_app(state: ServerState) -> ASGIApp:
             Route("/v1/packages", ep.load_package, methods=["POST"]),
             Route("/v1/packages/{package_id}", ep.unload_package, methods=["DELETE"]),
             WebSocketRoute("/v1/stream", ep.stream),
+            *demo_routes(state),
         ],
         lifespan=lifespan,
     )

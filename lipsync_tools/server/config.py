@@ -71,11 +71,14 @@ class SessionLimits:
 
     ``audio_buffer_bytes``: PCM a session holds before it stops reading the socket (backpressure; default
     2 MiB, about 65 s); it is at least one chunk plus one window so a full-size chunk always fits.
-    ``send_queue_frames``: rendered frames waiting to be written to the socket.
-    ``max_skipped_frames``: REALTIME sessions skip a frame whose slot finds the send queue full; after this
-    many skips in a row the session is closed with ``too_slow``.
-    ``slow_client_seconds``: UNPACED sessions wait for queue space; after this long without progress the
-    session is closed with ``too_slow``.
+    ``inflight_frames``: frames of one session being rendered or waiting to be sent at once; several let
+    concurrent sessions share batched model calls, and bound what a slow reader makes the server hold.
+    ``max_skipped_frames``: a REALTIME session whose frames keep expiring because the socket had not taken
+    the frames before them is closed with ``too_slow`` after this many in a row.
+    ``slow_client_seconds``: longest one frame may wait for the socket (any pacing) before the session is
+    closed with ``too_slow``.
+    ``idle_timeout_seconds``: a session that receives no audio for this long without ending is closed with
+    ``idle_timeout`` (a live avatar's client sends silence between utterances).
     ``max_inflight_requests``: ``frame_request`` messages on one socket being processed at once; beyond it
     the server stops reading that socket until one finishes.
     ``close_timeout_seconds``: how long the server tries to deliver a closing error to a client that does
@@ -83,9 +86,10 @@ class SessionLimits:
     """
 
     audio_buffer_bytes: int = 2 * MAX_AUDIO_CHUNK_BYTES
-    send_queue_frames: int = 4
+    inflight_frames: int = 4
     max_skipped_frames: int = 50
     slow_client_seconds: float = 10.0
+    idle_timeout_seconds: float = 30.0
     max_inflight_requests: int = 8
     close_timeout_seconds: float = 2.0
 
@@ -96,10 +100,10 @@ class SessionLimits:
                 f"audio_buffer_bytes must be at least {MAX_AUDIO_CHUNK_BYTES + 6400} (one chunk plus one "
                 f"window), got {self.audio_buffer_bytes}"
             )
-        for name in ("send_queue_frames", "max_skipped_frames", "max_inflight_requests"):
+        for name in ("inflight_frames", "max_skipped_frames", "max_inflight_requests"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("slow_client_seconds", "close_timeout_seconds"):
+        for name in ("slow_client_seconds", "close_timeout_seconds", "idle_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -124,6 +128,9 @@ class ServerConfig:
     Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
     ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
     ``silence_dbfs`` (RMS level below which a window is silence).
+    Live sessions: ``min_session_fps`` (a session is refused when the admitted ones could no longer each get
+    this many frames per second, or their package's fps if lower; docs/engine.md, *Live sessions*),
+    ``max_sessions`` (most sessions at once), ``sessions`` (per-session limits, incl. the idle timeout).
     Safety: ``token`` (bearer token, ``None`` = open; required when ``host`` is not a loopback address unless
     ``insecure``), ``package_dir`` (run-time loads by path only inside it; ``None``: none by path),
     ``allow_urls`` (run-time loads of ``{"id", "url", "sha256"}``), ``allow_runtime_loading`` (off: no
@@ -156,6 +163,8 @@ class ServerConfig:
     queue_limit: int = 64
     jpeg_quality: int = 90
     silence_dbfs: float = -50.0
+    min_session_fps: float = 20.0
+    max_sessions: int = 32
     token: str | None = None
     package_dir: Path | None = None
     allow_runtime_loading: bool = True
@@ -209,6 +218,10 @@ class ServerConfig:
             raise UsageError(f"queue_limit must be >= 1, got {self.queue_limit}")
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if not 0 < self.min_session_fps <= 240:
+            raise UsageError(f"min_session_fps must be in (0, 240] frames/s, got {self.min_session_fps}")
+        if not 1 <= self.max_sessions <= 10_000:
+            raise UsageError(f"max_sessions must be in [1, 10000], got {self.max_sessions}")
         if self.token is not None and not self.token.strip():
             raise UsageError("the bearer token is empty; give a real token or none")
         if self.token is None and not self.insecure and not is_loopback(self.host):

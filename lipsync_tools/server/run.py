@@ -77,6 +77,7 @@ def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
 
 def model_defaults(config: ServerConfig) -> Any:
     """The model store's defaults from the server's options (``--model``, ``--checkpoint``, ...)."""
+    from lipsync_tools.engine.capacity import capacity_batches
     from lipsync_tools.engine.model_store import ModelDefaults
 
     return ModelDefaults(
@@ -85,6 +86,7 @@ def model_defaults(config: ServerConfig) -> Any:
         cache_dir=config.onnx_cache_dir, audio_encoder=config.audio_encoder,
         use_package_checkpoint=config.use_package_checkpoint, max_models=config.max_models,
         warmup_batches=tuple(sorted({1, config.max_batch})),
+        capacity_batches=capacity_batches(config.max_batch),
     )
 
 

@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
 from starlette.websockets import WebSocket
 
+from lipsync_tools.audio.mel import MEL_WINDOW_FRAMES
+from lipsync_tools.audio.streaming import StreamingMel, frame_audio_offset
+from lipsync_tools.engine.capacity import Capacity
 from lipsync_tools.engine.pacing import is_silent, pingpong_index
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
@@ -49,6 +54,7 @@ from lipsync_tools.protocol import (
     SessionStart,
     SessionStarted,
 )
+from lipsync_tools.server.admission import Admission, Ticket
 from lipsync_tools.server.config import SessionLimits
 from lipsync_tools.server.metrics import Metrics
 
@@ -65,14 +71,38 @@ _CLOSE_CODE: Final[dict[str, int]] = {
     ErrorCode.UNSUPPORTED_VERSION: CLOSE_PROTOCOL_ERROR,
     ErrorCode.UNAUTHORIZED: CLOSE_POLICY,
     ErrorCode.TOO_SLOW: CLOSE_POLICY,
+    ErrorCode.IDLE_TIMEOUT: CLOSE_NORMAL,
 }
 """WebSocket close code after an error reply with a closing code (docs/protocol.md, *Errors*)."""
 
 OVERLOAD_RETRY_SECONDS: Final = 0.005
 
+LOOK_AHEAD_SAMPLES: Final = (MEL_WINDOW_FRAMES - 1) * 200 + 400
+"""Samples of audio after a frame's own time that its mel window needs: the window's last mel frame is
+centred 15 hops (of 200 samples) after its first and reaches half an FFT (400 samples) beyond: 0.2125 s."""
+
+
+def look_ahead_seconds(look_ahead_frames: int, fps: float) -> float:
+    """How much audio after a frame's time its model input needs: its own mel window, plus
+    ``look_ahead_frames`` frames for models that hear ahead (SyncTalk_2D's AVE: 6)."""
+    return LOOK_AHEAD_SAMPLES / SAMPLE_RATE + look_ahead_frames / fps
+
+
+class ModelLike(Protocol):
+    """The model serving a session (:class:`~lipsync_tools.engine.model_store.ServedModel`)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def capacity(self) -> Capacity: ...
+
 
 class EngineLike(Protocol):
     """What the server needs from :class:`lipsync_tools.engine.Engine` (a fake implements it in tests)."""
+
+    post_seconds: float
+    """Compositing + encoding seconds per model frame (a moving average)."""
 
     async def process(
         self, request: FrameRequest, *, stream: Any | None = None, stream_frame: int = 0
@@ -83,6 +113,12 @@ class EngineLike(Protocol):
 
         It has ``look_ahead`` (frames of audio needed after the one rendered), ``add(k, window)`` and
         ``end(total)``; the session passes it back to :meth:`process` with each request."""
+        ...
+
+    async def model_for(self, package_id: str) -> ModelLike: ...
+
+    def expected_latency(self, model: Any) -> float:
+        """Seconds a frame submitted now for ``model`` is expected to take until its reply is ready."""
         ...
 
     async def original_frame(
@@ -118,77 +154,148 @@ class TooSlowError(Exception):
     """The client did not read its frames in time (the session closes with ``too_slow``)."""
 
 
-class AudioBuffer:
-    """PCM16 of one session, consumed one frame window at a time; bounded to ``capacity`` bytes.
+class IdleError(Exception):
+    """The client sent no audio for the idle timeout without ending its session (``idle_timeout``)."""
 
-    Frame ``k`` (0-based) starts at sample ``round(k * 16000 / fps)`` and needs ``PCM_WINDOW_SAMPLES``
-    samples from there. After the client's ``session_end`` the session has ``ceil(samples * fps / 16000)``
-    frames; windows running past the end are padded with zeros (silence).
+
+class SessionAudio:
+    """One session's audio: the streaming mel spectrogram, the PCM for silence checks, and the audio clock.
+
+    Frame ``k`` (0-based) is shown at sample ``round(k * 16000 / fps)``; its model input is the mel window
+    :class:`~lipsync_tools.audio.streaming.StreamingMel` gives it, on the sample grid of ``lipsync render``.
+    After the client's ``session_end`` the session has as many frames as a render of the same audio.
+
+    The audio clock: sample ``s`` plays at ``t0 + s / 16000`` (event-loop seconds), where ``t0`` is when the
+    first chunk arrived. A chunk that arrives more than ``resync_seconds`` after its own first sample should
+    have played means the client paused: the clock restarts from it (``t0 = arrival - s / 16000``).
+
+    PCM is bounded to ``capacity`` bytes: :meth:`feed` waits for room, which stops the connection reading the
+    socket (TCP backpressure); frames the session is done with are released by :meth:`discard_before`.
     """
 
-    def __init__(self, capacity: int, fps: float) -> None:
+    def __init__(self, capacity: int, fps: float, *, resync_seconds: float = 0.5) -> None:
         self._capacity = capacity
-        self._fps = fps
-        self._data = bytearray()
-        self._base = 0  # absolute sample index of self._data[0]
-        self._received = 0  # samples received so far
-        self._ended = False
+        self.fps = fps
+        self.resync_seconds = resync_seconds
+        # Room for every mel frame of a full PCM buffer, so a client that sends ahead loses none.
+        self.mel = StreamingMel(fps, keep_frames=capacity // (2 * 200) + 64)
+        self._pcm = bytearray()
+        self._base = 0  # absolute sample index of self._pcm[0]
+        self.t0: float | None = None
+        self.last_audio: float | None = None  # loop time the last chunk arrived
+        self.resyncs = 0
         self._changed = asyncio.Condition()
 
-    def _start(self, k: int) -> int:
-        return round(k * SAMPLE_RATE / self._fps)
+    @property
+    def ended(self) -> bool:
+        return self.mel.ended
+
+    @property
+    def samples(self) -> int:
+        return self.mel.samples
 
     async def feed(self, pcm: bytes | memoryview) -> None:
-        """Append ``pcm`` (even length, at most one chunk); waits while the buffer has no room for it."""
+        """Append ``pcm`` (PCM16 LE, at most one chunk); waits while the buffer has no room for it."""
         async with self._changed:
-            await self._changed.wait_for(lambda: len(self._data) + len(pcm) <= self._capacity)
-            self._data += pcm
-            self._received += len(pcm) // 2
+            await self._changed.wait_for(lambda: len(self._pcm) + len(pcm) <= self._capacity)
+            now = asyncio.get_running_loop().time()
+            first = self.mel.samples
+            if self.t0 is None:
+                self.t0 = now
+            elif now > self.t0 + first / SAMPLE_RATE + self.resync_seconds:
+                self.t0 = now - first / SAMPLE_RATE  # the client paused: its audio clock restarts here
+                self.resyncs += 1
+            self.last_audio = now
+            self._pcm += pcm
+            self.mel.feed(np.frombuffer(pcm, dtype="<i2"))
             self._changed.notify_all()
 
     async def end(self) -> None:
         """No more audio will come."""
         async with self._changed:
-            self._ended = True
+            if not self.mel.ended:
+                self.mel.end()
             self._changed.notify_all()
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     def frame_count(self) -> int | None:
         """Frames this session will have, once the client ended its audio (``None`` before)."""
-        if not self._ended:
-            return None
-        return math.ceil(self._received * self._fps / SAMPLE_RATE)
+        return self.mel.video_frames()
 
-    async def window(self, k: int) -> np.ndarray | None:
-        """Frame ``k``'s int16 ``(PCM_WINDOW_SAMPLES,)`` window (waits for its audio); None past the end."""
-        start = self._start(k)
-        need = start + PCM_WINDOW_SAMPLES
+    def ready(self, k: int) -> bool:
+        """Whether frame ``k``'s audio is all there (always after the end: later frames are silence)."""
+        return self.mel.ended or self.mel.ready(k)
+
+    async def wait_ready(self, k: int, idle_seconds: float) -> None:
+        """Wait until :meth:`ready` (``k``); :class:`IdleError` after ``idle_seconds`` without new audio."""
+        loop = asyncio.get_running_loop()
         async with self._changed:
-            await self._changed.wait_for(lambda: self._ended or self._received >= need)
-            total = self.frame_count()
-            if total is not None and k >= total:
-                return None
-            lo = (start - self._base) * 2
-            chunk = bytes(self._data[lo : lo + PCM_WINDOW_BYTES])
-            # Samples before the next frame's start are never needed again.
-            drop = max(0, min(len(self._data), (self._start(k + 1) - self._base) * 2))
-            del self._data[:drop]
-            self._base += drop // 2
-            self._changed.notify_all()
+            while not self.ready(k):
+                last = self.last_audio if self.last_audio is not None else loop.time()
+                remaining = last + idle_seconds - loop.time()
+                if remaining <= 0:
+                    raise IdleError(
+                        f"no audio for {idle_seconds:g} s and no session_end; send audio (silence keeps an "
+                        "avatar idling) or end the session"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                if self.last_audio is None:
+                    self.last_audio = last  # the idle clock runs from the session's start
+
+    def play_time(self, k: int) -> float:
+        """Event-loop time at which frame ``k``'s audio plays (the clock must have started)."""
+        assert self.t0 is not None
+        return self.t0 + k / self.fps
+
+    def mel_window(self, k: int) -> np.ndarray:
+        """Frame ``k``'s float32 ``(80, 16)`` mel window (``ready(k)`` must hold)."""
+        return self.mel.window(k)
+
+    def pcm_window(self, k: int) -> np.ndarray:
+        """Frame ``k``'s int16 ``(PCM_WINDOW_SAMPLES,)`` samples from its start (zeros past the end)."""
+        lo = (frame_audio_offset(k, self.fps) - self._base) * 2
+        chunk = bytes(self._pcm[max(0, lo) : max(0, lo) + PCM_WINDOW_BYTES])
         window = np.zeros(PCM_WINDOW_SAMPLES, dtype=np.int16)
         window[: len(chunk) // 2] = np.frombuffer(chunk, dtype="<i2")
         return window
 
+    async def discard_before(self, k: int) -> None:
+        """The session will not look at frames ``< k`` again: free their audio (and wake a waiting feed)."""
+        drop = max(0, min(len(self._pcm), (frame_audio_offset(k, self.fps) - self._base) * 2))
+        if drop:
+            async with self._changed:
+                del self._pcm[:drop]
+                self._base += drop // 2
+                self._changed.notify_all()
+        self.mel.discard_before(k)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One frame on its way to the client: its number, the task rendering it, and when that finished."""
+
+    k: int
+    task: asyncio.Task[FrameReply | None]
+    done_at: float | None = None
+
+    def __post_init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.task.add_done_callback(lambda _: setattr(self, "done_at", loop.time()))
+
 
 class Session:
-    """One streaming session: audio in, frames out at the package fps (REALTIME) or as fast as possible.
+    """One streaming session: audio in, frames out on the audio's clock (REALTIME) or as fast as possible.
 
     ``send`` writes one message to the socket (serialised by the connection). ``run`` returns when the last
-    frame and the closing ``session_end`` were sent; it raises :class:`TooSlowError` per the slow-client rule
-    and :class:`ProtocolError` when a frame cannot be made (e.g. the package was unloaded).
+    frame and the closing ``session_end`` were sent; it raises :class:`TooSlowError` per the slow-client
+    rule, :class:`IdleError` after ``limits.idle_timeout_seconds`` without audio, and
+    :class:`ProtocolError` when a frame cannot be made (e.g. the package was unloaded).
+
+    REALTIME (docs/protocol.md, *Sessions*): frame ``k`` plays at ``t0 + k / fps`` and must reach the client
+    by that time plus ``max_lag`` seconds (its audio look-ahead, one model call, compositing and encoding, one
+    frame interval). A frame that cannot make it is not rendered, or not sent if it became late on the way;
+    the client keeps showing the previous one. Up to ``limits.inflight_frames`` frames are rendered at once,
+    so concurrent sessions share batched model calls.
     """
 
     def __init__(
@@ -201,6 +308,9 @@ class Session:
         limits: SessionLimits,
         silence_dbfs: float,
         send: Callable[[Message], Awaitable[None]],
+        max_lag: float = 0.0,
+        model: ModelLike | None = None,
+        stream: Any | None = None,
     ) -> None:
         self.start = start
         self.info = info
@@ -208,133 +318,177 @@ class Session:
         self.metrics = metrics
         self.limits = limits
         self.silence_dbfs = silence_dbfs
+        self.max_lag = max_lag
+        self.model = model
+        self.stream = stream  # engine.open_stream(...) for models that hear several frames (AVE)
         self._send = send
-        self.audio = AudioBuffer(limits.audio_buffer_bytes, info.fps)
-        self._queue: asyncio.Queue[FrameReply | None] = asyncio.Queue(maxsize=limits.send_queue_frames)
+        self.audio = SessionAudio(limits.audio_buffer_bytes, info.fps)
+        self._slots = asyncio.Semaphore(limits.inflight_frames)
+        self._pending: asyncio.Queue[_Slot | None] = asyncio.Queue()  # bounded by the slots
         self.frames_sent = 0
-        self.frames_skipped = 0
+        self.frames_dropped = 0
+        self._socket_drops = 0  # frames dropped in a row because the socket had not taken earlier ones
+
+    @property
+    def realtime(self) -> bool:
+        return self.start.pacing is Pacing.REALTIME
 
     async def run(self) -> None:
-        """Produce and send every frame, then ``session_end``."""
+        """Produce and send every frame (or drop it, REALTIME), then ``session_end`` with the counts."""
         sender = asyncio.create_task(self._sender())
+        producer = asyncio.create_task(self._produce())
         try:
-            await self._produce()
+            done, _ = await asyncio.wait({sender, producer}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raise the first failure
+            await producer
             await sender
         finally:
-            if not sender.done():
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-        await self._send(SessionEnd(request_id=self.start.request_id))
+            for task in (producer, sender):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            await self._cancel_pending()
+        await self._send(SessionEnd(request_id=self.start.request_id, frames_sent=self.frames_sent,
+                                    frames_dropped=self.frames_dropped))
 
-    async def _sender(self) -> None:
-        while True:
-            reply = await self._queue.get()
-            if reply is None:
-                return
-            await self._send(reply)
-            self.frames_sent += 1
-            self.metrics.frame_sent("session", reply.silence)
+    async def _cancel_pending(self) -> None:
+        while not self._pending.empty():
+            slot = self._pending.get_nowait()
+            if slot is not None:
+                slot.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await slot.task
+
+    def _drop(self, reason: str) -> None:
+        self.frames_dropped += 1
+        self.metrics.inc("lipsync_session_frames_dropped_total", reason=reason)
+
+    def deadline(self, k: int) -> float:
+        """Event-loop time by which frame ``k`` must be sent (REALTIME)."""
+        return self.audio.play_time(k) + self.max_lag
 
     async def _produce(self) -> None:
-        loop = asyncio.get_running_loop()
-        realtime = self.start.pacing is Pacing.REALTIME
-        period = 1.0 / self.info.fps
-        t0: float | None = None
-        skipped_in_a_row = 0
-        # Families whose audio window reaches ahead (AVE: 6 frames) need that audio before a frame renders.
-        stream = await self.engine.open_stream(self.start.package_id)
+        stream = self.stream
         look_ahead = stream.look_ahead if stream is not None else 0
-        windows: dict[int, np.ndarray] = {}
-        next_window = 0
-        ended = False
+        loop = asyncio.get_running_loop()
+        added = 0  # frames whose window went into `stream`
         k = 0
         while True:
-            while not ended and next_window <= k + look_ahead:
-                read = await self.audio.window(next_window)
-                if read is None:
-                    ended = True
-                    if stream is not None:
-                        stream.end(next_window)
-                    break
-                windows[next_window] = read
-                if stream is not None:
-                    stream.add(next_window, read)
-                next_window += 1
-            window = windows.pop(k, None)
-            if window is None:
+            await self.audio.wait_ready(k + look_ahead, self.limits.idle_timeout_seconds)
+            total = self.audio.frame_count()
+            if stream is not None:
+                while added <= k + look_ahead and (total is None or added < total):
+                    stream.add(added, self.audio.mel_window(added))
+                    added += 1
+                if total is not None:
+                    stream.end(total)
+            if total is not None and k >= total:
                 break
-            index = pingpong_index(self.start.start_frame + k, self.info.n_frames)
-            reply = await self._render(index, window, realtime, stream, k)
-            if realtime:
-                if t0 is None:
-                    t0 = loop.time()
-                delay = t0 + k * period - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if reply is None or self._queue.full():
-                    if reply is not None:
-                        skipped_in_a_row += 1
-                        if skipped_in_a_row > self.limits.max_skipped_frames:
-                            raise TooSlowError(
-                                f"the client read no frame for {skipped_in_a_row} frame slots "
-                                f"({skipped_in_a_row * period:.1f} s); read frames as they come, or use "
-                                "unpaced pacing"
-                            )
-                    self.frames_skipped += 1
-                    self.metrics.inc("lipsync_session_frames_skipped_total")
-                else:
-                    skipped_in_a_row = 0
-                    self._queue.put_nowait(reply)
-            else:
-                assert reply is not None  # unpaced renders retry instead of skipping
-                await self._put_unpaced(reply)
+            await self._slots.acquire()
+            # REALTIME: not rendered at all when it cannot be on time (by the engine's own estimate).
+            if (self.realtime and self.model is not None
+                    and loop.time() + self.engine.expected_latency(self.model) > self.deadline(k)):
+                self._slots.release()
+                self._drop("late")
+                await self.audio.discard_before(k + 1)
+                k += 1
+                continue
+            silent = is_silent(self.audio.pcm_window(k), self.silence_dbfs)
+            window = None if silent else self.audio.mel_window(k)
+            task = asyncio.create_task(self._render(k, window, stream))
+            await self._pending.put(_Slot(k, task))
+            await self.audio.discard_before(k + 1)
             k += 1
-        await self._put_unpaced(None)
+        await self._pending.put(None)
 
-    async def _put_unpaced(self, item: FrameReply | None) -> None:
+    async def _render(self, k: int, window: np.ndarray | None, stream: Any | None) -> FrameReply | None:
+        """Frame ``k``'s reply from its mel ``window`` (None: silent, the avatar's own frame); None when
+        REALTIME drops it (the engine's queue was full)."""
+        start = self.start
+        index = pingpong_index(start.start_frame + k, self.info.n_frames)
+        if window is None:
+            reply = await self.engine.original_frame(start.package_id, index, start.image, start.jpeg_quality)
+        else:
+            request = FrameRequest(
+                request_id=0, package_id=start.package_id, frame_index=index, audio=AudioFormat.MEL,
+                image=start.image, jpeg_quality=start.jpeg_quality, payload=window.tobytes(),
+            )
+            deadline = asyncio.get_running_loop().time() + self.limits.slow_client_seconds
+            while True:
+                try:
+                    reply = await self.engine.process(request, stream=stream, stream_frame=k)
+                    break
+                except ProtocolError as exc:
+                    # The engine's queue is shared by every client: a live session drops this frame, an
+                    # offline one waits its turn.
+                    if exc.code != ErrorCode.OVERLOADED or self.realtime:
+                        if exc.code == ErrorCode.OVERLOADED:
+                            return None
+                        raise
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(OVERLOAD_RETRY_SECONDS)
+        return dataclasses.replace(reply, session_frame=k, audio_offset=frame_audio_offset(k, self.info.fps))
+
+    async def _sender(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            slot = await self._pending.get()
+            if slot is None:
+                return
+            try:
+                reply = await slot.task
+                if reply is None:
+                    self._drop("overloaded")
+                    continue
+                if self.realtime:
+                    wait = self.audio.play_time(slot.k) - loop.time()
+                    if wait > 0:  # never ahead of the audio (a client that sends faster than real time)
+                        await asyncio.sleep(wait)
+                    if loop.time() > self.deadline(slot.k):
+                        self._late_at_send(slot)
+                        continue
+                await self._send_frame(reply)
+            finally:
+                self._slots.release()
+
+    def _late_at_send(self, slot: _Slot) -> None:
+        if slot.done_at is None or slot.done_at > self.deadline(slot.k):
+            self._drop("late")  # the engine was slower than estimated
+            return
+        self._drop("socket")  # it was ready in time, but the socket had not taken the frames before it
+        self._socket_drops += 1
+        if self._socket_drops > self.limits.max_skipped_frames:
+            raise TooSlowError(
+                f"{self._socket_drops} frames in a row expired waiting for the socket "
+                f"({self._socket_drops / self.info.fps:.1f} s); read frames as they come, or use unpaced "
+                "pacing"
+            )
+
+    async def _send_frame(self, reply: FrameReply) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._queue.put(item), self.limits.slow_client_seconds)
+            await asyncio.wait_for(self._send(reply), self.limits.slow_client_seconds)
         except TimeoutError:
             raise TooSlowError(
                 f"the client read no frame for {self.limits.slow_client_seconds:g} s; read frames as they "
                 "come (send audio from another thread or task)"
             ) from None
-
-    async def _render(
-        self, index: int, window: np.ndarray, realtime: bool, stream: Any | None = None, k: int = 0
-    ) -> FrameReply | None:
-        """The frame for avatar ``index`` and audio ``window`` (session frame ``k``); None when REALTIME
-        skips it (overloaded)."""
-        start = self.start
-        deadline = asyncio.get_running_loop().time() + self.limits.slow_client_seconds
-        while True:
-            try:
-                if is_silent(window, self.silence_dbfs):
-                    return await self.engine.original_frame(
-                        start.package_id, index, start.image, start.jpeg_quality
-                    )
-                request = FrameRequest(
-                    request_id=0, package_id=start.package_id, frame_index=index, audio=AudioFormat.PCM16,
-                    image=start.image, jpeg_quality=start.jpeg_quality, payload=window.tobytes(),
-                )
-                return await self.engine.process(request, stream=stream, stream_frame=k)
-            except ProtocolError as exc:
-                if exc.code != ErrorCode.OVERLOADED:
-                    raise
-                # The engine's queue is shared by every client: a live session drops this frame, an
-                # offline one waits its turn.
-                if realtime or asyncio.get_running_loop().time() > deadline:
-                    if realtime:
-                        return None
-                    raise
-                await asyncio.sleep(OVERLOAD_RETRY_SECONDS)
+        self._socket_drops = 0
+        self.frames_sent += 1
+        self.metrics.frame_sent("session", reply.silence)
+        if self.realtime and reply.session_frame is not None:
+            self.metrics.observe("lipsync_session_lag_seconds",
+                                 max(0.0, loop.time() - self.audio.play_time(reply.session_frame)))
 
 
 class ServerLike(Protocol):
     """The parts of the server state a connection uses (see :class:`lipsync_tools.server.app.ServerState`)."""
 
     metrics: Metrics
+    admission: Admission
 
     @property
     def limits(self) -> SessionLimits: ...
@@ -471,6 +625,7 @@ class StreamConnection:
             await self._fail(self._unexpected("session_start", "while a session is running"), codec,
                              start.request_id)
             return
+        admission = self.server.admission
         try:
             engine = self.server.require_engine()
             await self.server.ensure_package(start.package_id)
@@ -481,32 +636,49 @@ class StreamConnection:
                     f"start_frame {start.start_frame} is beyond package {start.package_id!r}, which has "
                     f"{info.n_frames} frames (0-{info.n_frames - 1})",
                 )
+            model = await engine.model_for(start.package_id)
+            stream = await engine.open_stream(start.package_id)
+            ticket = admission.admit(model, info.fps)
         except ProtocolError as exc:
+            if exc.code == ErrorCode.OVERLOADED:
+                self.metrics.inc("lipsync_sessions_refused_total")
             await self._fail(exc, codec, start.request_id)
             return
+        look_ahead = stream.look_ahead if stream is not None else 0
+        max_lag = 0.0
+        if start.pacing is Pacing.REALTIME:
+            max_lag = admission.max_lag(model, info.fps, look_ahead_seconds(look_ahead, info.fps))
 
         async def send(message: Message) -> None:
             await self.send(message, codec)
 
         session = Session(start, info, engine=engine, metrics=self.metrics, limits=self.limits,
-                          silence_dbfs=self.server.silence_dbfs, send=send)
+                          silence_dbfs=self.server.silence_dbfs, send=send, max_lag=max_lag, model=model,
+                          stream=stream)
         started = SessionStarted(request_id=start.request_id, package_id=start.package_id, fps=info.fps,
-                                 frame_count=info.n_frames, width=info.width, height=info.height)
-        await self.send(started, codec)
+                                 frame_count=info.n_frames, width=info.width, height=info.height,
+                                 max_lag_ms=math.ceil(max_lag * 1000))
+        try:
+            await self.send(started, codec)
+        except BaseException:
+            admission.release(ticket)
+            raise
         self._session = session
         self.metrics.inc("lipsync_sessions_total")
         self.metrics.add_gauge("lipsync_active_sessions", 1)
-        self._session_task = asyncio.create_task(self._run_session(session, codec))
+        self._session_task = asyncio.create_task(self._run_session(session, codec, ticket))
 
-    async def _run_session(self, session: Session, codec: Codec) -> None:
+    async def _run_session(self, session: Session, codec: Codec, ticket: Ticket) -> None:
         try:
             self.server.hold_package(session.start.package_id)  # never evicted while the session runs
         except ProtocolError as exc:
+            self.server.admission.release(ticket)
             await self._fail(exc, codec, session.start.request_id)
             return
         try:
             await self._run_held_session(session, codec)
         finally:
+            self.server.admission.release(ticket)
             self.server.release_package(session.start.package_id)
 
     async def _run_held_session(self, session: Session, codec: Codec) -> None:
@@ -514,6 +686,9 @@ class StreamConnection:
             await session.run()
         except TooSlowError as exc:
             await self._fail(ProtocolError(ErrorCode.TOO_SLOW, str(exc)), codec, session.start.request_id)
+            return
+        except IdleError as exc:
+            await self._fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, str(exc)), codec, session.start.request_id)
             return
         except ProtocolError as exc:
             await self._fail(exc, codec, session.start.request_id)
