@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: espeak-ng speaks the test speech; libgl1/libglib2.0-0 are what OpenCV's
-# wheels load. Installed only when missing (needs root or sudo).
-APT_PACKAGES := espeak-ng libgl1 libglib2.0-0
+# wheels load; chromium runs the demo page's browser tests (Playwright drives it: its own browser download is
+# not used). Installed only when missing (needs root or sudo).
+APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps test lint clean
@@ -20,6 +21,7 @@ install: system-deps
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="yes"; \
+	command -v chromium >/dev/null 2>&1 || missing="yes"; \
 	ldconfig -p | grep -q 'libGL.so.1 ' || missing="yes"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \

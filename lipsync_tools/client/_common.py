@@ -107,3 +107,11 @@ def audio_chunks(
     view = memoryview(pcm)
     for start in range(0, len(view), size):
         yield view[start : start + size]
+
+
+def session_play_time(audio_started: float | None, frame: FrameReply) -> float | None:
+    """When ``frame``'s audio plays on a client clock that started at ``audio_started`` (the first chunk
+    sent): ``audio_started + frame.audio_offset / 16000``; None without a start or a timeline."""
+    if audio_started is None or frame.audio_offset is None:
+        return None
+    return audio_started + frame.audio_offset / SAMPLE_RATE

@@ -33,6 +33,7 @@ from lipsync_tools.client._common import (
     http_base,
     pcm_bytes,
     pick_codec,
+    session_play_time,
     ws_url,
 )
 from lipsync_tools.errors import ProtocolError
@@ -201,6 +202,8 @@ class AsyncSession(_AsyncSocket):
         self.timeout = timeout
         self.finished = False
         self._sequence = 0
+        self.summary: SessionEnd | None = None  # the server's session_end: frames sent and dropped
+        self.audio_started: float | None = None  # time.monotonic() when the first audio chunk was sent
         self.started: SessionStarted | None = None
 
     async def begin(self) -> SessionStarted:
@@ -220,6 +223,8 @@ class AsyncSession(_AsyncSocket):
         """Send PCM16 mono 16 kHz as ``audio_chunk`` messages of ``chunk_seconds``."""
         for chunk in audio_chunks(pcm_bytes(pcm), chunk_seconds):
             self._sequence = (self._sequence + 1) & 0xFFFF_FFFF
+            if self.audio_started is None:
+                self.audio_started = time.monotonic()
             await self.send(AudioChunk(request_id=self._sequence, payload=chunk))
 
     async def end(self) -> None:
@@ -237,11 +242,16 @@ class AsyncSession(_AsyncSocket):
             return None
         if isinstance(message, SessionEnd):
             self.finished = True
+            self.summary = message
             return None
         return expect_frame(message)
 
     def __aiter__(self) -> AsyncIterator[FrameReply]:
         return self._frames()
+
+    def play_time(self, frame: FrameReply) -> float | None:
+        """See :meth:`lipsync_tools.client.sync.Session.play_time`."""
+        return session_play_time(self.audio_started, frame)
 
     async def _frames(self) -> AsyncIterator[FrameReply]:
         while (frame := await self.next_frame()) is not None:

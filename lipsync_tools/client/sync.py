@@ -36,6 +36,7 @@ from lipsync_tools.client._common import (
     http_base,
     pcm_bytes,
     pick_codec,
+    session_play_time,
     ws_url,
 )
 from lipsync_tools.errors import ProtocolError
@@ -218,8 +219,11 @@ class FrameStream(_Socket):
 class Session(_Socket):
     """A running session: :meth:`send_audio`, :meth:`end`, and iterate for the frames (or :meth:`play`).
 
-    ``started`` is the server's SessionStarted (fps, frame count, size). Iterating yields each FrameReply
-    until the server's ``session_end``; an error reply is raised as ProtocolError.
+    ``started`` is the server's SessionStarted (fps, frame count, size, ``max_lag_ms``). Iterating yields each
+    FrameReply until the server's ``session_end`` (kept as ``summary``: frames sent and dropped); an error
+    reply is raised as ProtocolError. Each frame carries its timeline: ``session_frame`` (numbers of dropped
+    frames are missing) and ``audio_offset``, the 16 kHz sample of the session's audio at which it is shown
+    (:meth:`play_time`).
     """
 
     def __init__(self, ws: ClientConnection, codec: Codec, start: SessionStart,
@@ -229,6 +233,8 @@ class Session(_Socket):
         self.timeout = timeout
         self.finished = False
         self._sequence = 0
+        self.summary: SessionEnd | None = None  # the server's session_end: frames sent and dropped
+        self.audio_started: float | None = None  # time.monotonic() when the first audio chunk was sent
         self.send(start)
         answer = self.recv(timeout)
         if isinstance(answer, ErrorReply):
@@ -243,6 +249,8 @@ class Session(_Socket):
         """Send PCM16 mono 16 kHz (int16 array or bytes) as ``audio_chunk`` messages of ``chunk_seconds``."""
         for chunk in audio_chunks(pcm_bytes(pcm), chunk_seconds):
             self._sequence = (self._sequence + 1) & 0xFFFF_FFFF
+            if self.audio_started is None:
+                self.audio_started = time.monotonic()
             self.send(AudioChunk(request_id=self._sequence, payload=chunk))
 
     def end(self) -> None:
@@ -260,12 +268,19 @@ class Session(_Socket):
             return None
         if isinstance(message, SessionEnd):
             self.finished = True
+            self.summary = message
             return None
         return expect_frame(message)
 
     def __iter__(self) -> Iterator[FrameReply]:
         while (frame := self.next_frame()) is not None:
             yield frame
+
+    def play_time(self, frame: FrameReply) -> float | None:
+        """When ``frame``'s audio plays on this client's clock (``time.monotonic()`` seconds): sample 0 at
+        the moment the first audio chunk was sent, sample ``frame.audio_offset`` that many 16 kHz samples
+        later. ``arrival - play_time`` is the frame's lag. None for a frame without a timeline."""
+        return session_play_time(self.audio_started, frame)
 
     def play(self, pcm: np.ndarray | bytes | memoryview, *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
              realtime: bool = False) -> Iterator[FrameReply]:

@@ -6,7 +6,7 @@ Layout (``docs/protocol.md`` has the table and worked examples)::
          0    4 bytes magic            b"LSYN"
          4    1 u8    version          PROTOCOL_VERSION
          5    1 u8    message type     MessageType
-         6    2 u16   flags            FLAG_SILENCE on frame_reply, else 0
+         6    2 u16   flags            FLAG_SILENCE, FLAG_TIMELINE on frame_reply, else 0
          8    4 u32   request id
         12    2 u16   package id length
         14    4 u32   frame index
@@ -19,6 +19,9 @@ Layout (``docs/protocol.md`` has the table and worked examples)::
 
 Decoding checks magic, then version, then every length against its limit, then the total size, and only
 then touches the rest, so a lying header costs microseconds and no allocation.
+
+The header and the error_reply are the same in versions 1 and 2 (``limits.ERROR_REPLY_VERSIONS``), so
+``encode_error`` can answer a version 1 peer with an error it reads.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import limits as L
 from lipsync_tools.protocol.messages import (
     FLAG_SILENCE,
+    FLAG_TIMELINE,
     MAX_PAYLOAD,
     AudioChunk,
     AudioFormat,
@@ -45,16 +49,20 @@ from lipsync_tools.protocol.messages import (
     SessionEnd,
     SessionStart,
     SessionStarted,
+    UnsupportedVersionError,
+    error_reply_version,
 )
 
 HEADER: Final = struct.Struct("<4sBBHIHIBBH2sI4s")
 assert HEADER.size == L.BINARY_HEADER_SIZE  # import-time guard on the layout, not input validation
 
 _REQUEST_FIELDS: Final = struct.Struct("<B")  # jpeg quality
-_REPLY_FIELDS: Final = struct.Struct("<HHHHHHB")  # width, height, x0, y0, x1, y1, timing count
+# width, height, x0, y0, x1, y1, session frame, audio offset, timing count
+_REPLY_FIELDS: Final = struct.Struct("<HHHHHHIQB")
 _TIMING_VALUE: Final = struct.Struct("<I")
 _START_FIELDS: Final = struct.Struct("<BB")  # jpeg quality, pacing
-_STARTED_FIELDS: Final = struct.Struct("<dIHH")  # fps, frame count, width, height
+_STARTED_FIELDS: Final = struct.Struct("<dIHHI")  # fps, frame count, width, height, max lag ms
+_END_FIELDS: Final = struct.Struct("<II")  # frames sent, frames dropped
 
 _ZERO2: Final = b"\0\0"
 _ZERO4: Final = b"\0\0\0\0"
@@ -68,8 +76,9 @@ _FIXED_FIELDS_LEN: Final[Mapping[MessageType, int]] = {
     MessageType.SESSION_START: _START_FIELDS.size,
     MessageType.SESSION_STARTED: _STARTED_FIELDS.size,
     MessageType.AUDIO_CHUNK: 0,
-    MessageType.SESSION_END: 0,
+    MessageType.SESSION_END: _END_FIELDS.size,
 }
+_REPLY_FLAGS: Final = FLAG_SILENCE | FLAG_TIMELINE
 
 
 def _fail(code: ErrorCode, message: str) -> NoReturn:
@@ -91,6 +100,20 @@ class BinaryCodec:
 
     def encode_parts(self, msg: Message) -> tuple[bytes, bytes | memoryview]:
         """``msg`` as (header + package id + fields, payload), for writers that send two buffers unjoined."""
+        return self._encode_parts(msg, L.PROTOCOL_VERSION)
+
+    def encode_error(self, reply: ErrorReply, version: int | None) -> bytes:
+        """``reply`` as a peer speaking ``version`` reads it (the version the refused message had).
+
+        Written with version byte ``version`` when that version's error_reply is laid out like this one's
+        (``limits.ERROR_REPLY_VERSIONS``), else with ``PROTOCOL_VERSION``; ``None`` means unknown.
+        """
+        if not isinstance(reply, ErrorReply):
+            raise TypeError(f"encode_error takes an ErrorReply, got {type(reply).__name__}")
+        head, payload = self._encode_parts(reply, error_reply_version(version))
+        return b"".join((head, payload))
+
+    def _encode_parts(self, msg: Message, version: int) -> tuple[bytes, bytes | memoryview]:
         package_id = b""
         frame_index = audio = image = flags = 0
         fields = b""
@@ -104,8 +127,16 @@ class BinaryCodec:
             case FrameReply():
                 frame_index, image = msg.frame_index, msg.image
                 flags = FLAG_SILENCE if msg.silence else 0
+                session_frame, audio_offset = 0, 0
+                if msg.session_frame is not None and msg.audio_offset is not None:
+                    flags |= FLAG_TIMELINE
+                    session_frame, audio_offset = msg.session_frame, msg.audio_offset
                 x0, y0, x1, y1 = msg.rect or (0, 0, 0, 0)
-                parts = [_REPLY_FIELDS.pack(msg.width, msg.height, x0, y0, x1, y1, len(msg.timings))]
+                parts = [
+                    _REPLY_FIELDS.pack(
+                        msg.width, msg.height, x0, y0, x1, y1, session_frame, audio_offset, len(msg.timings)
+                    )
+                ]
                 for stage, micros in msg.timings.items():
                     name = stage.encode("ascii")
                     parts.append(bytes((len(name),)) + name + _TIMING_VALUE.pack(micros))
@@ -121,16 +152,16 @@ class BinaryCodec:
                 fields = _START_FIELDS.pack(msg.jpeg_quality, msg.pacing)
             case SessionStarted():
                 package_id = msg.package_id.encode("ascii")
-                fields = _STARTED_FIELDS.pack(msg.fps, msg.frame_count, msg.width, msg.height)
+                fields = _STARTED_FIELDS.pack(msg.fps, msg.frame_count, msg.width, msg.height, msg.max_lag_ms)
             case AudioChunk():
                 payload = msg.payload
             case SessionEnd():
-                pass
+                fields = _END_FIELDS.pack(msg.frames_sent, msg.frames_dropped)
             case _:
                 raise TypeError(f"not a protocol message: {type(msg).__name__}")
         header = HEADER.pack(
             L.MAGIC,
-            L.PROTOCOL_VERSION,
+            version,
             msg.TYPE,
             flags,
             msg.request_id,
@@ -171,11 +202,7 @@ class BinaryCodec:
             )
         # the version byte is read before the header size is required: a future version may change the size
         if view[4] != L.PROTOCOL_VERSION:
-            _fail(
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"message has protocol version {view[4]}, this side speaks version {L.PROTOCOL_VERSION}; "
-                "use a client and server of the same protocol version",
-            )
+            raise UnsupportedVersionError(view[4])
         if size < L.BINARY_HEADER_SIZE:
             _fail(
                 ErrorCode.TRUNCATED,
@@ -282,7 +309,7 @@ class BinaryCodec:
                     pacing=_enum(Pacing, pacing, "pacing"),
                 )
             case MessageType.SESSION_STARTED:
-                fps, frame_count, width, height = _STARTED_FIELDS.unpack(fields)
+                fps, frame_count, width, height, max_lag_ms = _STARTED_FIELDS.unpack(fields)
                 return SessionStarted(
                     request_id=request_id,
                     package_id=package_id,
@@ -290,11 +317,15 @@ class BinaryCodec:
                     frame_count=frame_count,
                     width=width,
                     height=height,
+                    max_lag_ms=max_lag_ms,
                 )
             case MessageType.AUDIO_CHUNK:
                 return AudioChunk(request_id=request_id, payload=payload)
             case MessageType.SESSION_END:
-                return SessionEnd(request_id=request_id)
+                frames_sent, frames_dropped = _END_FIELDS.unpack(fields)
+                return SessionEnd(
+                    request_id=request_id, frames_sent=frames_sent, frames_dropped=frames_dropped
+                )
         _fail(ErrorCode.BAD_TYPE, f"unknown message type {type_byte}")  # unreachable: every type is matched
 
     @staticmethod
@@ -309,7 +340,7 @@ class BinaryCodec:
     ) -> None:
         """Reject non-zero header fields the type does not use, and fixed field blocks of the wrong size."""
         name = msg_type.wire_name
-        allowed_flags = FLAG_SILENCE if msg_type is MessageType.FRAME_REPLY else 0
+        allowed_flags = _REPLY_FLAGS if msg_type is MessageType.FRAME_REPLY else 0
         if flags & ~allowed_flags:
             _fail(ErrorCode.BAD_FIELD, f"{name} has unknown flags 0x{flags & ~allowed_flags:04x}")
         if pid_len and msg_type not in _HAS_PACKAGE_ID:
@@ -333,7 +364,16 @@ def _decode_reply(
 ) -> FrameReply:
     if len(fields) < _REPLY_FIELDS.size:
         _fail(ErrorCode.BAD_FIELD, f"frame_reply field block must be at least {_REPLY_FIELDS.size} bytes")
-    width, height, x0, y0, x1, y1, count = _REPLY_FIELDS.unpack_from(fields)
+    width, height, x0, y0, x1, y1, session_frame, audio_offset, count = _REPLY_FIELDS.unpack_from(fields)
+    timeline = bool(flags & FLAG_TIMELINE)
+    if not timeline and (session_frame or audio_offset):
+        _fail(
+            ErrorCode.BAD_FIELD,
+            f"frame_reply without FLAG_TIMELINE must have session frame and audio offset 0, got "
+            f"{session_frame} and {audio_offset}",
+        )
+    if audio_offset > L.MAX_AUDIO_OFFSET:
+        _fail(ErrorCode.BAD_FIELD, f"audio offset {audio_offset} exceeds the limit of {L.MAX_AUDIO_OFFSET}")
     if count > L.MAX_TIMINGS:
         _fail(ErrorCode.BAD_FIELD, f"{count} timing entries, the limit is {L.MAX_TIMINGS}")
     timings: dict[str, int] = {}
@@ -365,6 +405,8 @@ def _decode_reply(
         timings=timings,
         rect=rect,
         silence=bool(flags & FLAG_SILENCE),
+        session_frame=session_frame if timeline else None,
+        audio_offset=audio_offset if timeline else None,
         payload=payload,
     )
 

@@ -12,7 +12,7 @@ from typing import Final, Protocol
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol.binary import BinaryCodec
 from lipsync_tools.protocol.json_codec import JsonCodec
-from lipsync_tools.protocol.messages import ErrorCode, Message
+from lipsync_tools.protocol.messages import ErrorCode, ErrorReply, Message
 
 
 class Codec(Protocol):
@@ -33,6 +33,15 @@ class Codec(Protocol):
 
     def encode(self, msg: Message) -> bytes | str:
         """The wire form of ``msg`` (``bytes`` for binary, ``str`` for JSON)."""
+        ...
+
+    def encode_error(self, reply: ErrorReply, version: int | None) -> bytes | str:
+        """``reply`` written with protocol version ``version`` when ``version`` is in ``ERROR_REPLY_VERSIONS``
+        (its error_reply layout is this one's), else with ``PROTOCOL_VERSION``.
+
+        Answer an :class:`~lipsync_tools.protocol.UnsupportedVersionError` with ``version=error.version`` so
+        a peer of an older protocol version can still read (and show) why it was refused.
+        """
         ...
 
     def decode(self, data: bytes | bytearray | memoryview | str) -> Message:

@@ -1,8 +1,9 @@
 """The JSON codec: the same fields as the binary codec, as one JSON object with a base64 payload.
 
-``{"v": 1, "type": "frame_request", "request_id": 7, ...}``: ``v`` and ``type`` come first, then the fields of
-the type in a fixed order (``FIELDS``), ``payload`` (standard base64 with padding) last. Decoding requires
-exactly those keys: a missing, extra, duplicated or wrongly typed key is a ``bad_field`` error.
+``{"v": 2, "type": "frame_request", "request_id": 7, ...}``: ``v`` and ``type`` come first, then the fields of
+the type in a fixed order (``FIELDS``), ``payload`` (standard base64 with padding) last. Encoding writes every
+key. Decoding requires exactly those keys, except that a key of ``OPTIONAL`` may be missing (its default is
+used): a missing required, extra, duplicated or wrongly typed key is a ``bad_field`` error.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from lipsync_tools.protocol.messages import (
     SessionEnd,
     SessionStart,
     SessionStarted,
+    UnsupportedVersionError,
+    error_reply_version,
 )
 
 FIELDS: Final[Mapping[MessageType, tuple[str, ...]]] = {
@@ -53,6 +56,8 @@ FIELDS: Final[Mapping[MessageType, tuple[str, ...]]] = {
         "height",
         "rect",
         "silence",
+        "session_frame",
+        "audio_offset",
         "timings",
         "payload",
     ),
@@ -76,11 +81,18 @@ FIELDS: Final[Mapping[MessageType, tuple[str, ...]]] = {
         "frame_count",
         "width",
         "height",
+        "max_lag_ms",
     ),
     MessageType.AUDIO_CHUNK: ("v", "type", "request_id", "payload"),
-    MessageType.SESSION_END: ("v", "type", "request_id"),
+    MessageType.SESSION_END: ("v", "type", "request_id", "frames_sent", "frames_dropped"),
 }
 """The keys of each message type's JSON object, in the order they are written."""
+
+OPTIONAL: Final[Mapping[MessageType, Mapping[str, object]]] = {
+    # a JSON client ending its audio should not have to send the server's counters
+    MessageType.SESSION_END: {"frames_sent": 0, "frames_dropped": 0},
+}
+"""Keys of ``FIELDS`` a decoder accepts missing, with the value it uses then (encoders write them all)."""
 
 _TYPES_BY_NAME: Final = {t.wire_name: t for t in MessageType}
 _SEPARATORS: Final = (",", ":")
@@ -112,7 +124,20 @@ class JsonCodec:
 
     def encode(self, msg: Message) -> str:
         """The JSON text of ``msg`` (compact, ASCII only)."""
-        obj: dict[str, object] = {"v": L.PROTOCOL_VERSION, "type": msg.TYPE.wire_name}
+        return self._encode(msg, L.PROTOCOL_VERSION)
+
+    def encode_error(self, reply: ErrorReply, version: int | None) -> str:
+        """``reply`` as a peer speaking ``version`` reads it (the version the refused message had).
+
+        Written with ``"v"`` = ``version`` when that version's error_reply has the same keys as this one's
+        (``limits.ERROR_REPLY_VERSIONS``), else with ``PROTOCOL_VERSION``; ``None`` means unknown.
+        """
+        if not isinstance(reply, ErrorReply):
+            raise TypeError(f"encode_error takes an ErrorReply, got {type(reply).__name__}")
+        return self._encode(reply, error_reply_version(version))
+
+    def _encode(self, msg: Message, version: int) -> str:
+        obj: dict[str, object] = {"v": version, "type": msg.TYPE.wire_name}
         payload: bytes | memoryview | None = None
         match msg:
             case FrameRequest():
@@ -134,6 +159,8 @@ class JsonCodec:
                     "height": msg.height,
                     "rect": None if msg.rect is None else list(msg.rect),
                     "silence": msg.silence,
+                    "session_frame": msg.session_frame,
+                    "audio_offset": msg.audio_offset,
                     "timings": dict(msg.timings),
                 }
                 payload = msg.payload
@@ -156,12 +183,17 @@ class JsonCodec:
                     "frame_count": msg.frame_count,
                     "width": msg.width,
                     "height": msg.height,
+                    "max_lag_ms": msg.max_lag_ms,
                 }
             case AudioChunk():
                 obj["request_id"] = msg.request_id
                 payload = msg.payload
             case SessionEnd():
-                obj["request_id"] = msg.request_id
+                obj |= {
+                    "request_id": msg.request_id,
+                    "frames_sent": msg.frames_sent,
+                    "frames_dropped": msg.frames_dropped,
+                }
             case _:
                 raise TypeError(f"not a protocol message: {type(msg).__name__}")
         text = json.dumps(obj, separators=_SEPARATORS)
@@ -210,11 +242,7 @@ def _from_object(obj: dict[str, Any]) -> Message:
     if type(version) is not int:
         _fail(ErrorCode.BAD_FIELD, f'"v" must be an integer, got {type(version).__name__}')
     if version != L.PROTOCOL_VERSION:
-        _fail(
-            ErrorCode.UNSUPPORTED_VERSION,
-            f"message has protocol version {version}, this side speaks version {L.PROTOCOL_VERSION}; "
-            "use a client and server of the same protocol version",
-        )
+        raise UnsupportedVersionError(version)
     type_name = obj.get("type")
     if not isinstance(type_name, str):
         _fail(ErrorCode.BAD_FIELD, '"type" must be a string naming the message type')
@@ -225,6 +253,8 @@ def _from_object(obj: dict[str, Any]) -> Message:
             f"unknown message type {type_name[:40]!r}; known types are {', '.join(_TYPES_BY_NAME)}",
         )
     expected = FIELDS[msg_type]
+    for key, default in OPTIONAL.get(msg_type, {}).items():
+        obj.setdefault(key, default)
     if len(obj) != len(expected) or not all(key in obj for key in expected):
         missing = [key for key in expected if key not in obj]
         extra = [key[:40] for key in obj if key not in expected]
@@ -258,6 +288,8 @@ def _from_object(obj: dict[str, Any]) -> Message:
                 height=obj["height"],
                 rect=rect,
                 silence=obj["silence"],
+                session_frame=obj["session_frame"],
+                audio_offset=obj["audio_offset"],
                 timings=timings,
                 payload=_base64(obj["payload"], msg_type),
             )
@@ -280,11 +312,16 @@ def _from_object(obj: dict[str, Any]) -> Message:
                 frame_count=obj["frame_count"],
                 width=obj["width"],
                 height=obj["height"],
+                max_lag_ms=obj["max_lag_ms"],
             )
         case MessageType.AUDIO_CHUNK:
             return AudioChunk(request_id=obj["request_id"], payload=_base64(obj["payload"], msg_type))
         case MessageType.SESSION_END:
-            return SessionEnd(request_id=obj["request_id"])
+            return SessionEnd(
+                request_id=obj["request_id"],
+                frames_sent=obj["frames_sent"],
+                frames_dropped=obj["frames_dropped"],
+            )
     _fail(ErrorCode.BAD_TYPE, f"unknown message type {type_name!r}")  # unreachable: every type is matched
 
 

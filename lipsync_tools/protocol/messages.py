@@ -45,11 +45,18 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
     OVERLOADED = "overloaded"  # queue full: retry later
     TOO_SLOW = "too_slow"  # the client did not read its frames fast enough and was dropped
+    IDLE_TIMEOUT = "idle_timeout"  # a session got no audio for the server's idle timeout and was closed
     INTERNAL = "internal"  # a server bug; the message says what to report
 
 
 CLOSING_ERROR_CODES: Final = frozenset(
-    {ErrorCode.BAD_MAGIC, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNAUTHORIZED, ErrorCode.TOO_SLOW}
+    {
+        ErrorCode.BAD_MAGIC,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.TOO_SLOW,
+        ErrorCode.IDLE_TIMEOUT,
+    }
 )
 """Codes after which a server closes a WebSocket session (after sending the ErrorReply); others keep it."""
 
@@ -70,6 +77,7 @@ HTTP_STATUS: Final[Mapping[str, int]] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.TOO_SLOW: 503,
+    ErrorCode.IDLE_TIMEOUT: 408,
     ErrorCode.INTERNAL: 500,
 }
 """HTTP status a server answers ``POST /v1/frame`` with, per error code (unknown codes: 500)."""
@@ -129,6 +137,50 @@ class Pacing(IntEnum):
 
 FLAG_SILENCE: Final = 0x0001
 """FrameReply flag: the original frame, sent without running the model (the audio window was silent)."""
+
+FLAG_TIMELINE: Final = 0x0002
+"""FrameReply flag: a session frame; its ``session_frame`` and ``audio_offset`` fields are set."""
+
+
+class UnsupportedVersionError(ProtocolError):
+    """A message of another protocol version than this side's ``PROTOCOL_VERSION`` (``unsupported_version``).
+
+    ``version`` is the version the peer's message had, or ``None`` when it is not known (e.g. the error came
+    from the other side as an ``error_reply``). A server answers with ``codec.encode_error(reply, version)``,
+    so a peer of an older version can still read why it was refused.
+    """
+
+    def __init__(self, version: int | None, message: str | None = None) -> None:
+        super().__init__(
+            ErrorCode.UNSUPPORTED_VERSION, _version_message(version) if message is None else message
+        )
+        self.version = version
+
+
+def _version_message(version: int | None) -> str:
+    text = "an unknown protocol version" if version is None else f"protocol version {_short(version)}"
+    return (
+        f"message has {text}, this side speaks version {L.PROTOCOL_VERSION}; use a client and server of the "
+        "same protocol version (upgrade the older side: pip install -U lipsync-tools)"
+    )
+
+
+def _short(number: int) -> str:
+    # a JSON "v" may have thousands of digits; the error message names it, it does not echo it
+    digits = str(number)
+    return digits if len(digits) <= 20 else f"{digits[:20]}..."
+
+
+def error_reply_version(version: int | None) -> int:
+    """The version an error reply to a message of ``version`` is written with (``Codec.encode_error``).
+
+    ``version`` itself when its error_reply layout is this one's (``limits.ERROR_REPLY_VERSIONS``), so the
+    peer can read the error; ``PROTOCOL_VERSION`` for ``None`` and every other version.
+    """
+    # type() and not isinstance: True == 1 would otherwise write a bool as the version
+    if type(version) is int and version in L.ERROR_REPLY_VERSIONS:
+        return version
+    return L.PROTOCOL_VERSION
 
 
 # --- validation helpers -----------------------------------------------------------------------------------
@@ -303,6 +355,9 @@ class FrameReply:
     y1)`` in frame pixels (end exclusive) where a CROP_ONLY crop goes, resized; ``None`` for other formats.
     ``silence`` marks an original frame sent without running the model; a silent CROP_ONLY reply has no
     crop: empty payload, zero size, ``rect=None`` ("show your own frame").
+    ``session_frame`` (u32, the frame's 0-based number in its session) and ``audio_offset`` (the sample of
+    the session's 16 kHz audio at which the frame is shown, at most ``MAX_AUDIO_OFFSET``) are both set on a
+    session frame and both ``None`` on the reply to a FrameRequest.
     """
 
     TYPE: ClassVar[MessageType] = MessageType.FRAME_REPLY
@@ -314,6 +369,8 @@ class FrameReply:
     timings: Mapping[str, int] = field(default_factory=dict)
     rect: tuple[int, int, int, int] | None = None
     silence: bool = False
+    session_frame: int | None = None
+    audio_offset: int | None = None
     payload: Payload = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
@@ -324,6 +381,7 @@ class FrameReply:
         _check_uint("height", self.height, L.MAX_U16)
         if type(self.silence) is not bool:
             _fail(ErrorCode.BAD_FIELD, f"silence must be a bool, got {type(self.silence).__name__}")
+        self._check_timeline()
         self._check_timings()
         payload = _normalize_payload(self, self.payload)
         _check_payload_size(payload, L.MAX_REPLY_PAYLOAD)
@@ -351,6 +409,18 @@ class FrameReply:
                 )
         elif len(payload) == 0:
             _fail(ErrorCode.BAD_FIELD, f"{self.image.wire_name} payload is empty")
+
+    def _check_timeline(self) -> None:
+        if (self.session_frame is None) != (self.audio_offset is None):
+            _fail(
+                ErrorCode.BAD_FIELD,
+                "session_frame and audio_offset go together: both None (a reply to a frame_request) or both "
+                f"integers (a session frame), got session_frame={str(self.session_frame)[:40]}, "
+                f"audio_offset={str(self.audio_offset)[:40]}",
+            )
+        if self.session_frame is not None:
+            _check_uint("session_frame", self.session_frame, L.MAX_U32)
+            _check_uint("audio_offset", self.audio_offset, L.MAX_AUDIO_OFFSET)
 
     def _check_timings(self) -> None:
         if not isinstance(self.timings, Mapping):
@@ -421,7 +491,13 @@ class ErrorReply:
         return cls(request_id=request_id, code=error.code, message=text)
 
     def to_error(self) -> ProtocolError:
-        """The ProtocolError a client raises for this reply."""
+        """The ProtocolError a client raises for this reply.
+
+        An ``unsupported_version`` reply becomes an :class:`UnsupportedVersionError` whose ``version`` is
+        ``None`` (the reply names the versions in its message).
+        """
+        if self.code == ErrorCode.UNSUPPORTED_VERSION:
+            return UnsupportedVersionError(None, self.message)
         return ProtocolError(self.code, self.message)
 
 
@@ -451,7 +527,11 @@ class SessionStart:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionStarted:
-    """Server → client: the session is running; frames will come at ``fps`` (REALTIME pacing)."""
+    """Server → client: the session is running; frames will come at ``fps`` (REALTIME pacing).
+
+    ``max_lag_ms`` (u32) bounds how late, in milliseconds after its audio plays, a delivered frame of this
+    session arrives: the server drops frames that would be later. ``0``: no bound (unpaced sessions).
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.SESSION_STARTED
     request_id: int  # echoes SessionStart.request_id
@@ -460,6 +540,7 @@ class SessionStarted:
     frame_count: int
     width: int
     height: int
+    max_lag_ms: int = 0
 
     def __post_init__(self) -> None:
         _check_uint("request_id", self.request_id, L.MAX_U32)
@@ -470,6 +551,7 @@ class SessionStarted:
         _check_uint("frame_count", self.frame_count, L.MAX_U32, 1)
         _check_uint("width", self.width, L.MAX_U16, 1)
         _check_uint("height", self.height, L.MAX_U16, 1)
+        _check_uint("max_lag_ms", self.max_lag_ms, L.MAX_U32)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -493,13 +575,21 @@ class AudioChunk:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionEnd:
-    """Either side: no more audio (client) / the last frame was sent (server, in answer)."""
+    """Either side: no more audio (client) / the last frame was sent (server, in answer).
+
+    In the server's SessionEnd, ``frames_sent`` and ``frames_dropped`` (u32) count the session's frames sent
+    and dropped (not rendered, or not sent, because their time had passed); a client's carries 0 and 0.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.SESSION_END
     request_id: int
+    frames_sent: int = 0
+    frames_dropped: int = 0
 
     def __post_init__(self) -> None:
         _check_uint("request_id", self.request_id, L.MAX_U32)
+        _check_uint("frames_sent", self.frames_sent, L.MAX_U32)
+        _check_uint("frames_dropped", self.frames_dropped, L.MAX_U32)
 
 
 Message = FrameRequest | FrameReply | ErrorReply | SessionStart | SessionStarted | AudioChunk | SessionEnd

@@ -43,6 +43,7 @@ from lipsync_tools.protocol import (
     ErrorReply,
     FrameRequest,
     ImageFormat,
+    UnsupportedVersionError,
     check_package_id,
     codec_for_content_type,
 )
@@ -379,7 +380,8 @@ def error_response(error: ProtocolError, codec: Codec | None = None, status: int
                    request_id: int = 0) -> Response:
     """An ``error_reply`` body (JSON unless ``codec`` is binary) with the code's HTTP status."""
     codec = codec or CODECS["json"]
-    body = codec.encode(ErrorReply.from_error(error, request_id))
+    version = error.version if isinstance(error, UnsupportedVersionError) else None
+    body = codec.encode_error(ErrorReply.from_error(error, request_id), version)
     headers = {"WWW-Authenticate": "Bearer"} if error.code == ErrorCode.UNAUTHORIZED else None
     return Response(body, status_code=status or _status(error.code), media_type=codec.content_type,
                     headers=headers)

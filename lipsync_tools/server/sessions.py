@@ -53,6 +53,7 @@ from lipsync_tools.protocol import (
     SessionEnd,
     SessionStart,
     SessionStarted,
+    UnsupportedVersionError,
 )
 from lipsync_tools.server.admission import Admission, Ticket
 from lipsync_tools.server.config import SessionLimits
@@ -704,7 +705,9 @@ class StreamConnection:
 
     async def send(self, message: Message, codec: Codec) -> None:
         """Write ``message`` in ``codec``'s encoding (binary frame or text frame), one writer at a time."""
-        data = codec.encode(message)
+        await self._write(codec.encode(message))
+
+    async def _write(self, data: bytes | str) -> None:
         async with self._send_lock:
             if isinstance(data, bytes):
                 await self.ws.send_bytes(data)
@@ -716,12 +719,15 @@ class StreamConnection:
         self.metrics.error(error.code)
         reply = ErrorReply.from_error(error, request_id)
         closing = error.code in CLOSING_ERROR_CODES
+        # A peer of another protocol version gets the error in its own version, so it can read why.
+        version = error.version if isinstance(error, UnsupportedVersionError) else None
+        data = codec.encode_error(reply, version)
         try:
             if closing:
                 # The client may not be reading (too_slow): try for a bounded time, then drop it.
-                await asyncio.wait_for(self.send(reply, codec), self.limits.close_timeout_seconds)
+                await asyncio.wait_for(self._write(data), self.limits.close_timeout_seconds)
             else:
-                await self.send(reply, codec)
+                await self._write(data)
         except (TimeoutError, Exception) as exc:  # a gone or stuck client: nothing more to tell it
             log.debug("could not send %s error: %s", error.code, exc)
             closing = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipsync_tools.protocol import (
+    MAX_AUDIO_OFFSET,
     MEL_BINS,
     MEL_STEPS,
     PCM_WINDOW_SAMPLES,
@@ -87,6 +88,38 @@ def sample_messages() -> dict[str, Message]:
         "reply-crop-silence-empty": FrameReply(
             request_id=11, frame_index=6, image=ImageFormat.CROP_ONLY, width=0, height=0, silence=True
         ),
+        "reply-session-jpeg": FrameReply(
+            request_id=0,
+            frame_index=7,
+            image=ImageFormat.JPEG,
+            width=640,
+            height=360,
+            timings={"infer": 9_000},
+            session_frame=3,
+            audio_offset=1920,
+            payload=b"\xff\xd8\xff\xd9",
+        ),
+        "reply-session-first-frame": FrameReply(
+            request_id=0,
+            frame_index=0,
+            image=ImageFormat.CROP_ONLY,
+            width=96,
+            height=96,
+            rect=(500, 300, 700, 520),
+            session_frame=0,
+            audio_offset=0,
+            payload=crop.tobytes(),
+        ),
+        "reply-session-silence-empty-max": FrameReply(
+            request_id=0,
+            frame_index=4_294_967_295,
+            image=ImageFormat.CROP_ONLY,
+            width=0,
+            height=0,
+            silence=True,
+            session_frame=4_294_967_295,
+            audio_offset=MAX_AUDIO_OFFSET,
+        ),
         "error": ErrorReply(
             request_id=1, code=ErrorCode.UNKNOWN_PACKAGE, message="no package 'bob' — load it"
         ),
@@ -103,6 +136,19 @@ def sample_messages() -> dict[str, Message]:
         "session-started": SessionStarted(
             request_id=1, package_id="alice", fps=29.97002997002997, frame_count=250, width=1280, height=720
         ),
+        "session-started-lag": SessionStarted(
+            request_id=2,
+            package_id="alice",
+            fps=25.0,
+            frame_count=1,
+            width=1,
+            height=1,
+            max_lag_ms=4_294_967_295,
+        ),
         "audio-chunk": AudioChunk(request_id=5, payload=pcm[:1600].tobytes()),
         "session-end": SessionEnd(request_id=6),
+        "session-end-server": SessionEnd(request_id=1, frames_sent=240, frames_dropped=12),
+        "session-end-max": SessionEnd(
+            request_id=4_294_967_295, frames_sent=4_294_967_295, frames_dropped=4_294_967_295
+        ),
     }

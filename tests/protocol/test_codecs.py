@@ -18,8 +18,14 @@ import pytest
 
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
+    CLOSING_ERROR_CODES,
     CODECS,
+    ERROR_REPLY_VERSIONS,
+    FLAG_SILENCE,
+    FLAG_TIMELINE,
+    HTTP_STATUS,
     MAGIC,
+    MAX_AUDIO_OFFSET,
     MAX_JSON_MESSAGE_BYTES,
     MAX_REPLY_PAYLOAD,
     MEL_WINDOW_BYTES,
@@ -33,6 +39,9 @@ from lipsync_tools.protocol import (
     FrameRequest,
     ImageFormat,
     MessageType,
+    SessionEnd,
+    SessionStarted,
+    UnsupportedVersionError,
     codec_for_content_type,
     get_codec,
 )
@@ -40,6 +49,7 @@ from lipsync_tools.protocol.binary import HEADER
 from tests.protocol import sample_messages
 
 SAMPLES = sample_messages()
+END_FIELDS = bytes(8)  # a session_end's field block: frames sent, frames dropped
 
 
 @dataclass
@@ -66,6 +76,7 @@ class BinaryForge:
         msg_type: int,
         *,
         version: int = PROTOCOL_VERSION,
+        flags: int = 0,
         request_id: int = 7,
         package_id: bytes = b"",
         frame_index: int = 0,
@@ -76,7 +87,7 @@ class BinaryForge:
         payload_len: int | None = None,
     ) -> bytes:
         header = HEADER.pack(
-            MAGIC, version, msg_type, 0, request_id, len(package_id), frame_index, audio, image,
+            MAGIC, version, msg_type, flags, request_id, len(package_id), frame_index, audio, image,
             len(fields), b"\0\0", len(payload) if payload_len is None else payload_len, b"\0\0\0\0",
         )  # fmt: skip
         return header + package_id + fields + payload
@@ -89,8 +100,7 @@ class BinaryForge:
         )  # fmt: skip
 
     def oversize_reply(self) -> bytes:
-        fields = struct.pack("<HHHHHHB", 1, 1, 0, 0, 0, 0, 0)
-        return self.raw(2, image=1, fields=fields, payload_len=MAX_REPLY_PAYLOAD + 1)
+        return self.raw(2, image=1, fields=reply_fields(), payload_len=MAX_REPLY_PAYLOAD + 1)
 
     def error_with_bad_text(self) -> bytes:
         return self.raw(3, fields=b"\x08internal", payload=b"caf\xe9")
@@ -132,7 +142,7 @@ class JsonForge:
         return self.dump(obj)
 
     def error_with_bad_text(self) -> bytes:
-        return b'{"v":1,"type":"error_reply","request_id":7,"code":"internal","message":"caf\xe9"}'
+        return b'{"v":2,"type":"error_reply","request_id":7,"code":"internal","message":"caf\xe9"}'
 
     def truncate(self, data: bytes | str) -> bytes | str:
         return data[:-1]
@@ -196,6 +206,105 @@ def test_numpy_views_of_decoded_payloads(forge: Forge) -> None:
     assert list(reply.timings) == [f"stage_{i}" for i in range(32)]  # order is kept
 
 
+TIMELINES = [(0, 0), (1, 1), (3, 1920), (4_294_967_295, MAX_AUDIO_OFFSET)]
+
+
+@pytest.mark.parametrize(("session_frame", "audio_offset"), TIMELINES)
+@pytest.mark.parametrize("image", [ImageFormat.JPEG, ImageFormat.CROP_ONLY])
+def test_timeline_round_trip(forge: Forge, session_frame: int, audio_offset: int, image: ImageFormat) -> None:
+    rect = (10, 20, 12, 21) if image is ImageFormat.CROP_ONLY else None
+    msg = FrameReply(
+        request_id=0,
+        frame_index=session_frame,
+        image=image,
+        width=2,
+        height=1,
+        rect=rect,
+        session_frame=session_frame,
+        audio_offset=audio_offset,
+        payload=bytes(6),
+    )
+    decoded = forge.codec.decode(forge.codec.encode(msg))
+    assert decoded == msg
+    assert isinstance(decoded, FrameReply)
+    assert (decoded.session_frame, decoded.audio_offset) == (session_frame, audio_offset)
+    assert type(decoded.audio_offset) is int
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        SessionStarted(request_id=1, package_id="a", fps=25, frame_count=1, width=1, height=1, max_lag_ms=0),
+        SessionStarted(
+            request_id=1, package_id="a", fps=25, frame_count=1, width=1, height=1, max_lag_ms=4_294_967_295
+        ),
+        SessionEnd(request_id=0),
+        SessionEnd(request_id=1, frames_sent=240, frames_dropped=12),
+        SessionEnd(request_id=1, frames_sent=0, frames_dropped=4_294_967_295),
+    ],
+    ids=repr,
+)
+def test_session_counters_round_trip(forge: Forge, msg: SessionStarted | SessionEnd) -> None:
+    assert forge.codec.decode(forge.codec.encode(msg)) == msg
+
+
+def png_reply(**fields: Any) -> FrameReply:
+    """A valid 1x1 PNG reply with ``fields`` changed."""
+    defaults: dict[str, Any] = {
+        "request_id": 0, "frame_index": 0, "image": ImageFormat.PNG, "width": 1, "height": 1, "payload": b"x",
+    }  # fmt: skip
+    return FrameReply(**(defaults | fields))
+
+
+BAD_MESSAGES: dict[str, tuple[Callable[[], object], str]] = {
+    "session-frame-alone": (lambda: png_reply(session_frame=3), "session_frame and audio_offset go together"),
+    "audio-offset-alone": (lambda: png_reply(audio_offset=0), "session_frame and audio_offset go together"),
+    "audio-offset-too-big": (
+        lambda: png_reply(session_frame=0, audio_offset=MAX_AUDIO_OFFSET + 1),
+        f"audio_offset must be in [0, {MAX_AUDIO_OFFSET}]",
+    ),
+    "audio-offset-negative": (
+        lambda: png_reply(session_frame=0, audio_offset=-1),
+        f"audio_offset must be in [0, {MAX_AUDIO_OFFSET}]",
+    ),
+    "session-frame-bool": (
+        lambda: png_reply(session_frame=True, audio_offset=0),
+        "session_frame must be an integer, got bool",
+    ),
+    "audio-offset-float": (
+        lambda: png_reply(session_frame=0, audio_offset=1920.0),
+        "audio_offset must be an integer, got float",
+    ),
+    "silent-empty-crop-session-frame-alone": (
+        lambda: png_reply(image=ImageFormat.CROP_ONLY, width=0, height=0, silence=True, session_frame=1),
+        "session_frame and audio_offset go together",
+    ),
+    "max-lag-negative": (
+        lambda: SessionStarted(
+            request_id=1, package_id="a", fps=25, frame_count=1, width=1, height=1, max_lag_ms=-1
+        ),
+        "max_lag_ms must be in [0, 4294967295]",
+    ),
+    "frames-sent-float": (
+        lambda: SessionEnd(request_id=1, frames_sent=1.0),  # type: ignore[arg-type]
+        "frames_sent must be an integer, got float",
+    ),
+    "frames-dropped-u32": (
+        lambda: SessionEnd(request_id=1, frames_dropped=2**32),
+        "frames_dropped must be in [0, 4294967295]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MESSAGES))
+def test_new_fields_are_validated_on_construction(case: str) -> None:
+    make, text = BAD_MESSAGES[case]
+    with pytest.raises(ProtocolError) as info:
+        make()
+    assert info.value.code == "bad_field"
+    assert text in str(info.value)
+
+
 def test_registry() -> None:
     assert get_codec("binary").content_type == "application/x-lipsync"
     assert codec_for_content_type("application/json; charset=utf-8").name == "json"
@@ -249,14 +358,107 @@ def test_unknown_enum_value(forge: Forge, field: str) -> None:
     assert field.replace("_", " ") in str(error)
 
 
-@pytest.mark.parametrize("version", [2, 255, 0])
+@pytest.mark.parametrize("version", [1, 3, 255, 0])
 def test_other_protocol_version_is_refused_naming_both(forge: Forge, version: int) -> None:
     error = decode_error(forge.codec, forge.frame_request(RequestFields(), version=version))
+    assert isinstance(error, UnsupportedVersionError)
     assert error.code == "unsupported_version"
+    assert error.version == version
     assert str(error) == (
-        f"message has protocol version {version}, this side speaks version 1; "
-        "use a client and server of the same protocol version"
+        f"message has protocol version {version}, this side speaks version 2; use a client and server of the "
+        "same protocol version (upgrade the older side: pip install -U lipsync-tools)"
     )
+
+
+# a version 1 client's messages, as it wrote them (golden bytes of protocol version 1)
+V1_MESSAGES: dict[str, bytes | str] = {
+    "binary-frame-request": bytes.fromhex(
+        "4c 53 59 4e 01 01 00 00 07 00 00 00 05 00 2a 00 00 00 03 01 01 00 00 00 00 00 00 00 00 00 00 00 "
+        "61 6c 69 63 65 55"
+    ),
+    "binary-session-end": bytes.fromhex(
+        "4c 53 59 4e 01 07 00 00 06 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+    ),
+    "json-frame-request": (
+        '{"v":1,"type":"frame_request","request_id":7,"package_id":"alice","frame_index":42,'
+        '"audio":"replay","image":"jpeg","jpeg_quality":85,"payload":""}'
+    ),
+    "json-session-end": '{"v":1,"type":"session_end","request_id":6}',
+}
+
+
+@pytest.mark.parametrize("key", list(V1_MESSAGES))
+def test_a_v1_message_is_refused_with_its_version(key: str) -> None:
+    codec = CODECS[key.split("-", 1)[0]]
+    error = decode_error(codec, V1_MESSAGES[key])
+    assert type(error) is UnsupportedVersionError
+    assert (error.code, error.version) == ("unsupported_version", 1)
+    assert "protocol version 1, this side speaks version 2" in str(error)
+    assert "pip install -U lipsync-tools" in str(error)
+
+
+def test_unsupported_version_error() -> None:
+    error = UnsupportedVersionError(1)
+    assert isinstance(error, ProtocolError)
+    assert (error.code, error.version) == (ErrorCode.UNSUPPORTED_VERSION, 1)
+    unknown = UnsupportedVersionError(None)
+    assert unknown.version is None
+    assert str(unknown).startswith("message has an unknown protocol version, this side speaks version 2;")
+    huge = UnsupportedVersionError(10**4000)  # a JSON "v" may have thousands of digits
+    assert huge.version == 10**4000 and len(str(huge)) < 200
+
+
+def test_an_unsupported_version_reply_becomes_the_error_on_the_client() -> None:
+    reply = ErrorReply.from_error(UnsupportedVersionError(3))
+    error = reply.to_error()
+    assert type(error) is UnsupportedVersionError
+    assert (error.code, error.version, str(error)) == ("unsupported_version", None, reply.message)
+    assert type(ErrorReply(request_id=0, code="internal", message="x").to_error()) is ProtocolError
+
+
+# --- error replies for peers of another version -----------------------------------------------------------
+
+V1_REPLY = ErrorReply.from_error(UnsupportedVersionError(1))
+
+
+def wire_version(codec: Codec, wire: bytes | str) -> object:
+    return wire[4] if isinstance(wire, bytes) else json.loads(wire)["v"]
+
+
+@pytest.mark.parametrize(
+    ("version", "written"),
+    [(1, 1), (2, 2), (PROTOCOL_VERSION, PROTOCOL_VERSION), (9, PROTOCOL_VERSION), (0, PROTOCOL_VERSION),
+     (None, PROTOCOL_VERSION), (True, PROTOCOL_VERSION), (256, PROTOCOL_VERSION), (-1, PROTOCOL_VERSION)],
+)  # fmt: skip
+def test_encode_error_writes_a_version_the_peer_reads(forge: Forge, version: Any, written: int) -> None:
+    wire = forge.codec.encode_error(V1_REPLY, version)
+    assert type(wire_version(forge.codec, wire)) is int and wire_version(forge.codec, wire) == written
+    this_version = forge.codec.encode(V1_REPLY)
+    if written == PROTOCOL_VERSION:
+        assert wire == this_version
+    else:  # the same layout: only the version differs
+        assert decode_error(forge.codec, wire).code == "unsupported_version"
+        if isinstance(wire, bytes):
+            assert wire[:4] + bytes([PROTOCOL_VERSION]) + wire[5:] == this_version
+        else:
+            assert json.loads(wire) | {"v": PROTOCOL_VERSION} == json.loads(this_version)
+
+
+def test_error_reply_versions() -> None:
+    assert sorted(ERROR_REPLY_VERSIONS) == [1, 2]
+    assert PROTOCOL_VERSION in ERROR_REPLY_VERSIONS
+
+
+def test_encode_error_takes_only_error_replies(forge: Forge) -> None:
+    with pytest.raises(TypeError):
+        forge.codec.encode_error(SAMPLES["session-end"], 1)  # type: ignore[arg-type]
+
+
+def test_idle_timeout_code() -> None:
+    assert ErrorCode.IDLE_TIMEOUT == "idle_timeout"
+    assert HTTP_STATUS[ErrorCode.IDLE_TIMEOUT] == 408
+    assert ErrorCode.IDLE_TIMEOUT in CLOSING_ERROR_CODES
+    assert set(HTTP_STATUS) == set(ErrorCode)
 
 
 def test_unknown_message_type(forge: Forge) -> None:
@@ -304,26 +506,57 @@ def test_from_error_cuts_long_messages_to_the_limit() -> None:
 # --- codec-specific rules ---------------------------------------------------------------------------------
 
 
-def forge_reply_fields(fields: bytes, image: int = 1, payload: bytes = b"x") -> bytes:
-    return BinaryForge.raw(2, image=image, fields=fields, payload=payload)
+def reply_fields(
+    width: int = 1,
+    height: int = 1,
+    rect: tuple[int, int, int, int] = (0, 0, 0, 0),
+    session_frame: int = 0,
+    audio_offset: int = 0,
+    count: int = 0,
+) -> bytes:
+    """The fixed part of a frame_reply field block, any values allowed."""
+    return struct.pack("<HHHHHHIQB", width, height, *rect, session_frame, audio_offset, count)
+
+
+def forge_reply_fields(fields: bytes, image: int = 1, payload: bytes = b"x", flags: int = 0) -> bytes:
+    return BinaryForge.raw(2, image=image, flags=flags, fields=fields, payload=payload)
 
 
 BINARY_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
-    "bad-magic": (lambda: b"LSYX" + BinaryForge.raw(7)[4:], "bad_magic"),
+    "bad-magic": (lambda: b"LSYX" + BinaryForge.raw(7, fields=END_FIELDS)[4:], "bad_magic"),
     "magic-prefix-only": (lambda: b"LS", "truncated"),
-    "header-cut": (lambda: BinaryForge.raw(7)[:31], "truncated"),
-    "reserved-nonzero": (lambda: BinaryForge.raw(7)[:22] + b"\x01" + BinaryForge.raw(7)[23:], "bad_field"),
-    "unknown-flag": (lambda: BinaryForge.raw(7)[:6] + b"\x02\x00" + BinaryForge.raw(7)[8:], "bad_field"),
+    "header-cut": (lambda: BinaryForge.raw(7, fields=END_FIELDS)[:31], "truncated"),
+    "reserved-nonzero": (
+        lambda: (r := BinaryForge.raw(7, fields=END_FIELDS))[:22] + b"\x01" + r[23:],
+        "bad_field",
+    ),
+    "unknown-flag": (lambda: BinaryForge.raw(7, flags=0x0004, fields=END_FIELDS), "bad_field"),
+    "timeline-flag-on-session-end": (
+        lambda: BinaryForge.raw(7, flags=FLAG_TIMELINE, fields=END_FIELDS),
+        "bad_field",
+    ),
     "silence-flag-on-request": (
         lambda: (r := BinaryForge().frame_request(RequestFields()))[:6] + b"\x01\x00" + r[8:],
         "bad_field",
     ),
-    "package-id-on-session-end": (lambda: BinaryForge.raw(7, package_id=b"alice"), "bad_field"),
+    "timeline-flag-on-request": (
+        lambda: (r := BinaryForge().frame_request(RequestFields()))[:6] + b"\x02\x00" + r[8:],
+        "bad_field",
+    ),
+    "package-id-on-session-end": (
+        lambda: BinaryForge.raw(7, package_id=b"alice", fields=END_FIELDS),
+        "bad_field",
+    ),
     "frame-index-on-error": (lambda: BinaryForge.raw(3, frame_index=1, fields=b"\x01x"), "bad_field"),
-    "audio-on-reply": (lambda: BinaryForge.raw(7, audio=1), "bad_field"),
-    "image-on-session-end": (lambda: BinaryForge.raw(7, image=1), "bad_field"),
-    "payload-on-session-end": (lambda: BinaryForge.raw(7, payload=b"x"), "oversize"),
-    "fields-on-session-end": (lambda: BinaryForge.raw(7, fields=b"x"), "bad_field"),
+    "audio-on-reply": (
+        lambda: BinaryForge.raw(2, audio=1, image=1, fields=reply_fields(), payload=b"x"),
+        "bad_field",
+    ),
+    "image-on-session-end": (lambda: BinaryForge.raw(7, image=1, fields=END_FIELDS), "bad_field"),
+    "payload-on-session-end": (lambda: BinaryForge.raw(7, fields=END_FIELDS, payload=b"x"), "oversize"),
+    "fields-on-session-end-short": (lambda: BinaryForge.raw(7, fields=b"x"), "bad_field"),
+    "fields-on-session-end-none": (lambda: BinaryForge.raw(7), "bad_field"),  # the version 1 layout
+    "fields-on-session-end-long": (lambda: BinaryForge.raw(7, fields=bytes(9)), "bad_field"),
     "claims-4gib-payload": (lambda: BinaryForge.raw(2, payload_len=0xFFFF_FFFF), "oversize"),
     "claims-huge-fields": (
         lambda: BinaryForge.raw(2)[:20] + b"\xff\xff" + BinaryForge.raw(2)[22:],
@@ -334,28 +567,44 @@ BINARY_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
         "bad_field",
     ),
     "reply-fields-short": (lambda: forge_reply_fields(b"\x01\x00"), "bad_field"),
-    "reply-timings-cut": (
-        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 1, 1, 0, 0, 0, 0, 1) + b"\x05infer"),
+    "reply-fields-v1-size": (  # version 1's 13-byte block, without the timeline
+        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 1, 1, 0, 0, 0, 0, 0)),
         "bad_field",
     ),
-    "reply-timings-extra-bytes": (
-        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 1, 1, 0, 0, 0, 0, 0) + b"\0"),
-        "bad_field",
-    ),
+    "reply-timings-cut": (lambda: forge_reply_fields(reply_fields(count=1) + b"\x05infer"), "bad_field"),
+    "reply-timings-extra-bytes": (lambda: forge_reply_fields(reply_fields() + b"\0"), "bad_field"),
     "reply-too-many-timings": (
-        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 1, 1, 0, 0, 0, 0, 33) + b"\x01a\0\0\0\0" * 33),
+        lambda: forge_reply_fields(reply_fields(count=33) + b"\x01a\0\0\0\0" * 33),
         "bad_field",
     ),
     "reply-duplicate-stage": (
-        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 1, 1, 0, 0, 0, 0, 2) + b"\x01a\0\0\0\0" * 2),
+        lambda: forge_reply_fields(reply_fields(count=2) + b"\x01a\0\0\0\0" * 2),
         "bad_field",
     ),
-    "reply-rect-on-jpeg": (
-        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 1, 1, 0, 0, 2, 2, 0)),
-        "bad_field",
-    ),
+    "reply-rect-on-jpeg": (lambda: forge_reply_fields(reply_fields(rect=(0, 0, 2, 2))), "bad_field"),
     "reply-raw-size-mismatch": (
-        lambda: forge_reply_fields(struct.pack("<HHHHHHB", 2, 2, 0, 0, 0, 0, 0), image=3, payload=bytes(11)),
+        lambda: forge_reply_fields(reply_fields(2, 2), image=3, payload=bytes(11)),
+        "bad_field",
+    ),
+    "reply-unknown-flag": (lambda: forge_reply_fields(reply_fields(), flags=0x0004), "bad_field"),
+    "reply-high-flag": (
+        lambda: forge_reply_fields(reply_fields(), flags=0x8000 | FLAG_TIMELINE | FLAG_SILENCE),
+        "bad_field",
+    ),
+    "reply-session-frame-without-flag": (
+        lambda: forge_reply_fields(reply_fields(session_frame=3)),
+        "bad_field",
+    ),
+    "reply-audio-offset-without-flag": (
+        lambda: forge_reply_fields(reply_fields(audio_offset=1920)),
+        "bad_field",
+    ),
+    "reply-audio-offset-2-53": (
+        lambda: forge_reply_fields(reply_fields(audio_offset=MAX_AUDIO_OFFSET + 1), flags=FLAG_TIMELINE),
+        "bad_field",
+    ),
+    "reply-audio-offset-u64-max": (
+        lambda: forge_reply_fields(reply_fields(audio_offset=2**64 - 1), flags=FLAG_TIMELINE),
         "bad_field",
     ),
     "error-code-length-lies": (lambda: BinaryForge.raw(3, fields=b"\x09internal"), "bad_field"),
@@ -364,7 +613,11 @@ BINARY_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "audio-chunk-empty": (lambda: BinaryForge.raw(6), "bad_audio"),
     "audio-chunk-too-big": (lambda: BinaryForge.raw(6, payload_len=(1 << 20) + 2), "oversize"),
     "started-nan-fps": (
-        lambda: BinaryForge.raw(5, package_id=b"a", fields=struct.pack("<dIHH", float("nan"), 1, 1, 1)),
+        lambda: BinaryForge.raw(5, package_id=b"a", fields=struct.pack("<dIHHI", float("nan"), 1, 1, 1, 0)),
+        "bad_field",
+    ),
+    "started-v1-fields": (  # version 1's 16-byte block, without max_lag_ms
+        lambda: BinaryForge.raw(5, package_id=b"a", fields=struct.pack("<dIHH", 25.0, 1, 1, 1)),
         "bad_field",
     ),
     "start-unknown-pacing": (
@@ -379,6 +632,32 @@ def test_binary_specific(case: str) -> None:
     make, code = BINARY_CASES[case]
     error = decode_error(CODECS["binary"], make())
     assert error.code == code, str(error)
+
+
+def test_the_valid_forged_binary_messages_decode() -> None:
+    # guards the cases above: they fail for the byte changed, not for a broken forge
+    codec = CODECS["binary"]
+    assert codec.decode(BinaryForge.raw(7, fields=END_FIELDS)) == SessionEnd(request_id=7)
+    plain = codec.decode(forge_reply_fields(reply_fields()))
+    assert isinstance(plain, FrameReply) and (plain.session_frame, plain.audio_offset) == (None, None)
+    timed = codec.decode(
+        forge_reply_fields(reply_fields(session_frame=3, audio_offset=MAX_AUDIO_OFFSET), flags=FLAG_TIMELINE)
+    )
+    assert isinstance(timed, FrameReply)
+    assert (timed.session_frame, timed.audio_offset) == (3, MAX_AUDIO_OFFSET)
+    zero = codec.decode(forge_reply_fields(reply_fields(), flags=FLAG_TIMELINE | FLAG_SILENCE))
+    assert isinstance(zero, FrameReply)
+    assert (zero.session_frame, zero.audio_offset, zero.silence) == (0, 0, True)
+
+
+def test_binary_timeline_flag_is_set_exactly_for_session_frames() -> None:
+    for key, msg in SAMPLES.items():
+        if isinstance(msg, FrameReply):
+            wire = CODECS["binary"].encode(msg)
+            assert isinstance(wire, bytes)
+            flags = int.from_bytes(wire[6:8], "little")
+            assert bool(flags & FLAG_TIMELINE) == (msg.session_frame is not None), key
+            assert bool(flags & FLAG_SILENCE) == msg.silence, key
 
 
 def test_binary_refuses_text() -> None:
@@ -403,7 +682,7 @@ JSON_CASES: dict[str, tuple[Callable[[], str | bytes], str]] = {
     "utf16": (lambda: JsonForge.dump(valid_json()).encode("utf-16"), "invalid_json"),
     "no-version": (lambda: JsonForge.dump({k: v for k, v in valid_json().items() if k != "v"}), "bad_field"),
     "string-version": (lambda: JsonForge.dump(valid_json() | {"v": "1"}), "bad_field"),
-    "no-type": (lambda: JsonForge.dump({"v": 1}), "bad_field"),
+    "no-type": (lambda: JsonForge.dump({"v": PROTOCOL_VERSION}), "bad_field"),
     "unknown-type": (lambda: JsonForge.dump(valid_json() | {"type": "frame_requests"}), "bad_type"),
     "missing-field": (
         lambda: JsonForge.dump({k: v for k, v in valid_json().items() if k != "image"}),
@@ -460,6 +739,80 @@ JSON_CASES: dict[str, tuple[Callable[[], str | bytes], str]] = {
         "bad_field",
     ),
     "message-too-big": (lambda: " " * (MAX_JSON_MESSAGE_BYTES + 1), "oversize"),
+    "session-frame-without-offset": (
+        lambda: JsonForge.dump(valid_json("reply-jpeg") | {"session_frame": 3}),
+        "bad_field",
+    ),
+    "offset-without-session-frame": (
+        lambda: JsonForge.dump(valid_json("reply-jpeg") | {"audio_offset": 1920}),
+        "bad_field",
+    ),
+    "session-frame-null-in-session": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"session_frame": None}),
+        "bad_field",
+    ),
+    "audio-offset-2-53": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"audio_offset": MAX_AUDIO_OFFSET + 1}),
+        "bad_field",
+    ),
+    "audio-offset-negative": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"audio_offset": -1}),
+        "bad_field",
+    ),
+    "audio-offset-float": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"audio_offset": 1920.0}),
+        "bad_field",
+    ),
+    "audio-offset-string": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"audio_offset": "1920"}),
+        "bad_field",
+    ),
+    "session-frame-bool": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"session_frame": True}),
+        "bad_field",
+    ),
+    "session-frame-u32-overflow": (
+        lambda: JsonForge.dump(valid_json("reply-session-jpeg") | {"session_frame": 2**32}),
+        "bad_field",
+    ),
+    "reply-without-timeline-keys": (  # only session_end's counters are optional
+        lambda: JsonForge.dump(
+            {k: v for k, v in valid_json("reply-jpeg").items() if k not in ("session_frame", "audio_offset")}
+        ),
+        "bad_field",
+    ),
+    "started-without-max-lag": (
+        lambda: JsonForge.dump({k: v for k, v in valid_json("session-started").items() if k != "max_lag_ms"}),
+        "bad_field",
+    ),
+    "max-lag-negative": (
+        lambda: JsonForge.dump(valid_json("session-started") | {"max_lag_ms": -1}),
+        "bad_field",
+    ),
+    "max-lag-u32-overflow": (
+        lambda: JsonForge.dump(valid_json("session-started") | {"max_lag_ms": 2**32}),
+        "bad_field",
+    ),
+    "max-lag-null": (
+        lambda: JsonForge.dump(valid_json("session-started") | {"max_lag_ms": None}),
+        "bad_field",
+    ),
+    "frames-sent-null": (
+        lambda: JsonForge.dump(valid_json("session-end") | {"frames_sent": None}),
+        "bad_field",
+    ),
+    "frames-dropped-float": (
+        lambda: JsonForge.dump(valid_json("session-end") | {"frames_dropped": 1.0}),
+        "bad_field",
+    ),
+    "frames-sent-u32-overflow": (
+        lambda: JsonForge.dump(valid_json("session-end") | {"frames_sent": 2**32}),
+        "bad_field",
+    ),
+    "session-end-extra-field": (
+        lambda: JsonForge.dump(valid_json("session-end") | {"frames": 1}),
+        "bad_field",
+    ),
 }
 
 
@@ -468,6 +821,35 @@ def test_json_specific(case: str) -> None:
     make, code = JSON_CASES[case]
     error = decode_error(CODECS["json"], make())
     assert error.code == code, str(error)
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({}, SessionEnd(request_id=6)),
+        ({"frames_sent": 240}, SessionEnd(request_id=6, frames_sent=240)),
+        ({"frames_dropped": 12}, SessionEnd(request_id=6, frames_dropped=12)),
+        (
+            {"frames_sent": 240, "frames_dropped": 12},
+            SessionEnd(request_id=6, frames_sent=240, frames_dropped=12),
+        ),
+    ],
+)
+def test_json_session_end_counters_are_optional(keys: dict[str, int], expected: SessionEnd) -> None:
+    text = JsonForge.dump({"v": PROTOCOL_VERSION, "type": "session_end", "request_id": 6} | keys)
+    assert CODECS["json"].decode(text) == expected
+    # the encoder always writes both
+    assert json.loads(CODECS["json"].encode(expected))["frames_sent"] == expected.frames_sent
+
+
+def test_json_optional_keys_are_keys_of_their_type() -> None:
+    from lipsync_tools.protocol.json_codec import FIELDS, OPTIONAL
+
+    assert {t: set(keys) for t, keys in OPTIONAL.items()} == {
+        MessageType.SESSION_END: {"frames_sent", "frames_dropped"}
+    }
+    for msg_type, defaults in OPTIONAL.items():
+        assert set(defaults) <= set(FIELDS[msg_type]) - {"v", "type", "request_id"}
 
 
 def test_json_field_order_is_fixed() -> None:

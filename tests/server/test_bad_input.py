@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import threading
@@ -15,6 +16,7 @@ from websockets.sync.client import ClientConnection, connect
 from lipsync_tools.client import LipsyncClient
 from lipsync_tools.protocol import (
     CODECS,
+    PROTOCOL_VERSION,
     AudioFormat,
     BinaryCodec,
     ErrorReply,
@@ -50,7 +52,8 @@ def patched(data: bytearray, offset: int, fmt: str, value: int) -> bytes:
 # (name, body, content type, expected code, expected HTTP status)
 HTTP_CASES = [
     ("bad magic", b"NOPE" + bytes(40), BIN_TYPE, "bad_magic", 400),
-    ("future version", patched(replay_bytes(), 4, "<B", 2), BIN_TYPE, "unsupported_version", 400),
+    ("future version", patched(replay_bytes(), 4, "<B", PROTOCOL_VERSION + 1), BIN_TYPE,
+     "unsupported_version", 400),
     ("truncated header", bytes(replay_bytes()[:20]), BIN_TYPE, "truncated", 400),
     ("truncated body", bytes(replay_bytes()[:-1]), BIN_TYPE, "truncated", 400),
     ("trailing data", bytes(replay_bytes()) + b"x", BIN_TYPE, "trailing_data", 400),
@@ -62,8 +65,8 @@ HTTP_CASES = [
     ("not a request", BINARY.encode(SessionStart(request_id=1, package_id=PACKAGE_ID)), BIN_TYPE,
      "unexpected_message", 400),
     ("invalid json", b'{"v":1,', JSON_TYPE, "invalid_json", 400),
-    ("json future version", b'{"v":2,"type":"frame_request"}', JSON_TYPE, "unsupported_version", 400),
-    ("json missing field", b'{"v":1,"type":"frame_request","request_id":1}', JSON_TYPE, "bad_field", 400),
+    ("json future version", b'{"v":9,"type":"frame_request"}', JSON_TYPE, "unsupported_version", 400),
+    ("json missing field", b'{"v":2,"type":"frame_request","request_id":1}', JSON_TYPE, "bad_field", 400),
     ("json unknown package",
      JsonCodec().encode(FrameRequest(request_id=3, package_id="nobody", frame_index=0,
                                      audio=AudioFormat.REPLAY)).encode(), JSON_TYPE, "unknown_package", 404),
@@ -133,8 +136,8 @@ def test_websocket_errors_keep_the_socket_open(url: str) -> None:
             (bytes(replay_bytes(package_id="nobody")), "unknown_package"),
             (bytes(replay_bytes(frame_index=10_000)), "frame_out_of_range"),
             # an audio chunk of 3 bytes (not whole samples), and before any session_start
-            (b"LSYN\x01\x06" + bytes(18) + struct.pack("<I", 3) + bytes(4) + b"abc", "bad_audio"),
-            (b"LSYN\x01\x06" + bytes(18) + struct.pack("<I", 2) + bytes(4) + b"ab", "unexpected_message"),
+            (b"LSYN\x02\x06" + bytes(18) + struct.pack("<I", 3) + bytes(4) + b"abc", "bad_audio"),
+            (b"LSYN\x02\x06" + bytes(18) + struct.pack("<I", 2) + bytes(4) + b"ab", "unexpected_message"),
             (JSON.encode(ErrorReply(request_id=1, code="internal", message="x")), "unexpected_message"),
         ]
         for data, code in cases:
@@ -172,6 +175,37 @@ def test_websocket_closing_errors_reply_then_close_1002(url: str, data: bytes | 
         with pytest.raises(ConnectionClosed):
             sock.recv(timeout=10)
         assert sock.close_code == 1002
+
+
+def as_v1_reader(data: bytes | str) -> Message:
+    """What a protocol-1 client reads: the error must carry version 1 (error_reply's layout is unchanged)."""
+    if isinstance(data, bytes):
+        assert data[4] == 1, data[:8]
+        return BINARY.decode(patched(bytearray(data), 4, "<B", PROTOCOL_VERSION))
+    obj = json.loads(data)
+    assert obj["v"] == 1, obj
+    return JSON.decode(json.dumps({**obj, "v": PROTOCOL_VERSION}))
+
+
+def test_an_old_client_gets_a_version_error_it_can_read(url: str) -> None:
+    old_binary = patched(replay_bytes(), 4, "<B", 1)
+    old_json = JSON.encode(FrameRequest(request_id=3, package_id=PACKAGE_ID, frame_index=0,
+                                        audio=AudioFormat.REPLAY)).replace(f'"v":{PROTOCOL_VERSION}', '"v":1')
+    r = httpx.post(f"{url}/v1/frame", content=old_binary, headers=BIN_TYPE)
+    assert r.status_code == 400
+    for reply in (as_v1_reader(r.content),
+                  as_v1_reader(httpx.post(f"{url}/v1/frame", content=old_json, headers=JSON_TYPE).text)):
+        assert isinstance(reply, ErrorReply) and reply.code == "unsupported_version"
+        assert "version 1" in reply.message and f"version {PROTOCOL_VERSION}" in reply.message
+        assert "pip install -U lipsync-tools" in reply.message
+    for data in (old_binary, old_json):
+        with ws(url) as sock:
+            sock.send(data)
+            reply = as_v1_reader(sock.recv(timeout=30))
+            assert isinstance(reply, ErrorReply) and reply.code == "unsupported_version"
+            with pytest.raises(ConnectionClosed):
+                sock.recv(timeout=10)
+            assert sock.close_code == 1002
 
 
 def disconnect_counts(url: str) -> float:

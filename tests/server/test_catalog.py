@@ -58,7 +58,7 @@ def test_catalog_ids_load_on_first_request(avatars: dict[str, Path], tmp_path: P
         }}))
         cache = tmp_path / "cache"
         config = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", catalog=catalog,
-                              cache_dir=cache, sessions=TEST_LIMITS)
+                              cache_dir=cache, sessions=TEST_LIMITS, min_session_fps=1.0)
         with running_server(config) as server:
             with LipsyncClient(server.url) as client:
                 assert client.packages() == []  # nothing is loaded before it is asked for
@@ -127,7 +127,7 @@ def test_memory_budget_evicts_idle_packages_never_held_ones_and_refuses_what_can
     }}))
     per_avatar = 50 * 320 * 240 * 3 + 36_298_035 * 4  # frames + Wav2Lip weights
     config = ServerConfig(port=0, backend="onnx", onnx_cache_dir=tmp_path / "onnx", catalog=catalog,
-                          max_memory=int(2.5 * per_avatar), sessions=TEST_LIMITS)
+                          max_memory=int(2.5 * per_avatar), sessions=TEST_LIMITS, min_session_fps=1.0)
 
     def loaded(url: str) -> list[str]:
         return sorted(p["id"] for p in httpx.get(f"{url}/v1/packages", timeout=10).json()["packages"])

@@ -1,7 +1,8 @@
-"""Session mechanics without a socket: audio windows, ping-pong, silence, and the slow-client rule.
+"""Session mechanics without a socket: the audio clock, timeline, deadlines, drops, and slow clients.
 
-A fake engine answers instantly, so the timing rules are tested exactly and in milliseconds; the same rules
-run over a real socket in test_sessions.py.
+A fake engine answers after a delay the test chooses, so the pacing rules are tested exactly; the same rules
+run over a real socket in test_sessions.py. Timing checks are of order and counts, not tight windows: the
+machines are shared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lipsync_tools.audio.mel import mel_window, mel_window_starts, wav2lip_mel
+from lipsync_tools.audio.streaming import frame_audio_offset
+from lipsync_tools.engine.capacity import Capacity
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
     PCM_WINDOW_SAMPLES,
@@ -28,9 +32,9 @@ from lipsync_tools.protocol import (
 )
 from lipsync_tools.server.config import SessionLimits
 from lipsync_tools.server.metrics import Metrics
-from lipsync_tools.server.sessions import AudioBuffer, Session, TooSlowError
+from lipsync_tools.server.sessions import IdleError, Session, SessionAudio, TooSlowError, look_ahead_seconds
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
 
 
 @dataclass
@@ -46,12 +50,22 @@ class FakeInfo:
         return {"id": self.id}
 
 
-class FakeEngine:
-    """Replies instantly; records which frames ran the model."""
+@dataclass
+class FakeModel:
+    key: str = "fake-model"
+    capacity: Capacity = field(default_factory=lambda: Capacity({1: 0.001}))
 
-    def __init__(self, overloaded_first: int = 0) -> None:
+
+class FakeEngine:
+    """Replies after ``delay`` seconds; records the frames that ran the model and their mel windows."""
+
+    def __init__(self, delay: float = 0.0, overloaded_first: int = 0, estimate: float | None = None) -> None:
+        self.delay = delay
+        self.estimate = delay if estimate is None else estimate
         self.model_frames: list[int] = []
+        self.windows: list[np.ndarray] = []
         self.overloaded_left = overloaded_first
+        self.post_seconds = 0.0
 
     def _reply(self, index: int, silence: bool) -> FrameReply:
         return FrameReply(request_id=0, frame_index=index, image=ImageFormat.RAW_BGR, width=4, height=2,
@@ -60,13 +74,22 @@ class FakeEngine:
     async def open_stream(self, package_id: str) -> None:
         return None
 
+    async def model_for(self, package_id: str) -> FakeModel:
+        return FakeModel()
+
+    def expected_latency(self, model: Any) -> float:
+        return self.estimate
+
     async def process(
         self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0
     ) -> FrameReply:
         if self.overloaded_left:
             self.overloaded_left -= 1
             raise ProtocolError(ErrorCode.OVERLOADED, "queue full")
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.model_frames.append(request.frame_index)
+        self.windows.append(request.mel_window().copy())
         return self._reply(request.frame_index, False)
 
     async def original_frame(self, package_id: str, frame_index: int, image_format: ImageFormat,
@@ -75,63 +98,99 @@ class FakeEngine:
 
 
 def make_session(pacing: Pacing, send: Any, engine: FakeEngine | None = None, start_frame: int = 0,
-                 **limits: Any) -> Session:
+                 fps: float = 100.0, max_lag: float = 0.5, **limits: Any) -> Session:
     return Session(
         SessionStart(request_id=9, package_id="fake", start_frame=start_frame, pacing=pacing,
                      image=ImageFormat.RAW_BGR),
-        FakeInfo(), engine=engine or FakeEngine(), metrics=Metrics(),
-        limits=SessionLimits(**{"send_queue_frames": 2, "max_skipped_frames": 3, "slow_client_seconds": 0.3,
+        FakeInfo(fps=fps), engine=engine or FakeEngine(), metrics=Metrics(),
+        limits=SessionLimits(**{"inflight_frames": 2, "max_skipped_frames": 3, "slow_client_seconds": 0.3,
                                 **limits}),
-        silence_dbfs=-50.0, send=send,
+        silence_dbfs=-50.0, send=send, max_lag=max_lag, model=FakeModel(),
     )
 
 
-def test_audio_buffer_windows_and_frame_count() -> None:
-    async def scenario() -> list[np.ndarray | None]:
-        buffer = AudioBuffer(capacity=(1 << 20) + 6400, fps=25.0)
-        await buffer.feed(np.arange(4000, dtype=np.int16).tobytes())
-        first = await buffer.window(0)
-        await buffer.end()  # 4000 samples at 25 fps / 16 kHz -> ceil(6.25) = 7 frames
-        rest = [await buffer.window(k) for k in range(1, 8)]
-        return [first, *rest]
-
-    windows = asyncio.run(scenario())
-    assert windows[-1] is None and all(w is not None for w in windows[:-1])
-    first, second = windows[0], windows[1]
-    assert first is not None and second is not None
-    assert first.shape == (PCM_WINDOW_SAMPLES,) and first[0] == 0 and first[-1] == 3199
-    assert second[0] == 640  # frame 1 starts 1/25 s = 640 samples later
-    third = windows[2]
-    assert third is not None
-    assert third[4000 - 1280 - 1] == 3999 and not third[4000 - 1280 :].any()  # zero-padded past the end
+def loud(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-8000, 8000, int(seconds * 16000), dtype=np.int16)
 
 
-def test_audio_buffer_feed_waits_for_room() -> None:
+async def _run(session: Session, audio: np.ndarray, end: bool = True, chunk: int | None = None) -> None:
+    task = asyncio.create_task(session.run())
+    step = chunk or max(1, len(audio))
+    for lo in range(0, len(audio), step):
+        await session.audio.feed(audio[lo : lo + step].tobytes())
+    if end:
+        await session.audio.end()
+    await task
+
+
+# --- the session's audio ------------------------------------------------------------------------------------
+
+
+def test_session_audio_gives_render_s_mel_windows_and_frame_count() -> None:
+    pcm = loud(1.03)
+
+    async def scenario() -> tuple[list[np.ndarray], int | None, np.ndarray]:
+        audio = SessionAudio(capacity=(1 << 20) + 6400, fps=25.0)
+        windows = []
+        for lo in range(0, len(pcm), 640):
+            await audio.feed(pcm[lo : lo + 640].tobytes())
+        await audio.end()
+        total = audio.frame_count()
+        assert total is not None
+        for k in range(total):
+            assert audio.ready(k)
+            windows.append(audio.mel_window(k))
+        return windows, total, audio.pcm_window(1)
+
+    windows, total, second = asyncio.run(scenario())
+    mel = wav2lip_mel(pcm.astype(np.float32) / 32768.0)
+    starts = mel_window_starts(total, 25.0, mel.shape[1])
+    assert total == 26  # ceil(1.03 s * 25 fps), as render makes
+    for k, window in enumerate(windows):  # the same model input as an offline render, frame by frame
+        np.testing.assert_allclose(window, mel_window(mel, int(starts[k])), atol=1e-4)
+    assert second.shape == (PCM_WINDOW_SAMPLES,) and second[0] == pcm[640]  # frame 1 starts 640 samples in
+
+
+def test_session_audio_feed_waits_for_room() -> None:
     async def scenario() -> bool:
-        buffer = AudioBuffer(capacity=(1 << 20) + 6400, fps=25.0)
-        await buffer.feed(bytes(1 << 20))
-        blocked = asyncio.create_task(buffer.feed(bytes(1 << 20)))
+        audio = SessionAudio(capacity=(1 << 20) + 6400, fps=25.0)
+        await audio.feed(bytes(1 << 20))
+        blocked = asyncio.create_task(audio.feed(bytes(1 << 20)))
         await asyncio.sleep(0.05)
         was_blocked = not blocked.done()
-        for k in range(900):  # consume frames until a chunk fits again
-            await buffer.window(k)
-            if blocked.done():
-                break
+        await audio.discard_before(900)  # the session is done with the first 36 s
         await asyncio.wait_for(blocked, 1)
         return was_blocked
 
     assert asyncio.run(scenario())
 
 
-async def _run(session: Session, audio: np.ndarray, end: bool = True) -> None:
-    task = asyncio.create_task(session.run())
-    await session.audio.feed(audio.tobytes())
-    if end:
-        await session.audio.end()
-    await task
+def test_audio_clock_starts_with_the_first_chunk_and_restarts_after_a_pause() -> None:
+    async def scenario() -> tuple[float, float, float, int]:
+        audio = SessionAudio(capacity=(1 << 20) + 6400, fps=25.0, resync_seconds=0.05)
+        await audio.feed(bytes(3200))  # 1600 samples = 0.1 s
+        t0 = audio.t0
+        assert t0 is not None
+        await audio.feed(bytes(320))  # on time: the clock keeps running
+        same = audio.t0
+        await asyncio.sleep(0.3)  # the client paused
+        await audio.feed(bytes(320))
+        assert same is not None and audio.t0 is not None and audio.last_audio is not None
+        return t0, same, audio.t0 - (audio.last_audio - 1760 / 16000), audio.resyncs
+
+    t0, same, restarted_error, resyncs = asyncio.run(scenario())
+    assert same == t0 and resyncs == 1 and abs(restarted_error) < 1e-9
 
 
-def test_unpaced_session_walks_ping_pong_and_skips_the_model_in_silence() -> None:
+def test_look_ahead_is_the_window_s_reach() -> None:
+    assert look_ahead_seconds(0, 25.0) == pytest.approx(0.2125)  # 3400 samples after the frame's time
+    assert look_ahead_seconds(6, 25.0) == pytest.approx(0.2125 + 0.24)  # AVE hears 6 frames further
+
+
+# --- pacing -------------------------------------------------------------------------------------------------
+
+
+def test_unpaced_session_walks_ping_pong_with_a_timeline_and_skips_the_model_in_silence() -> None:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -144,48 +203,75 @@ def test_unpaced_session_walks_ping_pong_and_skips_the_model_in_silence() -> Non
     audio[1600:1760] = 10000
     asyncio.run(_run(session, audio))
     frames = [m for m in sent if isinstance(m, FrameReply)]
-    assert isinstance(sent[-1], SessionEnd)
+    assert sent[-1] == SessionEnd(request_id=9, frames_sent=20, frames_dropped=0)
     assert [f.frame_index for f in frames] == [3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
     assert [f.silence for f in frames] == [False] * 11 + [True] * 9
+    assert [f.session_frame for f in frames] == list(range(20))
+    assert [f.audio_offset for f in frames] == [frame_audio_offset(k, 100.0) for k in range(20)]
     assert engine.model_frames == [f.frame_index for f in frames[:11]]
 
 
-def test_realtime_session_is_paced_at_the_package_fps() -> None:
-    stamps: list[float] = []
+def test_realtime_frames_follow_the_audio_clock() -> None:
+    stamps: list[tuple[float, Message]] = []
 
     async def send(message: Message) -> None:
-        stamps.append(time.perf_counter())
+        stamps.append((asyncio.get_running_loop().time(), message))
 
-    session = make_session(Pacing.REALTIME, send)
-    asyncio.run(_run(session, np.zeros(1600, np.int16)))  # 0.1 s at 100 fps: 10 frames + session_end
-    intervals = np.diff(stamps[:10])
-    assert len(stamps) == 11
-    assert 0.08 <= stamps[9] - stamps[0] <= 0.2  # 9 periods of 10 ms
-    assert np.median(intervals) == pytest.approx(0.01, abs=0.004)
+    async def scenario() -> Session:
+        session = make_session(Pacing.REALTIME, send, fps=25.0)
+        await _run(session, loud(0.4))  # sent at once, faster than real time
+        return session
+
+    session = asyncio.run(scenario())
+    frames = [(t, m) for t, m in stamps if isinstance(m, FrameReply)]
+    assert session.audio.t0 is not None
+    assert len(frames) == 10 and session.frames_dropped == 0
+    for t, frame in frames:  # never before its audio plays (the client sent it early), never late
+        assert frame.session_frame is not None
+        assert t >= session.audio.play_time(frame.session_frame) - 1e-3
+        assert t <= session.deadline(frame.session_frame)
+    assert isinstance(stamps[-1][1], SessionEnd) and stamps[-1][1].frames_sent == 10
 
 
-def test_realtime_skips_frames_while_the_client_is_stuck_then_recovers() -> None:
-    gate = asyncio.Event()
-    sent: list[FrameReply] = []
+def test_realtime_session_drops_frames_it_cannot_deliver_on_time_evenly() -> None:
+    """An engine that needs 3 frame intervals per frame: a session gets about a third of its frames, each
+    on time, spread evenly; the rest are not rendered at all."""
+    stamps: list[tuple[float, Message]] = []
 
     async def send(message: Message) -> None:
-        await gate.wait()
-        if isinstance(message, FrameReply):
-            sent.append(message)
+        stamps.append((asyncio.get_running_loop().time(), message))
 
-    async def scenario(session: Session) -> None:
+    engine = FakeEngine(delay=0.03, estimate=0.035)  # 3 frames at 100 fps
+
+    async def scenario() -> Session:
+        # the bound admission gives: look-ahead + model time + one frame interval
+        max_lag = look_ahead_seconds(0, 100.0) + 0.03 + 0.01
+        session = make_session(Pacing.REALTIME, send, engine, max_lag=max_lag, inflight_frames=1)
+        audio = loud(1.0)
         task = asyncio.create_task(session.run())
-        await session.audio.feed(np.zeros(4800, np.int16).tobytes())  # 30 frames at 100 fps
+        t_start = asyncio.get_running_loop().time()
+        for n, lo in enumerate(range(0, len(audio), 160)):  # one frame of audio every 10 ms, like a mic
+            await asyncio.sleep(max(0.0, t_start + n * 0.01 - asyncio.get_running_loop().time()))
+            await session.audio.feed(audio[lo : lo + 160].tobytes())
         await session.audio.end()
-        await asyncio.sleep(0.055)  # stuck: 1 frame in the socket, 2 queued, then 2-3 skips (<= 3 allowed)
-        gate.set()
         await task
+        return session
 
-    session = make_session(Pacing.REALTIME, send)
-    asyncio.run(scenario(session))
-    assert 1 <= session.frames_skipped <= 3
-    assert len(sent) == 30 - session.frames_skipped
-    assert session.metrics.value("lipsync_session_frames_skipped_total") == session.frames_skipped
+    session = asyncio.run(scenario())
+    frames = [(t, m) for t, m in stamps if isinstance(m, FrameReply)]
+    end = stamps[-1][1]
+    assert isinstance(end, SessionEnd)
+    assert end.frames_sent == len(frames) and end.frames_sent + end.frames_dropped == 100
+    assert 15 <= len(frames) <= 50, len(frames)  # ~33 on an idle machine
+    # frames that could not be on time were not rendered (a few more that the estimate let through were
+    # rendered, then found late and not sent)
+    assert len(engine.model_frames) - len(frames) <= 5
+    for t, frame in frames:
+        assert frame.session_frame is not None and t <= session.deadline(frame.session_frame)
+    numbers = [f.session_frame for _, f in frames if isinstance(f, FrameReply)]
+    gaps = np.diff(np.asarray(numbers, dtype=float))
+    assert gaps.min() >= 1 and np.median(gaps) <= 5  # evenly thinned, not bursts and long holes
+    assert session.metrics.value("lipsync_session_frames_dropped_total", reason="late") == end.frames_dropped
 
 
 @pytest.mark.parametrize("pacing", [Pacing.REALTIME, Pacing.UNPACED])
@@ -197,24 +283,56 @@ def test_a_client_that_never_reads_is_dropped_as_too_slow(pacing: Pacing) -> Non
         session = make_session(pacing, send)
         started = time.perf_counter()
         with pytest.raises(TooSlowError, match="read"):
-            await _run(session, np.zeros(16000, np.int16), end=False)
+            await _run(session, loud(1.0), end=False)
         return time.perf_counter() - started
 
-    elapsed = asyncio.run(scenario())
-    # REALTIME: 1 sending + 2 queued + 4 skipped slots of 10 ms; UNPACED: slow_client_seconds = 0.3 s
-    assert elapsed < 1.0
+    assert asyncio.run(scenario()) < 5.0  # slow_client_seconds is 0.3 s
 
 
-def test_overloaded_engine_skips_a_realtime_frame_and_retries_unpaced() -> None:
+def test_frames_that_expire_behind_a_stuck_socket_are_dropped_then_too_slow() -> None:
+    gate = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        await gate.wait()
+
+    async def scenario() -> Session:
+        session = make_session(Pacing.REALTIME, send, max_lag=0.22, inflight_frames=4,
+                               slow_client_seconds=5.0, max_skipped_frames=2)
+        task = asyncio.create_task(session.run())
+        await session.audio.feed(loud(0.5).tobytes())
+        await asyncio.sleep(0.4)  # frames 1-3 are ready in time but expire behind frame 0's send
+        gate.set()
+        with pytest.raises(TooSlowError, match="expired waiting for the socket"):
+            await task
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.metrics.value("lipsync_session_frames_dropped_total", reason="socket") == 3
+
+
+def test_overloaded_engine_drops_a_realtime_frame_and_retries_unpaced() -> None:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    loud = np.full(800, 10000, np.int16)
     live = make_session(Pacing.REALTIME, send, FakeEngine(overloaded_first=1))
-    asyncio.run(_run(live, loud))
-    assert live.frames_skipped == 1 and live.frames_sent == 4
+    asyncio.run(_run(live, loud(0.05)))
+    assert live.frames_dropped == 1 and live.frames_sent == 4
     offline = make_session(Pacing.UNPACED, send, FakeEngine(overloaded_first=3))
-    asyncio.run(_run(offline, loud))
-    assert offline.frames_skipped == 0 and offline.frames_sent == 5
+    asyncio.run(_run(offline, loud(0.05)))
+    assert offline.frames_dropped == 0 and offline.frames_sent == 5
+
+
+def test_a_session_without_audio_ends_with_idle_timeout() -> None:
+    async def send(message: Message) -> None:
+        pass
+
+    async def scenario() -> None:
+        session = make_session(Pacing.REALTIME, send, idle_timeout_seconds=0.2)
+        task = asyncio.create_task(session.run())
+        await session.audio.feed(loud(0.05).tobytes())  # 5 frames, then nothing and no session_end
+        with pytest.raises(IdleError, match=r"no audio for 0\.2 s"):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
