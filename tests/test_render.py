@@ -103,3 +103,33 @@ def test_render_through_a_server_matches_local(head_package: Path, speech_wav: P
     mine = list(iter_frames(tmp_path / "local.mp4"))
     assert all(np.array_equal(a, b) for a, b in zip(served, mine, strict=True))  # same pixels, same encoder
     assert probe_video(tmp_path / "by_path.mp4").has_audio
+
+
+def test_a_session_and_an_offline_render_give_the_model_the_same_mel_windows(
+    head_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Wav2Lip: the session's streaming spectrogram gives frame k exactly render's mel window for frame k,
+    whatever the client's chunk size (a fresh spectrogram per 200 ms window would not at its edges)."""
+    import soundfile
+
+    from lipsync_tools.client import LipsyncClient
+    from lipsync_tools.protocol import ImageFormat, Pacing
+    from lipsync_tools.server import PackageSpec, ServerConfig
+    from tests.recording import record_model_inputs
+    from tests.server.servers import TEST_LIMITS, running_server, speech_like
+
+    rows = record_model_inputs(monkeypatch)
+    speech = speech_like(1.1, seed=5)
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, speech, 16000, subtype="PCM_16")
+    result = render_video(head_package, wav, tmp_path / "out.mp4", model="identity", backend="torch")
+    rendered = list(rows)
+    config = ServerConfig(packages=(PackageSpec(id="head", path=head_package),), port=0, model="identity",
+                          backend="torch", sessions=TEST_LIMITS, warmup_frames=0)
+    with running_server(config) as server, LipsyncClient(server.url) as client:
+        rows.clear()  # the model's load-time calls on zeros
+        with client.session("head", pacing=Pacing.UNPACED, image=ImageFormat.CROP_ONLY) as session:
+            frames = list(session.play(speech, chunk_seconds=0.013))
+    assert len(frames) == result.frames == len(rendered) == len(rows)
+    for k, (live, offline) in enumerate(zip(rows, rendered, strict=True)):
+        np.testing.assert_allclose(live, offline, atol=1e-4, err_msg=f"frame {k}")

@@ -186,3 +186,35 @@ def test_export_onnx_with_the_original_servers_names(weights: tuple[Path, Path],
     assert summary["max_abs_diff"] < 1e-4
     again = runner.invoke(app, ["models", "export", str(weights[0]), "-o", str(out)])
     assert again.exit_code == 9 and "already exists" in again.output
+
+
+def test_a_session_and_an_offline_render_give_the_model_the_same_input(
+    synctalk_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The session's streaming spectrogram and AVE rows are on render's sample grid: for the same audio,
+    frame k of a session and frame k of ``lipsync render`` get the same (16, 512) AVE input."""
+    import soundfile
+
+    from lipsync_tools.client import LipsyncClient
+    from lipsync_tools.render import render_video
+    from tests.recording import record_model_inputs
+
+    rows = record_model_inputs(monkeypatch)
+    speech = speech_like(1.3, seed=4)  # loud throughout: every frame runs the model on both paths
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, speech, 16000, subtype="PCM_16")
+    result = render_video(synctalk_package, wav, tmp_path / "out.mp4", backend="onnx",
+                          cache_dir=tmp_path / "onnx")
+    rendered = list(rows)
+    rows.clear()
+    config = ServerConfig(packages=(PackageSpec(id="sanders", path=synctalk_package),), port=0,
+                          backend="onnx", onnx_cache_dir=tmp_path / "onnx", sessions=TEST_LIMITS,
+                          warmup_frames=0)
+    with running_server(config) as server, LipsyncClient(server.url) as client:
+        rows.clear()  # the model's load-time calls on zeros
+        with client.session("sanders", pacing=Pacing.UNPACED, image=ImageFormat.CROP_ONLY) as session:
+            frames = list(session.play(speech, chunk_seconds=0.037))
+    assert len(frames) == result.frames == len(rendered) == len(rows)
+    assert [f.session_frame for f in frames] == list(range(result.frames))
+    for k, (live, offline) in enumerate(zip(rows, rendered, strict=True)):
+        np.testing.assert_allclose(live, offline, atol=1e-4, err_msg=f"frame {k}")

@@ -1,7 +1,8 @@
-"""The comparison's result document: its schema, a checker, and the tables (Rich and Markdown) made from it.
+"""The benchmarks' result documents: their schemas, a checker, and the tables (Rich and Markdown) of them.
 
 One row builder (:func:`tables`) feeds both renderers, so the terminal and ``--markdown`` always show
-the same numbers. ``--json`` writes the document itself; :data:`RESULT_SCHEMA` is its contract for CI.
+the same numbers. ``--json`` writes the document itself; :data:`RESULT_SCHEMA` (``--compare``) and
+:data:`LIVE_SCHEMA` (``--live``, documents with ``"kind": "live"``) are their contracts for CI.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from .machine import hardware_line
 
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
+OPT_INT = (int, type(None))
+OPT_STR = (str, type(None))
 STATS = {"median_ms": OPT_NUM, "p90_ms": OPT_NUM}
+
+
+@dataclass(frozen=True)
+class Nullable:
+    """A schema node that may also be ``null`` (e.g. the live document's ``drift`` when it was skipped)."""
+
+    schema: Any
 
 RESULT_SCHEMA: dict[str, Any] = {
     "schema_version": int,
@@ -128,15 +138,98 @@ a one-element list: a list whose items all have that shape; a type or tuple of t
 Times are milliseconds (``*_ms``) or seconds (``*_s``); memory in MB (10^6 bytes).
 """
 
+LAG = {"median": OPT_NUM, "p90": OPT_NUM, "p99": OPT_NUM, "max": OPT_NUM}
+LIVE_SESSION: dict[str, Any] = {
+    "session": int,
+    "offset_seconds": NUM,
+    "audio_seconds": NUM,
+    "fps": NUM,
+    "frames_expected": int,
+    "frames_received": int,
+    "frames_sent": OPT_INT,
+    "frames_dropped": OPT_INT,
+    "silent_frames": int,
+    "timeline_errors": int,
+    "delivered_fps": NUM,
+    "lag_ms": LAG,
+    "over_bound": int,
+    "max_lag_ms": int,
+    "send_late_ms_max": NUM,
+    "error": OPT_STR,
+}
+
+LIVE_SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "kind": str,
+    "machine": RESULT_SCHEMA["machine"],
+    "load_average_after": list,
+    "input": {**RESULT_SCHEMA["input"], "speech_seconds": NUM},
+    "settings": dict,
+    "model": dict,
+    "server": {
+        "options": dict,
+        "capacity": dict,
+        "capacity_after": dict,
+        "sessions_after": dict,
+        "ready_rss_mb": NUM,
+        "peak_rss_mb": NUM,
+    },
+    "points": [
+        {
+            "sessions": int,
+            "admitted": int,
+            "refused": int,
+            "refusal": OPT_STR,
+            "per_session": [LIVE_SESSION],
+            "frames_expected": int,
+            "frames_received": int,
+            "frames_dropped": int,
+            "delivered_fps": OPT_NUM,
+            "lag_ms": LAG,
+            "over_bound": int,
+            "max_lag_ms": OPT_INT,
+            "goal_met": bool,
+            "errors": int,
+        }
+    ],
+    "drift": Nullable(
+        {
+            **LIVE_SESSION,
+            "seconds": NUM,
+            "last_frame": OPT_INT,
+            "drift_frames": OPT_INT,
+            "timeline_drift_frames": OPT_INT,
+            "lag_ms_first_10pct": LAG,
+            "lag_ms_last_10pct": LAG,
+            "lag_drift_ms": OPT_NUM,
+        }
+    ),
+    "notes": list,
+    "duration_seconds": NUM,
+}
+"""The result of :func:`~lipsync_tools.bench.live.run_live` (``lipsync bench --live --json``), version 1.
+
+Same notation as :data:`RESULT_SCHEMA` (:class:`Nullable`: that shape, or ``null``). ``kind`` is ``"live"``.
+Lags (``lag_ms``) are milliseconds from when a frame's audio plays to when the frame arrived; ``max_lag_ms``
+is the bound the server stated (``SessionStarted.max_lag_ms``) and ``over_bound`` counts frames above it.
+"""
+
 
 class SchemaError(LipsyncError, ValueError):
     """A result document that does not follow :data:`RESULT_SCHEMA`."""
 
 
 def check_result(document: Any, schema: Any = None, where: str = "result") -> None:
-    """Raise :class:`SchemaError` naming the first place where ``document`` breaks ``schema``."""
-    schema = RESULT_SCHEMA if schema is None else schema
-    if isinstance(schema, dict):
+    """Raise :class:`SchemaError` naming the first place where ``document`` breaks ``schema``.
+
+    Without ``schema``: :data:`LIVE_SCHEMA` for a document of ``"kind": "live"``, else :data:`RESULT_SCHEMA`.
+    """
+    if schema is None:
+        schema = LIVE_SCHEMA if is_live(document) else RESULT_SCHEMA
+    if isinstance(schema, Nullable):
+        if document is not None:
+            check_result(document, schema.schema, where)
+    elif isinstance(schema, dict):
         if not isinstance(document, dict):
             raise SchemaError(f"{where} is {type(document).__name__}, expected an object")
         if set(schema) == {"*"}:
@@ -160,6 +253,11 @@ def check_result(document: Any, schema: Any = None, where: str = "result") -> No
             raise SchemaError(f"{where} is a bool, expected {_names(types)}")
         if not isinstance(document, types):
             raise SchemaError(f"{where} is {type(document).__name__}, expected {_names(types)}")
+
+
+def is_live(document: Any) -> bool:
+    """Whether ``document`` is a ``--live`` result (``"kind": "live"``)."""
+    return isinstance(document, dict) and document.get("kind") == "live"
 
 
 def _names(types: tuple[type, ...]) -> str:
@@ -188,6 +286,8 @@ def _x(value: Any) -> str:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     """Every table of the report, in order."""
+    if is_live(result):
+        return live_tables(result)
     modes: dict[str, Any] = result["modes"]
     names = list(modes)
     out: list[Table] = []
@@ -350,6 +450,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The lines above the tables: machine, load, input, model."""
+    if is_live(result):
+        return live_summary_lines(result)
     i, machine = result["input"], result["machine"]
     model = result.get("model", {})
     source = "sample talking head" if i["sample"] else (i["video"] or i["package"])
@@ -363,6 +465,140 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         + f"; run took {result['duration_seconds']:.0f} s",
         *[f"note: {n}" for n in result["notes"]],
     ]
+
+
+def _lag(stats: dict[str, Any], keys: tuple[str, ...] = ("median", "p99")) -> str:
+    return " / ".join(_ms(stats[k], 0) for k in keys)
+
+
+def _dropped(dropped: int, expected: int) -> str:
+    return f"{dropped} of {expected} ({100 * dropped / expected:.1f} %)" if expected else str(dropped)
+
+
+def live_tables(result: dict[str, Any]) -> list[Table]:
+    """The ``--live`` report's tables: the points, their sessions, the drift session, the model's capacity."""
+    out: list[Table] = []
+    rows = []
+    for p in result["points"]:
+        rows.append(
+            [
+                str(p["sessions"]),
+                f"{p['admitted']} / {p['refused']}",
+                _ms(p["delivered_fps"], 1),
+                _lag(p["lag_ms"]),
+                _ms(p["lag_ms"]["max"], 0),
+                _dropped(p["frames_dropped"], p["frames_expected"]),
+                f"{p['over_bound']} (bound {p['max_lag_ms'] if p['max_lag_ms'] is not None else '–'} ms)",
+            ]
+        )
+    out.append(
+        Table(
+            "Live sessions at the speed of speech (lag = arrival minus when the frame's audio plays)",
+            ["sessions", "admitted / refused", "delivered fps (median session)", "lag median / p99 ms",
+             "lag max ms", "dropped", "over bound (SessionStarted.max_lag_ms)"],
+            rows,
+        )
+    )
+    rows = []
+    for p in result["points"]:
+        for s in p["per_session"]:
+            rows.append(
+                [
+                    str(p["sessions"]),
+                    str(s["session"]),
+                    str(s["frames_expected"]),
+                    "–" if s["frames_sent"] is None else str(s["frames_sent"]),
+                    "–" if s["frames_dropped"] is None else str(s["frames_dropped"]),
+                    str(s["silent_frames"]),
+                    f"{s['delivered_fps']:.1f}",
+                    _lag(s["lag_ms"], ("median", "p90", "p99", "max")),
+                    f"{s['over_bound']} / {s['max_lag_ms']}",
+                    f"{s['send_late_ms_max']:.1f}",
+                    s["error"] or "",
+                ]
+            )
+    out.append(
+        Table(
+            "Per admitted session (silent: frames of silence, sent without the model)",
+            ["sessions", "session", "frames expected", "sent", "dropped", "silent", "delivered fps",
+             "lag median / p90 / p99 / max ms", "over bound / bound ms", "client send late, max ms", "error"],
+            rows,
+        )
+    )
+    d = result.get("drift")
+    if d is not None:
+        out.append(
+            Table(
+                f"Drift: one session of {d['seconds']:g} s of speech",
+                ["frames expected", "sent", "dropped", "drift frames (sent + dropped - expected)",
+                 "timeline (last frame + 1 - expected)", "lag first 10 % median / p99 ms",
+                 "lag last 10 % median / p99 ms", "over bound / bound ms"],
+                [
+                    [
+                        str(d["frames_expected"]),
+                        "–" if d["frames_sent"] is None else str(d["frames_sent"]),
+                        "–" if d["frames_dropped"] is None else str(d["frames_dropped"]),
+                        "–" if d["drift_frames"] is None else str(d["drift_frames"]),
+                        "–" if d["timeline_drift_frames"] is None else str(d["timeline_drift_frames"]),
+                        _lag(d["lag_ms_first_10pct"]),
+                        _lag(d["lag_ms_last_10pct"]),
+                        f"{d['over_bound']} / {d['max_lag_ms']}",
+                    ]
+                ],
+            )
+        )
+    before, after = result["server"]["capacity"], result["server"]["capacity_after"]
+    batches = sorted({*before.get("batch_ms", {}), *after.get("batch_ms", {})}, key=int)
+    if batches:
+
+        def cell(capacity: dict[str, Any], key: str, batch: str, digits: int) -> str:
+            return _ms(capacity.get(key, {}).get(batch), digits)
+
+        out.append(
+            Table(
+                "The server's model capacity (GET /v1/models): measured at warm-up, then as it served",
+                ["batch", "ms per call, at start", "frames/s, at start", "ms per call, at end",
+                 "frames/s, at end"],
+                [
+                    [b, cell(before, "batch_ms", b, 1), cell(before, "frames_per_second", b, 1),
+                     cell(after, "batch_ms", b, 1), cell(after, "frames_per_second", b, 1)]
+                    for b in batches
+                ],
+            )
+        )
+    return out
+
+
+def live_summary_lines(result: dict[str, Any]) -> list[str]:
+    """The lines above the ``--live`` tables: machine, load, input, model, server options, refusal, drift."""
+    i, machine, model = result["input"], result["machine"], result.get("model", {})
+    options = result["server"]["options"]
+    source = "sample talking head" if i["sample"] else (i["video"] or i["package"])
+    lines = [
+        f"machine: {hardware_line(machine)}",
+        f"load average before / after: {machine['load_average']} / {result['load_average_after']}",
+        f"input: {source}, {i['width']}x{i['height']} at {i['fps']:g} fps ({i['family']}); its "
+        f"{i['speech_seconds']:.1f} s of speech, looped, is what every session says, in chunks of "
+        f"{result['settings'].get('chunk_ms', 20):g} ms in real time",
+        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}"
+        + (" (random weights: the speed of the real network; they move pixels, they do not lip-sync)"
+           if model.get("is_random") else ""),
+        f"server: --min-session-fps {options.get('min_session_fps')}, --max-sessions "
+        f"{options.get('max_sessions')}, --max-batch {options.get('max_batch')}; run took "
+        f"{result['duration_seconds']:.0f} s",
+    ]
+    refused = next((p for p in result["points"] if p["refusal"]), None)
+    if refused is not None:
+        lines.append(f"first refusal (at {refused['sessions']} sessions): {refused['refusal']}")
+    d = result.get("drift")
+    if d is not None:
+        lines.append(
+            f"drift over {d['seconds']:g} s: {d['drift_frames']} frames (sent {d['frames_sent']} + dropped "
+            f"{d['frames_dropped']} - expected {d['frames_expected']}); median lag "
+            f"{_ms(d['lag_ms_first_10pct']['median'], 0)} ms in the first 10 %, "
+            f"{_ms(d['lag_ms_last_10pct']['median'], 0)} ms in the last 10 %"
+        )
+    return lines + [f"note: {n}" for n in result["notes"]]
 
 
 def to_markdown(result: dict[str, Any]) -> str:

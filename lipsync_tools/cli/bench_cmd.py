@@ -1,4 +1,5 @@
-"""``lipsync bench --compare``: parse options, call :func:`lipsync_tools.bench.run_compare`, print/write.
+"""``lipsync bench --compare`` / ``--live``: parse options, call :func:`lipsync_tools.bench.run_compare` or
+:func:`lipsync_tools.bench.run_live`, print/write.
 
 Importing this module registers the command on :data:`lipsync_tools.cli.main.app`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,16 +25,52 @@ from .output import (
 )
 
 
-def _counts(text: str) -> tuple[int, ...]:
+class LiveModel(StrEnum):
+    random = "random"
+    identity = "identity"
+
+
+def _counts(text: str, option: str = "--clients") -> tuple[int, ...]:
     from ..errors import UsageError
 
     try:
         counts = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise UsageError(f"--clients {text!r}: expected comma-separated counts, e.g. 1,2,4,8") from None
+        raise UsageError(f"{option} {text!r}: expected comma-separated counts, e.g. 1,2,4,8") from None
     if not counts:
-        raise UsageError("--clients is empty; give counts such as 1,2,4,8")
+        raise UsageError(f"{option} is empty; give counts such as 1,2,4,8")
     return counts
+
+
+def _check_writable(option: str, path: Path | None) -> None:
+    """Refuse, before a run of minutes, an output path that cannot be written (the file is opened for
+    appending, and removed again if it did not exist)."""
+    from ..errors import UsageError
+
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file path")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{option} {path} cannot be written ({exc.strerror or exc}); give a path in a folder you can "
+            "write"
+        ) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def _refuse_other(mode: str, given: dict[str, bool]) -> None:
+    from ..errors import UsageError
+
+    wrong = [name for name, present in given.items() if present]
+    if wrong:
+        verb = "does" if len(wrong) == 1 else "do"
+        raise UsageError(f"{', '.join(wrong)} {verb} not apply to {mode}; drop it")
 
 
 @app.command("bench")
@@ -49,19 +87,67 @@ def bench_cmd(
         bool,
         typer.Option("--compare", help="Measure the original, binary and preloaded servers side by side."),
     ] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Measure live sessions at the speed of speech (1, 2, 4, 8 at once), then one long session "
+            "for drift.",
+        ),
+    ] = False,
     frames: Annotated[
-        int | None, typer.Option("--frames", help="Measured frames per mode (default 100; --quick 12).")
+        int | None,
+        typer.Option("--frames", help="--compare: measured frames per mode (default 100; --quick 12)."),
     ] = None,
     clients: Annotated[
-        str, typer.Option("--clients", help="Concurrency levels, comma-separated.")
-    ] = "1,2,4,8",
+        str | None,
+        typer.Option("--clients", help="--compare: concurrency levels, comma-separated (default 1,2,4,8)."),
+    ] = None,
     modes: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--modes",
-            help="Modes, comma-separated: original, binary, preloaded (also preloaded-crop, preloaded-lean).",
+            help="--compare: modes, comma-separated: original, binary, preloaded (the default; also "
+            "preloaded-crop, preloaded-lean).",
         ),
-    ] = "original,binary,preloaded",
+    ] = None,
+    sessions: Annotated[
+        str | None,
+        typer.Option("--sessions", help="--live: session counts, comma-separated (default 1,2,4,8)."),
+    ] = None,
+    session_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--session-seconds", help="--live: seconds of speech each session says (default 10; --quick 5)."
+        ),
+    ] = None,
+    drift_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--drift-seconds",
+            help="--live: length of the drift session (default 600; --quick 60; 0 skips it).",
+        ),
+    ] = None,
+    min_session_fps: Annotated[
+        float | None,
+        typer.Option(
+            "--min-session-fps", help="--live: the server's --min-session-fps (default: the server's, 20)."
+        ),
+    ] = None,
+    max_sessions: Annotated[
+        int | None,
+        typer.Option(
+            "--max-sessions", help="--live: the server's --max-sessions (default: the server's, 32)."
+        ),
+    ] = None,
+    model: Annotated[
+        LiveModel | None,
+        typer.Option(
+            "--model",
+            help="--live: random (default: random weights, the real network's speed, NOT lip-sync) or "
+            "identity (no network: the serving machinery alone).",
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Write the result document (schema: docs/benchmarks.md); - = stdout."),
@@ -69,9 +155,13 @@ def bench_cmd(
     markdown_out: Annotated[
         Path | None, typer.Option("--markdown", help="Write the tables as Markdown.")
     ] = None,
-    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write the plot (PNG).")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="--compare: write the plot (PNG).")] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Fewer frames and repeats: under 2 minutes.")
+        bool,
+        typer.Option(
+            "--quick",
+            help="--compare: fewer frames and repeats (under 2 minutes); --live: 5 s sessions, 60 s drift.",
+        ),
     ] = False,
     hd: Annotated[
         bool, typer.Option("--hd", help="Make the sample video 1280x720 (no input given).")
@@ -88,19 +178,33 @@ def bench_cmd(
     audio_encoder: AudioEncoderOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Benchmark the serving modes on this machine: per-component times, FPS, scaling, startup, memory."""
+    """Benchmark serving on this machine: --compare (per-component times, FPS, scaling, startup, memory) or
+    --live (sessions at the speed of speech: delivered fps, lag, dropped frames, refusals, drift)."""
 
     def action() -> None:
-        from ..bench import CompareOptions, check_result, parse_modes, print_report, run_compare, to_markdown
+        from ..bench import (
+            CompareOptions,
+            LiveOptions,
+            check_result,
+            parse_modes,
+            print_report,
+            run_compare,
+            run_live,
+            to_markdown,
+        )
         from ..errors import UsageError
 
+        if compare == live:
+            raise UsageError(
+                "say what to benchmark: lipsync bench --compare [VIDEO or PKG] (the serving modes side by "
+                "side) or lipsync bench --live [VIDEO or PKG] (live sessions), not both"
+                if compare
+                else "say what to benchmark: lipsync bench --compare [VIDEO or PKG] or lipsync bench --live "
+                "[VIDEO or PKG]"
+            )
         check_audio_encoder_path(audio_encoder)
-        if not compare:
-            raise UsageError("say what to benchmark: lipsync bench --compare [VIDEO or PKG]")
-        overrides: dict[str, Any] = {
+        common: dict[str, Any] = {
             "input": source,
-            "clients": _counts(clients),
-            "modes": parse_modes(modes),
             "seed": seed,
             "backend": backend.value if backend is not None else None,
             "hd": hd,
@@ -108,15 +212,50 @@ def bench_cmd(
             "audio_encoder": audio_encoder,
             "work_dir": work_dir,
         }
-        if frames is not None:
-            overrides["frames"] = frames
-        options = CompareOptions.quick(**overrides) if quick else CompareOptions(**overrides)
+        options: CompareOptions | LiveOptions
+        if live:
+            _refuse_other(
+                "--live",
+                {"--frames": frames is not None, "--clients": clients is not None,
+                 "--modes": modes is not None, "--plot": plot_out is not None},
+            )
+            overrides = dict(common)
+            if sessions is not None:
+                overrides["sessions"] = _counts(sessions, "--sessions")
+            for key, value in (("session_seconds", session_seconds), ("drift_seconds", drift_seconds),
+                               ("min_session_fps", min_session_fps), ("max_sessions", max_sessions)):
+                if value is not None:
+                    overrides[key] = value
+            if model is not None:
+                overrides["model"] = model.value
+            options = LiveOptions.quick(**overrides) if quick else LiveOptions(**overrides)
+        else:
+            _refuse_other(
+                "--compare",
+                {"--sessions": sessions is not None, "--session-seconds": session_seconds is not None,
+                 "--drift-seconds": drift_seconds is not None,
+                 "--min-session-fps": min_session_fps is not None,
+                 "--max-sessions": max_sessions is not None, "--model": model is not None},
+            )
+            overrides = {
+                **common,
+                "clients": _counts(clients or "1,2,4,8"),
+                "modes": parse_modes(modes or "original,binary,preloaded"),
+            }
+            if frames is not None:
+                overrides["frames"] = frames
+            options = CompareOptions.quick(**overrides) if quick else CompareOptions(**overrides)
+        for option, path in (("--json", json_out), ("--markdown", markdown_out), ("--plot", plot_out)):
+            _check_writable(option, path)
         to_stdout = json_out is not None and str(json_out) == "-"
 
         def say(message: str) -> None:
             stderr.print(f"[bench] {message}", highlight=False, markup=False)
 
-        result = run_compare(options, progress=say)
+        if isinstance(options, LiveOptions):
+            result = run_live(options, progress=say)
+        else:
+            result = run_compare(options, progress=say)
         check_result(result)
         if json_out is not None:
             text = json.dumps(result, indent=2)

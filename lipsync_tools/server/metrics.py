@@ -75,7 +75,8 @@ class Metrics:
     Names (all prefixed ``lipsync_``): ``frames_total{source,silence}``, ``stage_seconds{stage}`` (the
     engine's per-stage latency), ``request_seconds{endpoint}`` (server-side time of a one-shot request),
     ``batch_size``, ``queue_depth``, ``errors_total{code}``, ``active_sessions``, ``sessions_total``,
-    ``session_frames_skipped_total``, ``disconnects_total{pending}`` (clients gone, with or without work in
+    ``sessions_refused_total``, ``session_frames_dropped_total{reason}``, ``session_lag_seconds``,
+    ``disconnects_total{pending}`` (clients gone, with or without work in
     flight), ``packages_loaded``, ``ready``.
     """
 
@@ -93,8 +94,15 @@ class Metrics:
             "lipsync_frames_total": ("counter", "Frames sent to clients, by source and silence."),
             "lipsync_errors_total": ("counter", "Error replies and refused requests, by error code."),
             "lipsync_sessions_total": ("counter", "Sessions started."),
-            "lipsync_session_frames_skipped_total": (
-                "counter", "Frames a REALTIME session skipped because its client was not reading."),
+            "lipsync_session_frames_dropped_total": (
+                "counter", "Frames a REALTIME session did not send because their time had passed, by reason: "
+                "late (could not be rendered in time), socket (the client had not read earlier frames), "
+                "overloaded (the engine's queue was full)."),
+            "lipsync_sessions_refused_total": (
+                "counter", "Live sessions refused at start: the admitted ones would fall below "
+                "--min-session-fps, or --max-sessions run."),
+            "lipsync_session_lag_seconds": (
+                "histogram", "How long after its audio played each REALTIME frame was sent, in seconds."),
             "lipsync_disconnects_total": (
                 "counter", "Clients that disconnected; pending=true when work for them was dropped."),
             "lipsync_active_sessions": ("gauge", "Sessions running now."),
@@ -126,7 +134,7 @@ class Metrics:
         for name in ("lipsync_active_sessions", "lipsync_queue_depth", "lipsync_packages_loaded",
                      "lipsync_ready"):
             self._gauges[name] = {(): 0.0}
-        for name in ("lipsync_sessions_total", "lipsync_session_frames_skipped_total"):
+        for name in ("lipsync_sessions_total", "lipsync_sessions_refused_total"):
             self._counters[name] = {(): 0.0}
 
     # --- generic updates ----------------------------------------------------------------------------------

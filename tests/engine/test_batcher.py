@@ -102,3 +102,96 @@ def test_the_queue_limit_counts_every_key():
             await batcher.stop()
 
     run(scenario())
+
+
+def test_results_may_come_later_from_a_pool_and_the_next_batch_does_not_wait_for_them():
+    """``run`` may answer with futures (the engine composites in a pool): callers get their results when
+    the futures finish, while the next model call already runs."""
+    import concurrent.futures
+    import threading
+
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    release = threading.Event()
+    started_second = threading.Event()
+    calls = 0
+
+    def run_batch(items: list[int]) -> list[object]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            started_second.set()
+
+        def finish(n: int) -> int:
+            assert release.wait(5)
+            return n * 10
+
+        return [pool.submit(finish, n) for n in items]
+
+    async def scenario() -> list[int]:
+        batcher: Batcher[int, int] = Batcher(run_batch, max_batch=1, max_wait_s=0.0, queue_limit=10)
+        await batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(1))
+            second = asyncio.ensure_future(batcher.submit(2))
+            # the second model call starts while the first batch is still being finished
+            assert await asyncio.to_thread(started_second.wait, 5)
+            assert not first.done()
+            release.set()
+            return list(await asyncio.gather(first, second))
+        finally:
+            await batcher.stop()
+
+    assert run(scenario()) == [10, 20]
+    pool.shutdown()
+
+
+def test_a_dead_gathering_loop_fails_every_caller_and_says_why():
+    async def scenario() -> tuple[list[BaseException], BaseException | None]:
+        batcher: Batcher[int, int] = Batcher(lambda items: items, max_batch=2, max_wait_s=0.05,
+                                             queue_limit=10)
+
+        async def explode() -> list[object]:
+            raise RuntimeError("a bug in the loop")
+
+        batcher._gather = explode  # type: ignore[method-assign]  # the loop itself fails
+        await batcher.start()
+        await asyncio.sleep(0.01)
+        outcomes = []
+        for n in range(2):
+            with pytest.raises(ProtocolError) as failed:
+                await asyncio.wait_for(batcher.submit(n), 2)
+            outcomes.append(failed.value)
+        failure = batcher.failure
+        await batcher.stop()
+        return outcomes, failure
+
+    outcomes, failure = run(scenario())
+    assert isinstance(failure, RuntimeError)
+    assert all(e.code == "internal" and "batching loop" in str(e) for e in outcomes)
+
+
+def test_stop_answers_waiting_and_running_callers():
+    started = []
+
+    def slow(items: list[int]) -> list[int]:
+        started.append(items)
+        time.sleep(0.2)
+        return items
+
+    async def scenario() -> list[str]:
+        batcher: Batcher[int, int] = Batcher(slow, max_batch=1, max_wait_s=0.0, queue_limit=10)
+        await batcher.start()
+        calls = [asyncio.ensure_future(batcher.submit(n)) for n in range(3)]
+        await asyncio.sleep(0.05)  # the first runs, two wait
+        await batcher.stop()
+        codes = []
+        for call in calls:
+            try:
+                await asyncio.wait_for(call, 2)
+                codes.append("ok")
+            except ProtocolError as exc:
+                codes.append(exc.code)
+        return codes
+
+    codes = run(scenario())
+    assert codes.count("overloaded") >= 2 and len(codes) == 3  # nobody is left waiting

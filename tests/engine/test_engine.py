@@ -198,6 +198,9 @@ def test_original_frame_and_silence(engine: Engine, store: PackageStore):
     raw, jpeg, crop, skipped = asyncio.run(scenario())
     assert raw.silence and np.array_equal(raw.image_array(), frame)
     assert jpeg.silence and decode_image(jpeg.payload).shape == frame.shape
+    # a silent JPEG frame is the package's own stored JPEG: nothing is encoded again
+    assert bytes(jpeg.payload) == store.get(PACKAGE_ID).encoded_frames[7]
+    assert jpeg.timings["encode"] == 0 or jpeg.timings["encode"] < 1000
     assert crop.silence and (crop.width, crop.height, crop.rect, bytes(crop.payload)) == (0, 0, None, b"")
     assert skipped.silence and np.array_equal(skipped.image_array(), frame)
     assert list(raw.timings) == ["encode", "total"]
@@ -357,3 +360,25 @@ def test_frames_never_open_files(engine: Engine, store: PackageStore, monkeypatc
             await engine.stop()
 
     assert len(asyncio.run(scenario())) == len(every) + 1
+
+
+def test_capacity_follows_the_batches_served_and_feeds_the_latency_estimate(
+    store: PackageStore, identity_backend: InferenceBackend
+):
+    backend = SlowBackend(identity_backend, delay=0.02)
+    engine = Engine(store, backend, EngineOptions(max_batch=2, max_wait_ms=0.0, queue_limit=32))
+
+    async def scenario() -> tuple[float, float, float]:
+        await engine.start()
+        try:
+            model = await engine.model_for(PACKAGE_ID)
+            assert not model.capacity.known and engine.expected_latency(model) == 0.0
+            await asyncio.gather(*(engine.process(request(i)) for i in range(6)))
+            alone = model.capacity.batch_seconds(1)
+            return model.capacity.batch_seconds(2), alone, engine.expected_latency(model)
+        finally:
+            await engine.stop()
+
+    two, alone, estimate = asyncio.run(scenario())
+    assert two >= 0.02  # learned from the calls served (each call sleeps 20 ms)
+    assert estimate >= alone > 0 and engine.post_seconds > 0  # an idle engine: one call + compositing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -14,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from lipsync_tools.client import LipsyncClient
+from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
     CODECS,
     AudioChunk,
@@ -25,7 +27,7 @@ from lipsync_tools.protocol import (
     SessionStarted,
 )
 from lipsync_tools.server.sessions import pingpong_index
-from tests.server.servers import PACKAGE_ID, speech_like
+from tests.server.servers import PACKAGE_ID, random_model_config, running_server, speech_like
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -55,16 +57,44 @@ def test_speech_runs_the_model_and_silence_does_not(url: str) -> None:
     assert all("inference" not in f.timings for f in frames if f.silence)
 
 
-def test_realtime_session_is_paced_at_the_package_fps(url: str) -> None:
-    audio = np.zeros(16000, np.int16)  # 1 s: 25 frames, 40 ms apart
-    stamps = []
+def test_realtime_session_frames_carry_a_timeline_and_never_come_before_their_audio(url: str) -> None:
+    audio = speech_like(1.0)  # 25 frames at 25 fps, streamed at the speed of speech
+    arrivals = []
     with LipsyncClient(url) as client, client.session(PACKAGE_ID, pacing=Pacing.REALTIME) as session:
-        for _ in session.play(audio):
-            stamps.append(time.perf_counter())
-    assert len(stamps) == 25
-    span = stamps[-1] - stamps[0]
-    assert 0.8 <= span <= 1.6, span
-    assert np.median(np.diff(stamps)) == pytest.approx(0.04, abs=0.015)
+        assert session.started.max_lag_ms > 212  # at least the mel window's look-ahead
+        for frame in session.play(audio, realtime=True, chunk_seconds=0.02):
+            arrivals.append((time.monotonic(), frame))
+    summary = session.summary
+    assert summary is not None and summary.frames_sent == len(arrivals)
+    assert summary.frames_sent + summary.frames_dropped == 25
+    numbers = [f.session_frame for _, f in arrivals]
+    assert numbers == sorted(set(numbers)) and all(n is not None and 0 <= n < 25 for n in numbers)
+    for arrived, frame in arrivals:
+        assert frame.audio_offset == round(frame.session_frame * 16000 / 25)  # type: ignore[operator]
+        play = session.play_time(frame)
+        assert play is not None and arrived >= play - 0.005  # never ahead of the audio it shows
+
+
+def test_sessions_beyond_capacity_or_max_sessions_are_refused_clearly(
+    avatar_package: Path, onnx_cache: Path
+) -> None:
+    # No CPU renders 2 x 240 frames/s of Wav2Lip: the first session is admitted, the second refused.
+    for overrides, expected in (({"min_session_fps": 240.0}, "cannot carry another live session"),
+                                ({"max_sessions": 1}, "--max-sessions 1")):
+        config = random_model_config(avatar_package, onnx_cache, **overrides)
+        with running_server(config) as server, LipsyncClient(server.url) as client:
+            with client.session(PACKAGE_ID) as first:
+                with pytest.raises(ProtocolError) as refused:
+                    client.session(PACKAGE_ID)
+                assert refused.value.code == "overloaded"
+                assert expected in str(refused.value) and "retry in" in str(refused.value)
+                first.end()
+                assert list(first) == []  # no audio: no frames, just the end
+            with client.session(PACKAGE_ID) as again:  # the ended session made room
+                again.end()
+                list(again)
+            metrics = client.metrics()
+        assert "lipsync_sessions_refused_total 1" in metrics
 
 
 def test_unexpected_session_messages(url: str) -> None:
