@@ -43,6 +43,7 @@ from ..protocol.messages import (
     FrameRequest,
     ImageFormat,
 )
+from .capacity import Capacity
 from .compositor import composite_crop, composite_frame, encode_frame_image
 from .features import FeatureComputer, request_mel_window
 from .pacing import is_silent
@@ -215,6 +216,14 @@ def _us(seconds: float) -> int:
     return max(0, min(limits.MAX_U32, round(seconds * 1e6)))
 
 
+@dataclass(frozen=True)
+class OriginalModel:
+    """What a live session asks of the model serving it: a key and how fast it runs."""
+
+    key: str
+    capacity: Capacity
+
+
 class OriginalEngine:
     """Renders frames of the videos in ``store`` with every stage per request (see the module docstring).
 
@@ -250,6 +259,9 @@ class OriginalEngine:
         self.mask_options = MaskOptions(feather=self.options.feather)
         self._faces: FaceBackend | None = None
         self._lock = threading.Lock()
+        # Live sessions ask every engine how fast it is: here a "model call" is one whole request.
+        self.model = OriginalModel(key="original", capacity=Capacity())
+        self.post_seconds = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -287,6 +299,15 @@ class OriginalEngine:
     async def open_stream(self, package_id: str) -> None:
         """The original path keeps no state between requests: every request is a one-shot window."""
         return None
+
+    async def model_for(self, package_id: str) -> OriginalModel:
+        """The one "model" of this path (for session admission): every stage of a request, timed."""
+        self.store.get(package_id)  # unknown_package
+        return self.model
+
+    def expected_latency(self, model: object) -> float:
+        """One whole request at the speed measured so far (0.0 before the first)."""
+        return self.model.capacity.batch_seconds(1)
 
     async def process(
         self,
@@ -344,7 +365,10 @@ class OriginalEngine:
         arrived = time.perf_counter() if arrived is None else arrived
         source = self._validate(request)
         with self._lock:
-            return self._render(request, source, arrived)
+            started = time.perf_counter()
+            reply = self._render(request, source, arrived)
+            self.model.capacity.observe(1, time.perf_counter() - started)
+            return reply
 
     # --- checks ------------------------------------------------------------------------------------------
 

@@ -6,13 +6,18 @@ each in the encoding it arrived in. Two kinds of work run beside the reader:
 
 * ``frame_request``: processed concurrently, at most ``SessionLimits.max_inflight_requests`` at once; the
   reader waits for a slot before reading on.
-* a session (``session_start`` … ``audio_chunk`` … ``session_end``): a producer turns the audio into frames
-  and a sender writes them. Between them sits a bounded queue (``send_queue_frames``); the audio buffer is
-  bounded too (``audio_buffer_bytes``; the reader waits for room, which again stops reading the socket).
+* a session (``session_start`` … ``audio_chunk`` … ``session_end``), admitted first by
+  :class:`~lipsync_tools.server.admission.Admission`: the reader feeds its audio into
+  :class:`SessionAudio` (the streaming mel spectrogram, on ``lipsync render``'s sample grid, and the audio
+  clock); a producer submits each frame to the engine once its audio is there, at most
+  ``inflight_frames`` at once; a sender writes the replies in order. The audio buffer is bounded
+  (``audio_buffer_bytes``; the reader waits for room, which again stops reading the socket).
 
-The slow-client rule (docs/protocol.md, *Sessions*): a REALTIME session skips a frame whose time slot finds
-the send queue full and closes with ``too_slow`` after ``max_skipped_frames`` skips in a row; an UNPACED
-session waits for room and closes with ``too_slow`` after ``slow_client_seconds`` without progress.
+The real-time rule (docs/protocol.md, *Sessions*): a REALTIME frame is sent no earlier than its audio
+plays and no later than that plus ``max_lag``; a frame that cannot make it is not rendered, one that became
+late on the way is not sent (both are *dropped*). A frame that waits ``slow_client_seconds`` for the socket,
+or ``max_skipped_frames`` frames in a row that expire behind earlier ones on the socket, close the session
+with ``too_slow``.
 """
 
 from __future__ import annotations
@@ -388,15 +393,17 @@ class Session:
             if total is not None and k >= total:
                 break
             await self._slots.acquire()
-            # REALTIME: not rendered at all when it cannot be on time (by the engine's own estimate).
-            if (self.realtime and self.model is not None
-                    and loop.time() + self.engine.expected_latency(self.model) > self.deadline(k)):
-                self._slots.release()
-                self._drop("late")
-                await self.audio.discard_before(k + 1)
-                k += 1
-                continue
             silent = is_silent(self.audio.pcm_window(k), self.silence_dbfs)
+            # REALTIME: not rendered at all when it cannot be on time (by the engine's own estimate; a
+            # silent frame is the package's stored image, ready at once).
+            if self.realtime and self.model is not None:
+                expected = 0.0 if silent else self.engine.expected_latency(self.model)
+                if loop.time() + expected > self.deadline(k):
+                    self._slots.release()
+                    self._drop("late")
+                    await self.audio.discard_before(k + 1)
+                    k += 1
+                    continue
             window = None if silent else self.audio.mel_window(k)
             task = asyncio.create_task(self._render(k, window, stream))
             await self._pending.put(_Slot(k, task))

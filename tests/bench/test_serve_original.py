@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from lipsync_tools.cli.main import app
 from lipsync_tools.client import LipsyncClient
 from lipsync_tools.engine.original import ORIGINAL_STAGES
-from lipsync_tools.protocol import AudioFormat, FrameRequest
+from lipsync_tools.protocol import AudioFormat, FrameRequest, ImageFormat, Pacing
 from lipsync_tools.server import LipsyncServer, PackageSpec, ServerConfig
 from lipsync_tools.server.run import original_components
 
@@ -44,6 +45,11 @@ def test_an_original_server_answers_both_codecs_with_every_stage(talking_head_mp
                         FrameRequest(request_id=4, package_id="head", frame_index=6, audio=AudioFormat.REPLAY)
                     )
                     assert replay.frame_index == 6 and replay.timings["detect"] > 0
+                # a live session runs on the original path too (every stage per frame, no batching)
+                with client.session("head", pacing=Pacing.UNPACED, image=ImageFormat.JPEG) as session:
+                    frames = list(session.play(np.tile(noise, 3)))
+                expected = math.ceil(0.6 * session.started.fps - 1e-9)  # 0.6 s of audio
+                assert [f.session_frame for f in frames] == list(range(expected))
         assert server.state.startup_report is not None
         assert server.state.startup_report.packages[0]["original"] is True
     finally:
