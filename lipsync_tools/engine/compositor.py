@@ -69,11 +69,12 @@ def composite_crop(original: np.ndarray, generated: np.ndarray, blend_mask: np.n
 def encode_frame_image(image: np.ndarray, image_format: ImageFormat, jpeg_quality: int) -> Payload:
     """The reply payload for uint8 ``(H, W, 3)`` BGR ``image``: JPEG/PNG bytes or the raw pixels.
 
-    RAW_BGR and CROP_ONLY return a read-only memoryview of ``image`` itself (no copy) and mark ``image``
-    read-only: the caller must not write to it afterwards. PNG uses compression level 1 (fastest). Raises
+    JPEG and CROP_JPEG are JPEG bytes at ``jpeg_quality``. RAW_BGR and CROP_ONLY return a read-only
+    memoryview of ``image`` itself (no copy) and mark ``image`` read-only: the caller must not write to it
+    afterwards. PNG uses compression level 1 (fastest). Raises
     :class:`UsageError` for a quality outside 1..100.
     """
-    if image_format is ImageFormat.JPEG:
+    if image_format in (ImageFormat.JPEG, ImageFormat.CROP_JPEG):
         return encode_image(image, "jpeg", jpeg_quality)
     if image_format is ImageFormat.PNG:
         return encode_image(image, "png", png_compression=1)

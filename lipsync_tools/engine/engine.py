@@ -294,7 +294,7 @@ class Engine:
     ) -> FrameReply:
         """The package's own frame, no model: the reply for a silent window (``reply.silence`` is true).
 
-        JPEG/PNG encoding runs in a helper thread so the loop stays responsive. A CROP_ONLY reply has no
+        JPEG/PNG encoding runs in a helper thread so the loop stays responsive. A crop reply has no
         crop (0x0, no rect, empty payload: "show your own frame"). Raises ``ProtocolError`` for an unknown
         package or a frame out of range.
         """
@@ -401,11 +401,11 @@ class Engine:
     @staticmethod
     def _check_image(package: LoadedPackage, image: ImageFormat) -> None:
         """``bad_field`` for a full-frame image of a package loaded without its frames (crop-only)."""
-        if image is not ImageFormat.CROP_ONLY and not package.frames:
+        if not image.is_crop and not package.frames:
             raise ProtocolError(
                 ErrorCode.BAD_FIELD,
                 f"package {package.info.id!r} was loaded without its full frames (--frames none, for "
-                f"crop-only serving); request image=crop_only, or load it with its frames",
+                f"crop-only serving); request image=crop_only or crop_jpeg, or load it with its frames",
             )
 
     @staticmethod
@@ -513,7 +513,7 @@ class Engine:
         t0 = time.perf_counter()
         rect: tuple[int, int, int, int] | None = None
         mask = package.blend_masks[index] if self.options.blend == "feather" else None
-        if request.image is ImageFormat.CROP_ONLY:
+        if request.image.is_crop:
             image = composite_crop(package.crops[index], generated, mask)
             rect = package.rects[index]
         else:
@@ -543,7 +543,7 @@ class Engine:
         arrived: float,
     ) -> FrameReply:
         t0 = time.perf_counter()
-        if image_format is ImageFormat.CROP_ONLY:
+        if image_format.is_crop:
             return FrameReply(
                 request_id=request_id, frame_index=index, image=image_format, width=0, height=0,
                 timings={"encode": 0, "total": _us(time.perf_counter() - arrived)}, silence=True,

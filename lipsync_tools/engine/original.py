@@ -454,7 +454,7 @@ class OriginalEngine:
         t6 = time.perf_counter()
         rect = (int(rect_array[0]), int(rect_array[1]), int(rect_array[2]), int(rect_array[3]))
         reply_rect: tuple[int, int, int, int] | None = None
-        if request.image is ImageFormat.CROP_ONLY:
+        if request.image.is_crop:
             image = composite_crop(crop, generated, mask)
             reply_rect = rect
         else:
@@ -498,7 +498,7 @@ class OriginalEngine:
             t0 = time.perf_counter()
             frame = source.reader.read(index)
             t1 = time.perf_counter()
-        if image_format is ImageFormat.CROP_ONLY:
+        if image_format.is_crop:
             return FrameReply(
                 request_id=request_id,
                 frame_index=index,

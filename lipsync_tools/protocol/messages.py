@@ -118,10 +118,16 @@ class ImageFormat(IntEnum):
     PNG = 2  # PNG bytes
     RAW_BGR = 3  # uint8 (height, width, 3) C order, no header
     CROP_ONLY = 4  # the generated mouth crop as RAW_BGR (height, width, 3) + where it goes in the frame
+    CROP_JPEG = 5  # the generated mouth crop as JPEG bytes (quality from the request) + where it goes
 
     @property
     def wire_name(self) -> str:
         return self.name.lower()
+
+    @property
+    def is_crop(self) -> bool:
+        """The reply holds only the generated crop and the rectangle it goes into (the client composites)."""
+        return self in (ImageFormat.CROP_ONLY, ImageFormat.CROP_JPEG)
 
 
 class Pacing(IntEnum):
@@ -351,10 +357,10 @@ class FrameReply:
     """Server → client: one rendered frame (answer to a FrameRequest, or a session push).
 
     ``timings`` maps stage name → microseconds, in the order the stages ran (at most ``MAX_TIMINGS``).
-    ``width``/``height`` are the image's (for CROP_ONLY: the crop's) pixel size. ``rect`` is ``(x0, y0, x1,
-    y1)`` in frame pixels (end exclusive) where a CROP_ONLY crop goes, resized; ``None`` for other formats.
-    ``silence`` marks an original frame sent without running the model; a silent CROP_ONLY reply has no
-    crop: empty payload, zero size, ``rect=None`` ("show your own frame").
+    ``width``/``height`` are the image's (for a crop format: the crop's) pixel size. ``rect`` is ``(x0, y0,
+    x1, y1)`` in frame pixels (end exclusive) where a CROP_ONLY or CROP_JPEG crop goes, resized; ``None`` for
+    other formats. ``silence`` marks an original frame sent without running the model; a silent crop reply
+    has no crop: empty payload, zero size, ``rect=None`` ("show your own frame").
     ``session_frame`` (u32, the frame's 0-based number in its session) and ``audio_offset`` (the sample of
     the session's 16 kHz audio at which the frame is shown, at most ``MAX_AUDIO_OFFSET``) are both set on a
     session frame and both ``None`` on the reply to a FrameRequest.
@@ -385,20 +391,23 @@ class FrameReply:
         self._check_timings()
         payload = _normalize_payload(self, self.payload)
         _check_payload_size(payload, L.MAX_REPLY_PAYLOAD)
-        empty_crop = self.image is ImageFormat.CROP_ONLY and self.silence and len(payload) == 0
+        empty_crop = self.image.is_crop and self.silence and len(payload) == 0
         if empty_crop:
             if self.width or self.height or self.rect is not None:
                 _fail(
                     ErrorCode.BAD_FIELD,
-                    "a silent crop_only reply without a crop must have size 0x0 and no rect",
+                    f"a silent {self.image.wire_name} reply without a crop must have size 0x0 and no rect",
                 )
             return
         if self.width == 0 or self.height == 0:
             _fail(ErrorCode.BAD_FIELD, f"image size must be positive, got {self.width}x{self.height}")
-        if self.image is ImageFormat.CROP_ONLY:
+        if self.image.is_crop:
             self._check_rect()
         elif self.rect is not None:
-            _fail(ErrorCode.BAD_FIELD, f"rect is only sent with crop_only images, not {self.image.wire_name}")
+            _fail(
+                ErrorCode.BAD_FIELD,
+                f"rect is only sent with crop_only and crop_jpeg images, not {self.image.wire_name}",
+            )
         if self.image in (ImageFormat.RAW_BGR, ImageFormat.CROP_ONLY):
             expected = self.width * self.height * 3
             if len(payload) != expected:
@@ -439,7 +448,7 @@ class FrameReply:
     def _check_rect(self) -> None:
         rect = self.rect
         if not isinstance(rect, tuple) or len(rect) != 4:
-            _fail(ErrorCode.BAD_FIELD, "crop_only replies need rect=(x0, y0, x1, y1)")
+            _fail(ErrorCode.BAD_FIELD, f"{self.image.wire_name} replies need rect=(x0, y0, x1, y1)")
         for name, value in zip(("x0", "y0", "x1", "y1"), rect, strict=True):
             _check_uint(f"rect.{name}", value, L.MAX_U16)
         x0, y0, x1, y1 = rect

@@ -173,7 +173,7 @@ def random_message(rng: random.Random) -> Message:
             width=width,
             height=height,
             rect=(x0, y0, rng.randrange(x0 + 1, 0x10000), rng.randrange(y0 + 1, 0x10000))
-            if image is ImageFormat.CROP_ONLY
+            if image.is_crop
             else None,
             silence=rng.random() < 0.3,
             session_frame=_edge(rng, 0xFFFF_FFFF) if timeline else None,

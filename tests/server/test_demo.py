@@ -333,6 +333,11 @@ def test_js_decoder_reads_what_the_python_codec_writes(demo_page: tuple[Any, Pag
         2**32 + 5,
         [0, 0, 255, 255, 255, 255],
     )
+    jpeg_crop = FrameReply(request_id=0, frame_index=43, image=ImageFormat.CROP_JPEG, width=96, height=96,
+                           rect=(100, 80, 196, 176), session_frame=71, audio_offset=45440,
+                           payload=b"\xff\xd8\xff\xd9")
+    got = js_decode(page, BINARY.encode(jpeg_crop))
+    assert (got["image"], got["rect"], got["payload"]) == (5, [100, 80, 196, 176], [0xFF, 0xD8, 0xFF, 0xD9])
     silence = FrameReply(
         request_id=0,
         frame_index=44,
@@ -473,12 +478,20 @@ def run_session(page: Any, mode: str, seconds: float) -> dict[str, Any]:
     page.check(f"input[name=mode][value={mode}]")
     page.check("input[name=source][value=mic]")
     page.click("#start")
-    page.wait_for_function(
-        "() => !document.getElementById('stop').disabled || window.lipsyncStats.ended", timeout=30_000
-    )
+    try:
+        page.wait_for_function(
+            "() => !document.getElementById('stop').disabled || window.lipsyncStats.ended", timeout=30_000
+        )
+    except Exception:
+        print("STATS", page.evaluate("window.lipsyncStats"), page.inner_text("body")[:3000])
+        raise
     page.wait_for_timeout(seconds * 1000)
     page.click("#stop")
-    page.wait_for_function("() => window.lipsyncStats.ended", timeout=30_000)
+    try:
+        page.wait_for_function("() => window.lipsyncStats.ended", timeout=30_000)
+    except Exception:
+        print("STATS", page.evaluate("window.lipsyncStats"), page.inner_text("body")[:2000])
+        raise
     stats: dict[str, Any] = page.evaluate("window.lipsyncStats")
     return stats
 
@@ -521,5 +534,7 @@ def test_demo_streams_the_microphone_and_draws_frames_on_the_audio_clock(
     check_session(full, "jpeg", fps)
     check_session(crop, "crop", fps)
     assert crop["framesDownloadBytes"] > 0
+    # the crop travels as a small JPEG: a fraction of the full frame's bytes
+    assert crop["bytesPerFrame"] < full["bytesPerFrame"]
     assert errors == []
     assert (tmp_path / "demo.png").stat().st_size > 0

@@ -29,7 +29,7 @@
   };
   const TYPE_NAMES = [null, "frame_request", "frame_reply", "error_reply", "session_start",
     "session_started", "audio_chunk", "session_end"];
-  const IMAGE = { JPEG: 1, PNG: 2, RAW_BGR: 3, CROP_ONLY: 4 };
+  const IMAGE = { JPEG: 1, PNG: 2, RAW_BGR: 3, CROP_ONLY: 4, CROP_JPEG: 5 };
   const PACING = { REALTIME: 1, UNPACED: 2 };
   const FLAG_SILENCE = 0x1;
   const FLAG_TIMELINE = 0x2;
@@ -110,7 +110,7 @@
       fail("bad_field", `package id ${JSON.stringify(packageId)} is not 1-64 characters of A-Z a-z 0-9 . _ -`);
     }
     checkUint("start_frame", startFrame, 0xffffffff);
-    checkUint("image", image, 4, 1);
+    checkUint("image", image, 5, 1);
     checkUint("jpeg_quality", jpegQuality, 100, 1);
     checkUint("pacing", pacing, 2, 1);
     const fields = new Uint8Array([jpegQuality, pacing]);
@@ -244,7 +244,7 @@
 
   function decodeReply(view, at, fieldsLen, frameIndex, image, flags) {
     if (fieldsLen < REPLY_FIELDS) fail("bad_field", `frame_reply field block must be at least ${REPLY_FIELDS} bytes`);
-    if (image < 1 || image > 4) fail("bad_field", `unknown image format ${image}`);
+    if (image < 1 || image > 5) fail("bad_field", `unknown image format ${image}`);
     const u16 = (k) => view.getUint16(at + 2 * k, true);
     const [width, height, x0, y0, x1, y1] = [0, 1, 2, 3, 4, 5].map(u16);
     const sessionFrame = view.getUint32(at + 12, true);
@@ -583,11 +583,16 @@
       }
       this.ws.binaryType = "arraybuffer";
       this.ws.onopen = () => {
-        const image = this.mode === "crop" ? IMAGE.CROP_ONLY : IMAGE.JPEG;
-        this.ws.send(encodeSessionStart({
-          requestId: this.seq++, packageId: this.packageId, image, jpegQuality: this.quality,
-          pacing: PACING.REALTIME,
-        }));
+        // crop_jpeg: the mouth crop as a small JPEG (crop_only would send it as raw pixels)
+        const image = this.mode === "crop" ? IMAGE.CROP_JPEG : IMAGE.JPEG;
+        try {
+          this.ws.send(encodeSessionStart({
+            requestId: this.seq++, packageId: this.packageId, image, jpegQuality: this.quality,
+            pacing: PACING.REALTIME,
+          }));
+        } catch (error) {
+          this.fail(error.code || "bad_field", `Could not start the session: ${error.message}`);
+        }
       };
       this.ws.onmessage = (event) => this.onMessage(event.data);
       this.ws.onclose = (event) => this.onClose(event);
@@ -712,11 +717,13 @@
         frame.image = await createImageBitmap(new Blob([msg.payload], { type }));
         return;
       }
-      if (msg.image !== IMAGE.CROP_ONLY || !this.avatar) {
+      if ((msg.image !== IMAGE.CROP_ONLY && msg.image !== IMAGE.CROP_JPEG) || !this.avatar) {
         throw new ProtocolError("bad_field", `image format ${msg.image} was not asked for`);
       }
       const base = this.avatar.get(msg.frameIndex, (i) => this.queue.some((f) => f.frameIndex === i));
-      if (msg.payload.length) {
+      if (msg.payload.length && msg.image === IMAGE.CROP_JPEG) {
+        frame.crop = await createImageBitmap(new Blob([msg.payload], { type: "image/jpeg" }));
+      } else if (msg.payload.length) {
         const pixels = new ImageData(msg.width, msg.height);
         const rgba = pixels.data;
         const bgr = msg.payload;
