@@ -83,6 +83,10 @@ _CLOSE_CODE: Final[dict[str, int]] = {
 
 OVERLOAD_RETRY_SECONDS: Final = 0.005
 
+SEND_MARGIN_SECONDS: Final = 0.005
+"""What a REALTIME session keeps of each frame's bound for writing it and the client reading it: a frame is
+sent only while it can still arrive within ``max_lag_ms`` (measured: about 1 ms on one machine)."""
+
 LOOK_AHEAD_SAMPLES: Final = (MEL_WINDOW_FRAMES - 1) * 200 + 400
 """Samples of audio after a frame's own time that its mel window needs: the window's last mel frame is
 centred 15 hops (of 200 samples) after its first and reaches half an FFT (400 samples) beyond: 0.2125 s."""
@@ -372,8 +376,9 @@ class Session:
         self.metrics.inc("lipsync_session_frames_dropped_total", reason=reason)
 
     def deadline(self, k: int) -> float:
-        """Event-loop time by which frame ``k`` must be sent (REALTIME)."""
-        return self.audio.play_time(k) + self.max_lag
+        """Event-loop time by which frame ``k`` must be sent (REALTIME): its bound, less the time a frame
+        takes to reach a client (:data:`SEND_MARGIN_SECONDS`), so it arrives within ``max_lag``."""
+        return self.audio.play_time(k) + self.max_lag - SEND_MARGIN_SECONDS
 
     async def _produce(self) -> None:
         stream = self.stream
