@@ -200,10 +200,11 @@ class Engine:
         :class:`~lipsync_tools.engine.capacity.Capacity`), and compositing and encoding. An estimate for
         sessions deciding whether a frame can still be on time; 0.0 while nothing was measured.
         """
-        b = self._batcher
-        capacity = model.capacity
-        own = capacity.batch_seconds(min(self.options.max_batch, b.key_depth(model.key) + 1))
-        ahead = -(-b.depth() // self.options.max_batch) * capacity.batch_seconds(self.options.max_batch)
+        b, capacity, most = self._batcher, model.capacity, self.options.max_batch
+        mine = b.key_depth(model.key)  # this model's waiting frames: full batches ahead, then ours
+        others = b.depth() - mine  # other models' frames (approximated at this model's speed)
+        own = capacity.batch_seconds(mine % most + 1)
+        ahead = (-(-others // most) + mine // most) * capacity.batch_seconds(most)
         running = 0.0
         if b.running_since is not None:
             elapsed = asyncio.get_running_loop().time() - b.running_since
