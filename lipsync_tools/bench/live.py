@@ -8,10 +8,11 @@
 2. **server**: one ``lipsync serve PKG --port 0 --json`` process, with the model options of ``--compare``
    (``--model random --seed N``, the backend, the shared ONNX cache), so the clients' work never shares the
    server's GIL; its capacity (``GET /v1/models``) is read once it is ready, and again at the end;
-3. **points**: for each session count N (1, 2, 4, 8), N sessions are opened one after the other, each on its
+3. **warm-up**: one short session, discarded (the server's first session pays for lazy set-up);
+4. **points**: for each session count N (1, 2, 4, 8), N sessions are opened one after the other, each on its
    own WebSocket (``AsyncLipsyncClient.session``, REALTIME pacing, JPEG frames). A refusal (``overloaded``) is
    counted with its message. The admitted sessions then start together, each at another place in the speech;
-4. **drift**: one session of ``drift_seconds`` (10 min in the full run): after it, ``frames_sent +
+5. **drift**: one session of ``drift_seconds`` (10 min in the full run): after it, ``frames_sent +
    frames_dropped`` must equal the frame count of its audio, and its lag at the end is compared with its lag
    at the start.
 
@@ -29,7 +30,8 @@ the bound is counted (``over_bound``), not refused: the bound is a goal this ben
 
 Every session runs as tasks of one asyncio event loop in this process (a sender and a reader per session).
 On a small machine that process shares the CPU with the server: ``send_late_ms_max`` says how late the
-busiest sender was, so a starved client shows in the result instead of passing as server lag.
+busiest sender was, so a starved client shows in the result instead of passing as server lag, and
+``start_late_ms`` how late chunk 0 was (both clocks start with it: every lag of the session is short by that).
 """
 
 from __future__ import annotations
@@ -52,12 +54,18 @@ import numpy as np
 from ..errors import LipsyncError, ProtocolError, UsageError
 from .machine import machine_facts
 from .modes import ServerLaunch, ServerProcess
+from .report import LIVE_SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 KIND = "live"
 PACKAGE_ID = "avatar"
 SAMPLE_RATE = 16000
 LIVE_MODELS: tuple[str, ...] = ("random", "identity")
+START_SLACK_SECONDS = 0.05
+"""Sessions start this long after their tasks are made (and their PCM encoded), so chunk 0 goes out on time.
+Chunk 0 starts both clocks (``audio_started`` here, the server's ``t0``): sent late while the later chunks
+keep their times, it shifts both by its delay and every later frame's lag looks shorter by as much. (A 600 s
+session whose 19 MB of PCM was encoded after its start read a median lag of 176 ms, below what its audio's
+look-ahead allows.)"""
 
 Progress = Callable[[str], None]
 
@@ -73,7 +81,8 @@ class LiveOptions:
     ``identity`` (no network: the serving machinery alone).
     ``sessions``: the session counts measured, one point each; ``session_seconds``: the speech each session
     of a point sends (its length in real time). ``drift_seconds``: the long session (0: none).
-    ``chunk_ms``: the microphone's chunk (20 ms, a WebRTC frame).
+    ``chunk_ms``: the microphone's chunk (20 ms, a WebRTC frame). ``warmup_seconds``: one session of that
+    length before the points, discarded (the server's first session pays for lazy set-up; 0: none).
     ``min_session_fps``/``max_sessions``: passed to ``lipsync serve`` (``None``: the server's defaults,
     20 frames/s and 32 sessions). ``settle_seconds``: pause between points, after the server reports no
     session running. ``work_dir``: where the sample, package and server log go (``None``: a temporary
@@ -85,6 +94,7 @@ class LiveOptions:
     session_seconds: float = 10.0
     drift_seconds: float = 600.0
     chunk_ms: float = 20.0
+    warmup_seconds: float = 2.0
     seed: int = 0
     backend: str | None = None
     family: str | None = None
@@ -119,6 +129,8 @@ class LiveOptions:
             raise UsageError(f"--min-session-fps is {self.min_session_fps:g}; expected (0, 240] frames/s")
         if self.max_sessions is not None and not 1 <= self.max_sessions <= 10_000:
             raise UsageError(f"--max-sessions is {self.max_sessions}; expected 1..10000")
+        if not (self.warmup_seconds == 0 or 0.5 <= self.warmup_seconds <= 60):
+            raise UsageError(f"warmup_seconds is {self.warmup_seconds:g}; expected 0.5..60, or 0 for none")
         if not 0 <= self.settle_seconds <= 60:
             raise UsageError(f"settle_seconds is {self.settle_seconds:g}; expected 0..60")
 
@@ -158,6 +170,7 @@ class SessionRecord:
     silent: int = 0
     timeline_errors: int = 0
     send_late_max: float = 0.0  # seconds the latest chunk went out after it was captured
+    start_late: float = 0.0  # seconds chunk 0 went out after it was captured (biases every lag by as much)
     sent: int | None = None
     dropped: int | None = None
     error: str | None = None
@@ -250,10 +263,11 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
         peak_rss = monitor.peaks().get("live", 0)
     points = [_point_summary(p) for p in measured["points"]]
     drift = None if measured["drift"] is None else _drift_summary(measured["drift"], options.drift_seconds)
-    _check_images([r for p in measured["points"] for r in p.records], bench_input.width, bench_input.height)
+    records = [r for p in [*measured["points"], measured["drift"]] if p is not None for r in p.records]
+    _check_images(records, bench_input.width, bench_input.height)
     notes = _notes(points, drift, model, facts)
     result: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": LIVE_SCHEMA_VERSION,
         "kind": KIND,
         "machine": facts,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -302,6 +316,9 @@ async def _measure(options: LiveOptions, url: str, speech: np.ndarray, say: Prog
     async with AsyncLipsyncClient(url) as client, httpx.AsyncClient(base_url=url, timeout=30.0) as http:
         capacity = await _capacity(http)
         readyz = await _readyz(http)
+        if options.warmup_seconds > 0:
+            say(f"warm-up: one session of {options.warmup_seconds:g} s (not counted)")
+            await run_point(client, 1, options.warmup_seconds, speech, chunk)
         points: list[PointRecord] = []
         for n in options.sessions:
             await _wait_idle(http, options.settle_seconds)
@@ -350,7 +367,7 @@ async def run_point(client: Any, n: int, seconds: float, speech: np.ndarray, chu
     from ..protocol import ErrorCode, ImageFormat, Pacing
 
     samples = round(seconds * SAMPLE_RATE)
-    opened: list[tuple[Any, SessionRecord, np.ndarray]] = []
+    opened: list[tuple[Any, SessionRecord, bytes]] = []
     refused, refusal = 0, None
     try:
         for i in range(n):
@@ -369,9 +386,9 @@ async def run_point(client: Any, n: int, seconds: float, speech: np.ndarray, chu
             assert session.started is not None  # begin() returned it
             record.fps = float(session.started.fps)
             record.max_lag_ms = int(session.started.max_lag_ms)
-            opened.append((session, record, _looped(speech, offset, samples)))
-        t_start = time.monotonic()
-        await asyncio.gather(*(_drive(s, pcm, t_start, chunk, r) for s, r, pcm in opened))
+            opened.append((session, record, _looped(speech, offset, samples).astype("<i2").tobytes()))
+        t_start = time.monotonic() + START_SLACK_SECONDS
+        await asyncio.gather(*(_drive(s, data, t_start, chunk, r) for s, r, data in opened))
     finally:
         for session, _, _ in opened:
             with contextlib.suppress(Exception):
@@ -385,8 +402,8 @@ def _looped(speech: np.ndarray, offset: int, samples: int) -> np.ndarray:
     return np.tile(rolled, -(-samples // rolled.size))[:samples]
 
 
-async def _drive(session: Any, pcm: np.ndarray, t_start: float, chunk: float, record: SessionRecord) -> None:
-    """Send ``pcm`` as a microphone would while reading every frame; fills ``record``."""
+async def _drive(session: Any, pcm: bytes, t_start: float, chunk: float, record: SessionRecord) -> None:
+    """Send ``pcm`` (PCM16 LE) as a microphone would while reading every frame; fills ``record``."""
     from websockets.exceptions import ConnectionClosed
 
     sender = asyncio.create_task(_feed(session, pcm, t_start, chunk, record))
@@ -410,20 +427,25 @@ async def _drive(session: Any, pcm: np.ndarray, t_start: float, chunk: float, re
         record.error = "the connection closed before the server's session_end"
 
 
-async def _feed(session: Any, pcm: np.ndarray, t_start: float, chunk: float, record: SessionRecord) -> None:
-    """Chunk ``n`` goes out when it has been captured: at ``t_start + (its last sample + 1) / 16000``."""
+async def _feed(session: Any, pcm: bytes, t_start: float, chunk: float, record: SessionRecord) -> None:
+    """Chunk ``n`` of ``pcm`` (PCM16 LE, captured from ``t_start`` on) goes out once captured: at
+    ``t_start + (its last sample + 1) / 16000``."""
     from websockets.exceptions import ConnectionClosed
 
-    data = memoryview(pcm.astype("<i2").tobytes())
+    data = memoryview(pcm)
+    samples = len(data) // 2
     per_chunk = max(1, round(chunk * SAMPLE_RATE))
     with contextlib.suppress(ConnectionClosed):
-        for first in range(0, pcm.size, per_chunk):
-            last = min(pcm.size, first + per_chunk)
+        for first in range(0, samples, per_chunk):
+            last = min(samples, first + per_chunk)
             due = t_start + last / SAMPLE_RATE  # from t_start every time: no drift accumulates
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            record.send_late_max = max(record.send_late_max, time.monotonic() - due)
+            late = time.monotonic() - due
+            if first == 0:
+                record.start_late = late
+            record.send_late_max = max(record.send_late_max, late)
             await session.send_audio(data[2 * first : 2 * last], chunk_seconds=chunk)
         await session.end()
 
@@ -528,6 +550,7 @@ def _session_summary(record: SessionRecord) -> dict[str, Any]:
         "over_bound": int(sum(lag > record.max_lag_ms for lag in record.lags_ms)),
         "max_lag_ms": record.max_lag_ms,
         "send_late_ms_max": round(record.send_late_max * 1000, 2),
+        "start_late_ms": round(record.start_late * 1000, 2),
         "error": record.error,
     }
 

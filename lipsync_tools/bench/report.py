@@ -26,6 +26,7 @@ class Nullable:
 
     schema: Any
 
+
 RESULT_SCHEMA: dict[str, Any] = {
     "schema_version": int,
     "machine": {
@@ -138,6 +139,9 @@ a one-element list: a list whose items all have that shape; a type or tuple of t
 Times are milliseconds (``*_ms``) or seconds (``*_s``); memory in MB (10^6 bytes).
 """
 
+LIVE_SCHEMA_VERSION = 1
+"""The ``--live`` document's version (``schema_version``); :func:`check_result` refuses another one."""
+
 LAG = {"median": OPT_NUM, "p90": OPT_NUM, "p99": OPT_NUM, "max": OPT_NUM}
 LIVE_SESSION: dict[str, Any] = {
     "session": int,
@@ -155,6 +159,7 @@ LIVE_SESSION: dict[str, Any] = {
     "over_bound": int,
     "max_lag_ms": int,
     "send_late_ms_max": NUM,
+    "start_late_ms": NUM,
     "error": OPT_STR,
 }
 
@@ -225,7 +230,15 @@ def check_result(document: Any, schema: Any = None, where: str = "result") -> No
     Without ``schema``: :data:`LIVE_SCHEMA` for a document of ``"kind": "live"``, else :data:`RESULT_SCHEMA`.
     """
     if schema is None:
-        schema = LIVE_SCHEMA if is_live(document) else RESULT_SCHEMA
+        schema = RESULT_SCHEMA
+        if is_live(document):
+            schema = LIVE_SCHEMA
+            version = document.get("schema_version")
+            if version != LIVE_SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{where}.schema_version is {version!r}: a --live document of another version; this "
+                    f"lipsync-tools reads version {LIVE_SCHEMA_VERSION} (run the benchmark again with it)"
+                )
     if isinstance(schema, Nullable):
         if document is not None:
             check_result(document, schema.schema, where)
@@ -513,7 +526,7 @@ def live_tables(result: dict[str, Any]) -> list[Table]:
                     f"{s['delivered_fps']:.1f}",
                     _lag(s["lag_ms"], ("median", "p90", "p99", "max")),
                     f"{s['over_bound']} / {s['max_lag_ms']}",
-                    f"{s['send_late_ms_max']:.1f}",
+                    f"{s['start_late_ms']:.1f} / {s['send_late_ms_max']:.1f}",
                     s["error"] or "",
                 ]
             )
@@ -521,7 +534,8 @@ def live_tables(result: dict[str, Any]) -> list[Table]:
         Table(
             "Per admitted session (silent: frames of silence, sent without the model)",
             ["sessions", "session", "frames expected", "sent", "dropped", "silent", "delivered fps",
-             "lag median / p90 / p99 / max ms", "over bound / bound ms", "client send late, max ms", "error"],
+             "lag median / p90 / p99 / max ms", "over bound / bound ms", "client chunk 0 / any chunk late ms",
+             "error"],
             rows,
         )
     )
