@@ -48,12 +48,17 @@ RunBatch = Callable[[list[T]], Sequence["R | BaseException | concurrent.futures.
 log = logging.getLogger("lipsync.engine")
 
 
+class Expired(Exception):
+    """The item's deadline would pass before any batch holding it could finish: it was not run."""
+
+
 @dataclass
 class _Waiting(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     arrived: float  # event-loop clock, seconds
     key: Hashable = None
+    deadline: float | None = None  # event-loop clock by which its result must be ready
 
 
 class Batcher(Generic[T, R]):
@@ -72,6 +77,7 @@ class Batcher(Generic[T, R]):
         on_batch: Callable[[int], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         thread_name: str = "lipsync-batch",
+        cost: Callable[[Hashable, int], float] | None = None,
     ) -> None:
         if max_batch < 1 or queue_limit < 1 or max_wait_s < 0:
             raise UsageError(
@@ -84,6 +90,7 @@ class Batcher(Generic[T, R]):
         self.queue_limit = queue_limit
         self._on_batch = on_batch
         self._on_depth = on_queue_depth
+        self._cost = cost
         self._thread_name = thread_name
         self._queues: dict[Hashable, deque[_Waiting[T, R]]] = {}  # waiting requests per key
         self._served: dict[Hashable, int] = {}  # key -> batch number it was last served at
@@ -137,8 +144,13 @@ class Batcher(Generic[T, R]):
             # The batch in flight finishes in its thread; wait for it without blocking the event loop.
             await asyncio.to_thread(executor.shutdown, True)
 
-    async def submit(self, item: T, key: Hashable = None) -> R:
+    async def submit(self, item: T, key: Hashable = None, deadline: float | None = None) -> R:
         """Queue ``item`` under ``key`` and wait for its result (or its exception, re-raised here).
+
+        ``deadline`` (event-loop time; needs the ``cost`` hook, which says how long a batch of a key and size
+        takes): the item is never run in a batch that would finish after it, and a batch never grows so large
+        that its earliest deadline is missed. An item no batch can finish in time raises :class:`Expired`
+        (live sessions drop such a frame instead of rendering it late).
 
         Items of one key are batched together (see the module docstring). Raises
         ``ProtocolError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher is not
@@ -155,7 +167,7 @@ class Batcher(Generic[T, R]):
                 "queue_limit",
             )
         loop = asyncio.get_running_loop()
-        waiting: _Waiting[T, R] = _Waiting(item, loop.create_future(), loop.time(), key)
+        waiting: _Waiting[T, R] = _Waiting(item, loop.create_future(), loop.time(), key, deadline)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()  # a new key joins at the end of the round
@@ -190,13 +202,28 @@ class Batcher(Generic[T, R]):
             self._served = {k: n for k, n in self._served.items() if k in self._queues or k == key}
         first = self._take(key)
         assert first is not None
+        if self._late(first, 1, loop.time()):
+            self._fail(first.future, Expired())
+            return []
         batch = [first]
+        earliest = first.deadline
         wait = self.max_wait_s if self._contended else 0.0
         deadline = first.arrived + wait
         while len(batch) < self.max_batch:
             more = self._take(key)
             if more is not None:
+                now = loop.time()
+                if self._late(more, 1, now):
+                    self._fail(more.future, Expired())
+                    continue
+                due = min((d for d in (earliest, more.deadline) if d is not None), default=None)
+                if due is not None and self._cost is not None and now + self._cost(key, len(batch) + 1) > due:
+                    # joining would make the batch finish after its earliest deadline: the next batch
+                    self._queues.setdefault(key, deque()).appendleft(more)
+                    self._waiting += 1
+                    break
                 batch.append(more)
+                earliest = due
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -208,6 +235,12 @@ class Batcher(Generic[T, R]):
             except TimeoutError:
                 break
         return batch
+
+    def _late(self, waiting: _Waiting[T, R], size: int, now: float) -> bool:
+        """Whether a batch of ``size`` starting ``now`` would finish after ``waiting``'s deadline."""
+        if waiting.deadline is None or self._cost is None:
+            return False
+        return now + self._cost(waiting.key, size) > waiting.deadline
 
     async def _gather_forever(self) -> None:
         live: list[_Waiting[T, R]] = []

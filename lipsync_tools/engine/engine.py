@@ -157,6 +157,7 @@ class Engine:
             on_batch=observer.observe_batch if observer is not None else None,
             on_queue_depth=observer.set_queue_depth if observer is not None else None,
             thread_name="lipsync-infer",
+            cost=self._batch_cost,
         )
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -193,6 +194,14 @@ class Engine:
         """Why the batching loop died, if it did (then every request fails with ``internal``)."""
         return self._batcher.failure
 
+    def _batch_cost(self, key: object, size: int) -> float:
+        """Seconds a batch of ``size`` frames of the model ``key`` takes, compositing included (the
+        batcher keeps a batch small enough for its frames' deadlines with it)."""
+        served = self.models.get(key) if isinstance(key, str) else None
+        if served is None:
+            return 0.0
+        return served.capacity.batch_seconds(size) + self.post_seconds
+
     def expected_latency(self, model: ServedModel) -> float:
         """Seconds a frame submitted now for ``model`` is expected to take until its reply is ready.
 
@@ -203,12 +212,16 @@ class Engine:
         b, capacity, most = self._batcher, model.capacity, self.options.max_batch
         mine = b.key_depth(model.key)  # this model's waiting frames: full batches ahead, then ours
         others = b.depth() - mine  # other models' frames (approximated at this model's speed)
-        own = capacity.batch_seconds(mine % most + 1)
-        ahead = (-(-others // most) + mine // most) * capacity.batch_seconds(most)
+        own_size = mine % most + 1
         running = 0.0
         if b.running_since is not None:
             elapsed = asyncio.get_running_loop().time() - b.running_since
             running = max(0.0, capacity.batch_seconds(b.running_size) - elapsed)
+            if b.running_key == model.key:
+                # the sessions that filled the running batch keep sending while it runs: ours grows as big
+                own_size = max(own_size, b.running_size)
+        own = capacity.batch_seconds(min(most, own_size))
+        ahead = (-(-others // most) + mine // most) * capacity.batch_seconds(most)
         return running + ahead + own + self.post_seconds
 
     # --- entry points ----------------------------------------------------------------------------------
@@ -253,8 +266,12 @@ class Engine:
         skip_silence: bool = False,
         stream: StreamAudio | None = None,
         stream_frame: int = 0,
+        deadline: float | None = None,
     ) -> FrameReply:
         """Render the frame ``request`` asks for (batched with concurrent callers).
+
+        ``deadline`` (event-loop time): the reply must be ready by then; a frame no batch can finish in time
+        is not rendered and :class:`~lipsync_tools.engine.batcher.Expired` is raised (live sessions).
 
         ``stream``/``stream_frame``: a live session's audio and the session frame this request renders
         (see :meth:`open_stream`); without them a PCM request is a one-shot window.
@@ -277,7 +294,8 @@ class Engine:
         model = await self.model_for(request.package_id)
         self._check_model(package, model)
         reply = await self._batcher.submit(
-            _Job(request, package, arrived, stream=stream, stream_frame=stream_frame, model=model), model.key
+            _Job(request, package, arrived, stream=stream, stream_frame=stream_frame, model=model), model.key,
+            deadline,
         )
         if self.observer is not None:
             for stage, micros in reply.timings.items():

@@ -316,6 +316,7 @@ class OriginalEngine:
         skip_silence: bool = False,
         stream: object | None = None,
         stream_frame: int = 0,
+        deadline: float | None = None,
     ) -> FrameReply:
         """Render the frame ``request`` asks for; every stage runs for this request, in a worker thread.
 

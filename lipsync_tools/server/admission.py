@@ -12,8 +12,8 @@ stays at or below 1 (one second of work per second), and fewer than ``max_sessio
 refused with ``overloaded``; the message says how loaded the server is and when to try again.
 
 The same figures bound how late a delivered frame may be (:meth:`Admission.max_lag`): the audio the model
-needs after the frame's own time, one model call at the largest batch admission allows, compositing and
-encoding, and one frame interval.
+needs after the frame's own time, one model call at the largest batch admission allows (two when sessions
+batch together: a frame may wait for the call in progress), compositing and encoding, and one frame interval.
 """
 
 from __future__ import annotations
@@ -139,10 +139,18 @@ class Admission:
         return fits
 
     def max_lag(self, model: ModelLike, fps: float, look_ahead_seconds: float) -> float:
-        """The bound on a delivered frame's lag for a session of ``model`` at ``fps``, in seconds: its audio
-        look-ahead, one model call at :meth:`max_batch_for`, compositing and encoding, one frame interval."""
+        """The bound on a delivered frame's lag for a session of ``model`` at ``fps``, in seconds.
+
+        Its audio look-ahead, its model call at :meth:`max_batch_for`, compositing and encoding, and one frame
+        interval. When the model's sessions can batch together (that batch is over 1), a frame that becomes
+        ready while a call runs also waits for that call: the bound then counts two calls. (One session alone
+        waits at most for its own previous frame's call, which the frame interval covers when the model keeps
+        up with the package fps.)
+        """
         batch = self.max_batch_for(model, fps)
-        return look_ahead_seconds + model.capacity.batch_seconds(batch) + self._post_seconds() + 1.0 / fps
+        calls = 2 if batch > 1 else 1
+        call = model.capacity.batch_seconds(batch)
+        return look_ahead_seconds + calls * call + self._post_seconds() + 1.0 / fps
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready state (``/readyz`` and ``GET /v1/models`` show it)."""

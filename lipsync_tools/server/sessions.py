@@ -36,6 +36,7 @@ from starlette.websockets import WebSocket
 
 from lipsync_tools.audio.mel import MEL_WINDOW_FRAMES
 from lipsync_tools.audio.streaming import StreamingMel, frame_audio_offset
+from lipsync_tools.engine.batcher import Expired
 from lipsync_tools.engine.capacity import Capacity
 from lipsync_tools.engine.pacing import is_silent, pingpong_index
 from lipsync_tools.errors import ProtocolError
@@ -115,8 +116,12 @@ class EngineLike(Protocol):
     """Compositing + encoding seconds per model frame (a moving average)."""
 
     async def process(
-        self, request: FrameRequest, *, stream: Any | None = None, stream_frame: int = 0
-    ) -> FrameReply: ...
+        self, request: FrameRequest, *, stream: Any | None = None, stream_frame: int = 0,
+        deadline: float | None = None,
+    ) -> FrameReply:
+        """The frame; with ``deadline`` (event-loop time) it raises
+        :class:`~lipsync_tools.engine.batcher.Expired` instead of rendering a frame that would be late."""
+        ...
 
     async def open_stream(self, package_id: str) -> Any | None:
         """Per-session audio state when the package's model hears several frames (``None``: not needed).
@@ -285,7 +290,7 @@ class _Slot:
     """One frame on its way to the client: its number, the task rendering it, and when that finished."""
 
     k: int
-    task: asyncio.Task[FrameReply | None]
+    task: asyncio.Task[FrameReply | str]
     done_at: float | None = None
 
     def __post_init__(self) -> None:
@@ -416,9 +421,9 @@ class Session:
             k += 1
         await self._pending.put(None)
 
-    async def _render(self, k: int, window: np.ndarray | None, stream: Any | None) -> FrameReply | None:
-        """Frame ``k``'s reply from its mel ``window`` (None: silent, the avatar's own frame); None when
-        REALTIME drops it (the engine's queue was full)."""
+    async def _render(self, k: int, window: np.ndarray | None, stream: Any | None) -> FrameReply | str:
+        """Frame ``k``'s reply from its mel ``window`` (None: silent, the avatar's own frame), or why REALTIME
+        drops it: ``"late"`` (no batch could finish it in time) or ``"overloaded"`` (the queue was full)."""
         start = self.start
         index = pingpong_index(start.start_frame + k, self.info.n_frames)
         if window is None:
@@ -428,19 +433,22 @@ class Session:
                 request_id=0, package_id=start.package_id, frame_index=index, audio=AudioFormat.MEL,
                 image=start.image, jpeg_quality=start.jpeg_quality, payload=window.tobytes(),
             )
-            deadline = asyncio.get_running_loop().time() + self.limits.slow_client_seconds
+            retry_until = asyncio.get_running_loop().time() + self.limits.slow_client_seconds
+            due = self.deadline(k) if self.realtime else None
             while True:
                 try:
-                    reply = await self.engine.process(request, stream=stream, stream_frame=k)
+                    reply = await self.engine.process(request, stream=stream, stream_frame=k, deadline=due)
                     break
+                except Expired:
+                    return "late"
                 except ProtocolError as exc:
                     # The engine's queue is shared by every client: a live session drops this frame, an
                     # offline one waits its turn.
                     if exc.code != ErrorCode.OVERLOADED or self.realtime:
                         if exc.code == ErrorCode.OVERLOADED:
-                            return None
+                            return "overloaded"
                         raise
-                    if asyncio.get_running_loop().time() > deadline:
+                    if asyncio.get_running_loop().time() > retry_until:
                         raise
                     await asyncio.sleep(OVERLOAD_RETRY_SECONDS)
         return dataclasses.replace(reply, session_frame=k, audio_offset=frame_audio_offset(k, self.info.fps))
@@ -453,8 +461,8 @@ class Session:
                 return
             try:
                 reply = await slot.task
-                if reply is None:
-                    self._drop("overloaded")
+                if isinstance(reply, str):
+                    self._drop(reply)
                     continue
                 if self.realtime:
                     wait = self.audio.play_time(slot.k) - loop.time()

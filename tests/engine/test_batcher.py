@@ -195,3 +195,36 @@ def test_stop_answers_waiting_and_running_callers():
 
     codes = run(scenario())
     assert codes.count("overloaded") >= 2 and len(codes) == 3  # nobody is left waiting
+
+
+def test_deadlines_keep_batches_small_enough_and_never_run_a_late_item():
+    """With a cost per batch size, a batch only grows while its earliest deadline still holds, and an
+    item no batch can finish in time is refused with Expired instead of being run."""
+    from lipsync_tools.engine.batcher import Expired
+
+    batches: list[list[int]] = []
+
+    def model(items: list[tuple[str, int]]) -> list[int]:  # 30 ms per item, as the cost says
+        time.sleep(0.03 * len(items))
+        batches.append([n for _, n in items])
+        return [n for _, n in items]
+
+    async def scenario() -> tuple[list[object], list[int]]:
+        batcher: Batcher[tuple[str, int], int] = Batcher(
+            model, max_batch=8, max_wait_s=0.02, queue_limit=100, cost=lambda key, size: 0.03 * size
+        )
+        await batcher.start()
+        try:
+            now = asyncio.get_running_loop().time()
+            calls = [batcher.submit(("a", 0), "a", now + 0.001)]  # hopeless: even alone it takes 30 ms
+            calls += [batcher.submit(("a", i), "a", now + 0.075) for i in range(1, 5)]  # room for 2 per batch
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            return outcomes, [len(items) for items in batches]
+        finally:
+            await batcher.stop()
+
+    outcomes, sizes = run(scenario())
+    assert isinstance(outcomes[0], Expired)
+    assert outcomes[1:3] == [1, 2]  # the first batch took two (60 ms < 75 ms); a third would miss
+    assert sizes == [2] and 0 not in batches[0]
+    assert all(isinstance(o, Expired) for o in outcomes[3:])  # after 60 ms, 30 more overshoot 75 ms

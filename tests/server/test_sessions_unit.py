@@ -81,7 +81,8 @@ class FakeEngine:
         return self.estimate
 
     async def process(
-        self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0
+        self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0,
+        deadline: float | None = None,
     ) -> FrameReply:
         if self.overloaded_left:
             self.overloaded_left -= 1
