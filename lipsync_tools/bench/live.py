@@ -40,8 +40,6 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -201,22 +199,13 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
     Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input, a server that does not
     start, or a session whose frames are not images of the package's size.
     """
-    from .runner import CompareOptions, _rss_monitor, prepare_input
+    from .runner import CompareOptions, _rss_monitor, prepare_input, timed_progress, work_folder
 
     started = time.perf_counter()
-
-    def say(message: str) -> None:
-        if progress is not None:
-            progress(f"{time.perf_counter() - started:6.1f} s  {message}")
-
+    say = timed_progress(progress)
     facts = machine_facts()
     with ExitStack() as stack:
-        if options.work_dir is None:
-            work = Path(tempfile.mkdtemp(prefix="lipsync-bench-live-"))
-            stack.callback(shutil.rmtree, work, True)
-        else:
-            work = options.work_dir
-            work.mkdir(parents=True, exist_ok=True)
+        work = work_folder(stack, options.work_dir, "lipsync-bench-live-")
         input_options = CompareOptions(
             input=options.input,
             seed=options.seed,

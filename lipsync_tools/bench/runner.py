@@ -180,6 +180,27 @@ class _Sample:
     timings: dict[str, int]
 
 
+def timed_progress(progress: Progress | None) -> Progress:
+    """``progress`` with the seconds since now in front of each message (a no-op without one)."""
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(f"{time.perf_counter() - started:6.1f} s  {message}")
+
+    return say
+
+
+def work_folder(stack: ExitStack, work_dir: Path | None, prefix: str) -> Path:
+    """``work_dir`` (created if missing), or a temporary folder ``stack`` removes at its end."""
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return work_dir
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    stack.callback(shutil.rmtree, work, True)
+    return work
+
+
 def run_compare(options: CompareOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole comparison (see the module docstring) and return the result document.
 
@@ -187,19 +208,10 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
     start, or a reply that fails its check.
     """
     started = time.perf_counter()
-
-    def say(message: str) -> None:
-        if progress is not None:
-            progress(f"{time.perf_counter() - started:6.1f} s  {message}")
-
+    say = timed_progress(progress)
     facts = machine_facts()
     with ExitStack() as stack:
-        if options.work_dir is None:
-            work = Path(tempfile.mkdtemp(prefix="lipsync-bench-"))
-            stack.callback(shutil.rmtree, work, True)
-        else:
-            work = options.work_dir
-            work.mkdir(parents=True, exist_ok=True)
+        work = work_folder(stack, options.work_dir, "lipsync-bench-")
         bench_input = prepare_input(options, work, say)
         modes = list(options.modes)
         notes: list[str] = []
