@@ -258,4 +258,5 @@ def format_startup(report: StartupReport) -> str:
         f"{s.get('warmup', 0):.2f} s; total {s['total']:.2f} s"
     )
     lines.append(f"  memory    {report.rss_bytes / 1e6:.0f} MB resident")
+    lines.append(f"  demo      {report.url}/demo (live sessions in the browser; GET /v1/models: model speed)")
     return "\n".join(lines)
