@@ -68,6 +68,10 @@ look-ahead allows.)"""
 Progress = Callable[[str], None]
 
 
+LIVE_IMAGES = ("jpeg", "crop_jpeg")
+"""Image formats ``bench --live`` sessions may ask for."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class LiveOptions:
     """What ``lipsync bench --live`` measures and how long it takes.
@@ -79,8 +83,11 @@ class LiveOptions:
     ``identity`` (no network: the serving machinery alone).
     ``sessions``: the session counts measured, one point each; ``session_seconds``: the speech each session
     of a point sends (its length in real time). ``drift_seconds``: the long session (0: none).
-    ``chunk_ms``: the microphone's chunk (20 ms, a WebRTC frame). ``warmup_seconds``: one session of that
-    length before the points, discarded (the server's first session pays for lazy set-up; 0: none).
+    ``image``: what the sessions ask for: ``jpeg`` (full frames) or ``crop_jpeg`` (the mouth crop as a JPEG
+    and its rectangle, composited by the client: the bytes per frame and the server's encode time show the
+    difference). ``chunk_ms``: the microphone's chunk (20 ms, a WebRTC frame). ``warmup_seconds``: one
+    session of that length before the points, discarded (the server's first session pays for lazy set-up;
+    0: none).
     ``min_session_fps``/``max_sessions``: passed to ``lipsync serve`` (``None``: the server's defaults,
     20 frames/s and 32 sessions). ``settle_seconds``: pause between points, after the server reports no
     session running. ``work_dir``: where the sample, package and server log go (``None``: a temporary
@@ -101,6 +108,7 @@ class LiveOptions:
     min_session_fps: float | None = None
     max_sessions: int | None = None
     hd: bool = False
+    image: str = "jpeg"
     settle_seconds: float = 1.0
     server_start_seconds: float = 180.0
     work_dir: Path | None = None
@@ -119,6 +127,8 @@ class LiveOptions:
             )
         if not 5 <= self.chunk_ms <= 200:
             raise UsageError(f"chunk_ms is {self.chunk_ms:g}; expected 5..200 ms")
+        if self.image not in LIVE_IMAGES:
+            raise UsageError(f"--image {self.image!r}: expected {' or '.join(LIVE_IMAGES)}")
         if self.backend not in (None, "torch", "onnx"):
             raise UsageError(f"backend {self.backend!r}: expected torch or onnx")
         if self.model not in LIVE_MODELS:
@@ -173,6 +183,8 @@ class SessionRecord:
     dropped: int | None = None
     error: str | None = None
     first_image: bytes | None = field(default=None, repr=False)
+    model_bytes: list[int] = field(default_factory=list)  # payload bytes of each frame the model made
+    encode_us: list[int] = field(default_factory=list)  # the server's encode time of each such frame
 
     @property
     def frames_expected(self) -> int:
@@ -253,7 +265,10 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
     points = [_point_summary(p) for p in measured["points"]]
     drift = None if measured["drift"] is None else _drift_summary(measured["drift"], options.drift_seconds)
     records = [r for p in [*measured["points"], measured["drift"]] if p is not None for r in p.records]
-    _check_images(records, bench_input.width, bench_input.height)
+    if options.image == "crop_jpeg":
+        _check_images(records, bench_input.crop_size, bench_input.crop_size)
+    else:
+        _check_images(records, bench_input.width, bench_input.height)
     notes = _notes(points, drift, model, facts)
     result: dict[str, Any] = {
         "schema_version": LIVE_SCHEMA_VERSION,
@@ -307,12 +322,12 @@ async def _measure(options: LiveOptions, url: str, speech: np.ndarray, say: Prog
         readyz = await _readyz(http)
         if options.warmup_seconds > 0:
             say(f"warm-up: one session of {options.warmup_seconds:g} s (not counted)")
-            await run_point(client, 1, options.warmup_seconds, speech, chunk)
+            await run_point(client, 1, options.warmup_seconds, speech, chunk, options.image)
         points: list[PointRecord] = []
         for n in options.sessions:
             await _wait_idle(http, options.settle_seconds)
             say(f"live: {n} session(s) of {options.session_seconds:g} s of speech, in real time")
-            point = await run_point(client, n, options.session_seconds, speech, chunk)
+            point = await run_point(client, n, options.session_seconds, speech, chunk, options.image)
             points.append(point)
             say(
                 f"live: {n} session(s): {len(point.records)} admitted, {point.refused} refused; "
@@ -322,7 +337,7 @@ async def _measure(options: LiveOptions, url: str, speech: np.ndarray, say: Prog
         if options.drift_seconds > 0:
             await _wait_idle(http, options.settle_seconds)
             say(f"drift: one session of {options.drift_seconds:g} s of speech, in real time")
-            drift = await run_point(client, 1, options.drift_seconds, speech, chunk)
+            drift = await run_point(client, 1, options.drift_seconds, speech, chunk, options.image)
             if not drift.records:
                 raise LipsyncError(f"the server refused the drift session on its own: {drift.refusal}")
         await _wait_idle(http, 0.0)
@@ -346,7 +361,9 @@ async def _measure(options: LiveOptions, url: str, speech: np.ndarray, say: Prog
     }
 
 
-async def run_point(client: Any, n: int, seconds: float, speech: np.ndarray, chunk: float) -> PointRecord:
+async def run_point(
+    client: Any, n: int, seconds: float, speech: np.ndarray, chunk: float, image: str = "jpeg"
+) -> PointRecord:
     """Open ``n`` sessions one after the other (counting refusals), then run the admitted ones together,
     each saying ``seconds`` of ``speech`` from its own offset as a microphone would (``chunk`` s at a time).
 
@@ -363,7 +380,8 @@ async def run_point(client: Any, n: int, seconds: float, speech: np.ndarray, chu
             offset = i * speech.size // n
             try:
                 session = await client.session(
-                    PACKAGE_ID, pacing=Pacing.REALTIME, image=ImageFormat.JPEG, request_id=i + 1
+                    PACKAGE_ID, pacing=Pacing.REALTIME, image=ImageFormat[image.upper()],
+                    request_id=i + 1
                 )
             except ProtocolError as exc:
                 if exc.code != ErrorCode.OVERLOADED:
@@ -457,7 +475,11 @@ async def _read(session: Any, record: SessionRecord) -> None:
         record.frames.append(k)
         record.lags_ms.append((arrival - play) * 1000)
         record.silent += bool(reply.silence)
-        if record.first_image is None:
+        if not reply.silence:
+            record.model_bytes.append(len(reply.payload))
+            if "encode" in reply.timings:
+                record.encode_us.append(int(reply.timings["encode"]))
+        if record.first_image is None and not reply.silence:
             record.first_image = bytes(reply.payload)
 
 
@@ -533,6 +555,8 @@ def _session_summary(record: SessionRecord) -> dict[str, Any]:
         "frames_sent": record.sent,
         "frames_dropped": record.dropped,
         "silent_frames": record.silent,
+        "bytes_per_frame": round(float(np.mean(record.model_bytes)), 1) if record.model_bytes else None,
+        "encode_ms": round(float(np.median(record.encode_us)) / 1000, 3) if record.encode_us else None,
         "timeline_errors": record.timeline_errors,
         "delivered_fps": round(len(record.frames) / seconds, 3) if seconds > 0 else 0.0,
         "lag_ms": lag_stats(record.lags_ms),

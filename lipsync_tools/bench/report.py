@@ -153,6 +153,8 @@ LIVE_SESSION: dict[str, Any] = {
     "frames_sent": OPT_INT,
     "frames_dropped": OPT_INT,
     "silent_frames": int,
+    "bytes_per_frame": OPT_NUM,
+    "encode_ms": OPT_NUM,
     "timeline_errors": int,
     "delivered_fps": NUM,
     "lag_ms": LAG,
@@ -526,16 +528,20 @@ def live_tables(result: dict[str, Any]) -> list[Table]:
                     f"{s['delivered_fps']:.1f}",
                     _lag(s["lag_ms"], ("median", "p90", "p99", "max")),
                     f"{s['over_bound']} / {s['max_lag_ms']}",
+                    "–" if s.get("bytes_per_frame") is None else f"{s['bytes_per_frame'] / 1024:.1f} KiB",
+                    "–" if s.get("encode_ms") is None else f"{s['encode_ms']:.2f}",
                     f"{s['start_late_ms']:.1f} / {s['send_late_ms_max']:.1f}",
                     s["error"] or "",
                 ]
             )
+    image = result.get("settings", {}).get("image", "jpeg")
     out.append(
         Table(
-            "Per admitted session (silent: frames of silence, sent without the model)",
+            f"Per admitted session (images: {image}; silent: frames of silence, sent without the model; "
+            "bytes and encode time: frames the model made)",
             ["sessions", "session", "frames expected", "sent", "dropped", "silent", "delivered fps",
-             "lag median / p90 / p99 / max ms", "over bound / bound ms", "client chunk 0 / any chunk late ms",
-             "error"],
+             "lag median / p90 / p99 / max ms", "over bound / bound ms", "bytes per frame",
+             "server encode ms (median)", "client chunk 0 / any chunk late ms", "error"],
             rows,
         )
     )

@@ -140,6 +140,14 @@ def bench_cmd(
             "--max-sessions", help="--live: the server's --max-sessions (default: the server's, 32)."
         ),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            help="--live: jpeg (full frames, default) or crop_jpeg (the mouth crop as a JPEG, composited by "
+            "the client): compare their bytes per frame and encode time.",
+        ),
+    ] = None,
     model: Annotated[
         LiveModel | None,
         typer.Option(
@@ -223,7 +231,8 @@ def bench_cmd(
             if sessions is not None:
                 overrides["sessions"] = _counts(sessions, "--sessions")
             for key, value in (("session_seconds", session_seconds), ("drift_seconds", drift_seconds),
-                               ("min_session_fps", min_session_fps), ("max_sessions", max_sessions)):
+                               ("min_session_fps", min_session_fps), ("max_sessions", max_sessions),
+                               ("image", image)):
                 if value is not None:
                     overrides[key] = value
             if model is not None:
@@ -235,7 +244,8 @@ def bench_cmd(
                 {"--sessions": sessions is not None, "--session-seconds": session_seconds is not None,
                  "--drift-seconds": drift_seconds is not None,
                  "--min-session-fps": min_session_fps is not None,
-                 "--max-sessions": max_sessions is not None, "--model": model is not None},
+                 "--max-sessions": max_sessions is not None, "--model": model is not None,
+                 "--image": image is not None},
             )
             overrides = {
                 **common,

@@ -184,6 +184,22 @@ def test_server_command_runs_the_chosen_model_with_the_serve_options(tmp_path: P
     assert cmd[-1] == "avatar=v.sanders" and cmd[cmd.index("--port") + 1] == "0"
 
 
+@pytest.mark.slow
+def test_crop_jpeg_sessions_send_a_fraction_of_the_full_frame_bytes(
+    talking_head_mp4: Path, work: Path, result: dict[str, Any]
+):
+    options = LiveOptions(input=talking_head_mp4, model="identity", sessions=(1,), session_seconds=2.0,
+                          drift_seconds=0, warmup_seconds=0, image="crop_jpeg", work_dir=work)
+    document = run_live(options)
+    check_result(document)
+    [crop] = document["points"][0]["per_session"]
+    full = result["points"][0]["per_session"][0]  # the module's run: full JPEG frames
+    assert crop["bytes_per_frame"] is not None and full["bytes_per_frame"] is not None
+    assert crop["bytes_per_frame"] < full["bytes_per_frame"]
+    assert crop["encode_ms"] is not None and document["settings"]["image"] == "crop_jpeg"
+    assert "images: crop_jpeg" in to_markdown(document)
+
+
 def test_options_are_checked():
     for bad in (
         {"sessions": ()},
@@ -198,6 +214,7 @@ def test_options_are_checked():
         {"min_session_fps": 0},
         {"max_sessions": 0},
         {"chunk_ms": 1},
+        {"image": "png"},
     ):
         with pytest.raises(UsageError):
             LiveOptions(**bad)
@@ -309,6 +326,8 @@ def live_like() -> dict[str, Any]:
         "frames_sent": 50,
         "frames_dropped": 0,
         "silent_frames": 3,
+        "bytes_per_frame": 17630.1,
+        "encode_ms": 0.41,
         "timeline_errors": 0,
         "delivered_fps": 25.0,
         "lag_ms": lag,
