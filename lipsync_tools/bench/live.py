@@ -43,7 +43,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,14 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
     Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input, a server that does not
     start, or a session whose frames are not images of the package's size.
     """
-    from .runner import CompareOptions, _rss_monitor, prepare_input, timed_progress, work_folder
+    from .runner import (
+        CompareOptions,
+        _rss_monitor,
+        prepare_input,
+        settings_of,
+        timed_progress,
+        work_folder,
+    )
 
     started = time.perf_counter()
     say = timed_progress(progress)
@@ -276,20 +283,10 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
         "machine": facts,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "input": {
-            "video": None if bench_input.video is None else str(bench_input.video),
-            "package": str(bench_input.package),
-            "width": bench_input.width,
-            "height": bench_input.height,
-            "n_frames": bench_input.n_frames,
-            "fps": round(bench_input.fps, 3),
-            "sample": options.input is None,
-            "family": bench_input.family,
+            **bench_input.describe(sample=options.input is None),
             "speech_seconds": round(speech.size / SAMPLE_RATE, 3),
         },
-        "settings": {
-            k: (list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v))
-            for k, v in asdict(options).items()
-        },
+        "settings": settings_of(options),
         "model": model,
         "server": {
             "options": measured["options"],

@@ -163,6 +163,19 @@ class BenchInput:
     family: str = "wav2lip"
     audio_mode: str = "mel"
 
+    def describe(self, sample: bool) -> dict[str, Any]:
+        """The result document's ``input`` section (``sample``: made locally, no input was given)."""
+        return {
+            "video": None if self.video is None else str(self.video),
+            "package": str(self.package),
+            "width": self.width,
+            "height": self.height,
+            "n_frames": self.n_frames,
+            "fps": round(self.fps, 3),
+            "sample": sample,
+            "family": self.family,
+        }
+
     def window(self, frame_index: int) -> np.ndarray:
         """The int16 PCM window (3200 samples) of ``frame_index``: Wav2Lip's mel start times 200 samples."""
         from ..protocol.limits import PCM_WINDOW_SAMPLES
@@ -178,6 +191,14 @@ class BenchInput:
 class _Sample:
     seconds: float
     timings: dict[str, int]
+
+
+def settings_of(options: Any) -> dict[str, Any]:
+    """A benchmark's options dataclass as JSON: tuples as lists, paths as strings."""
+    return {
+        k: (list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v))
+        for k, v in asdict(options).items()
+    }
 
 
 def timed_progress(progress: Progress | None) -> Progress:
@@ -253,20 +274,8 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> di
         "schema_version": SCHEMA_VERSION,
         "machine": facts,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "input": {
-            "video": None if bench_input.video is None else str(bench_input.video),
-            "package": str(bench_input.package),
-            "width": bench_input.width,
-            "height": bench_input.height,
-            "n_frames": bench_input.n_frames,
-            "fps": round(bench_input.fps, 3),
-            "sample": options.input is None,
-            "family": bench_input.family,
-        },
-        "settings": {
-            k: (list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v))
-            for k, v in asdict(replace(options, modes=tuple(modes))).items()
-        },
+        "input": bench_input.describe(sample=options.input is None),
+        "settings": settings_of(replace(options, modes=tuple(modes))),
         "model": next(iter(servers.values())).ready.get("model", {}),
         "components": [label for label, _ in COMPONENTS] + ["transport"],
         "modes": {m: summarize_mode(MODES[m], latency[m], servers[m], peaks) for m in modes},

@@ -116,6 +116,13 @@ _POST_ALPHA = 0.1
 """Weight of one frame in the moving average of compositing + encoding time."""
 
 
+def _stored_jpeg(package: LoadedPackage, image_format: ImageFormat) -> list[bytes] | None:
+    """The package's stored frames when they can answer ``image_format`` as they are (JPEG), else None."""
+    if image_format is ImageFormat.JPEG and package.frame_codec == "jpeg" and package.encoded_frames:
+        return package.encoded_frames
+    return None
+
+
 def _us(seconds: float) -> int:
     return max(0, min(limits.MAX_U32, round(seconds * 1e6)))
 
@@ -220,9 +227,8 @@ class Engine:
             if b.running_key == model.key:
                 # the sessions that filled the running batch keep sending while it runs: ours grows as big
                 own_size = max(own_size, b.running_size)
-        own = capacity.batch_seconds(min(most, own_size))
         ahead = (-(-others // most) + mine // most) * capacity.batch_seconds(most)
-        return running + ahead + own + self.post_seconds
+        return running + ahead + self._batch_cost(model.key, min(most, own_size))
 
     # --- entry points ----------------------------------------------------------------------------------
 
@@ -322,8 +328,8 @@ class Engine:
         self._check_frame(package, frame_index)
         self._check_image(package, image_format)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
-        stored = image_format is ImageFormat.JPEG and package.frame_codec == "jpeg" and package.encoded_frames
-        if image_format in (ImageFormat.JPEG, ImageFormat.PNG) and not stored:
+        encodes = image_format in (ImageFormat.JPEG, ImageFormat.PNG)
+        if encodes and _stored_jpeg(package, image_format) is None:
             reply = await asyncio.to_thread(
                 self._original_reply, package, frame_index, image_format, quality, request_id, arrived
             )
@@ -568,10 +574,11 @@ class Engine:
                 timings={"encode": 0, "total": _us(time.perf_counter() - arrived)}, silence=True,
             )
         frame = package.frames[index]
-        if image_format is ImageFormat.JPEG and package.frame_codec == "jpeg" and package.encoded_frames:
-            payload: Payload = package.encoded_frames[index]  # the package's own JPEG, not encoded again
-        else:
-            payload = encode_frame_image(frame, image_format, quality)  # frames are read-only: raw is a view
+        stored = _stored_jpeg(package, image_format)
+        payload: Payload = (
+            stored[index] if stored is not None  # the package's own JPEG, not encoded again
+            else encode_frame_image(frame, image_format, quality)  # frames are read-only: raw is a view
+        )
         t1 = time.perf_counter()
         return FrameReply(
             request_id=request_id, frame_index=index, image=image_format, width=int(frame.shape[1]),

@@ -37,7 +37,6 @@ from starlette.websockets import WebSocket
 from lipsync_tools.audio.mel import MEL_WINDOW_FRAMES
 from lipsync_tools.audio.streaming import StreamingMel, frame_audio_offset
 from lipsync_tools.engine.batcher import Expired
-from lipsync_tools.engine.capacity import Capacity
 from lipsync_tools.engine.pacing import is_silent, pingpong_index
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
@@ -61,7 +60,7 @@ from lipsync_tools.protocol import (
     SessionStarted,
     UnsupportedVersionError,
 )
-from lipsync_tools.server.admission import Admission, Ticket
+from lipsync_tools.server.admission import Admission, ModelLike, Ticket
 from lipsync_tools.server.config import SessionLimits
 from lipsync_tools.server.metrics import Metrics
 
@@ -97,16 +96,6 @@ def look_ahead_seconds(look_ahead_frames: int, fps: float) -> float:
     """How much audio after a frame's time its model input needs: its own mel window, plus
     ``look_ahead_frames`` frames for models that hear ahead (SyncTalk_2D's AVE: 6)."""
     return LOOK_AHEAD_SAMPLES / SAMPLE_RATE + look_ahead_frames / fps
-
-
-class ModelLike(Protocol):
-    """The model serving a session (:class:`~lipsync_tools.engine.model_store.ServedModel`)."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def capacity(self) -> Capacity: ...
 
 
 class EngineLike(Protocol):
@@ -198,6 +187,7 @@ class SessionAudio:
         self._base = 0  # absolute sample index of self._pcm[0]
         self.t0: float | None = None
         self.last_audio: float | None = None  # loop time the last chunk arrived
+        self._opened: float | None = None  # loop time the session first waited for audio
         self.resyncs = 0
         self._changed = asyncio.Condition()
 
@@ -243,9 +233,11 @@ class SessionAudio:
     async def wait_ready(self, k: int, idle_seconds: float) -> None:
         """Wait until :meth:`ready` (``k``); :class:`IdleError` after ``idle_seconds`` without new audio."""
         loop = asyncio.get_running_loop()
+        if self._opened is None:
+            self._opened = loop.time()  # before any audio, the idle clock runs from the first wait
         async with self._changed:
             while not self.ready(k):
-                last = self.last_audio if self.last_audio is not None else loop.time()
+                last = self.last_audio if self.last_audio is not None else self._opened
                 remaining = last + idle_seconds - loop.time()
                 if remaining <= 0:
                     raise IdleError(
@@ -254,8 +246,6 @@ class SessionAudio:
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
-                if self.last_audio is None:
-                    self.last_audio = last  # the idle clock runs from the session's start
 
     def play_time(self, k: int) -> float:
         """Event-loop time at which frame ``k``'s audio plays (the clock must have started)."""
