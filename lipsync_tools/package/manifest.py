@@ -11,8 +11,17 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, TypeVar, cast
 
+import numpy as np
+
 from ..errors import PackageFormatError, PackageVersionError
-from .spec import FORMAT_NAME, FORMAT_VERSION, MAX_MANIFEST_BYTES, format_version_string
+from .spec import (
+    FILLED_WARNING_SHARE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_MANIFEST_BYTES,
+    MAX_SEGMENTS,
+    format_version_string,
+)
 
 
 def parse_version(text: object) -> tuple[int, int]:
@@ -108,6 +117,58 @@ class ModelMeta:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SegmentMeta:
+    """Since 1.2: one stretch of the source video in which one face is continuously present."""
+
+    start: int  # first source frame
+    end: int  # one past the last source frame
+    start_reason: str  # one of SEGMENT_START_REASONS
+    end_reason: str  # one of SEGMENT_END_REASONS
+    detected_frames: int  # frames of the segment on which its face was detected
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+SEGMENT_START_REASONS = ("video_start", "range_start", "cut", "face_changed", "face_found")
+SEGMENT_END_REASONS = ("video_end", "range_end", "cut", "face_changed", "face_lost")
+SELECTIONS = ("longest", "fail")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FootageMeta:
+    """Since 1.2: which part of the source video the package holds, and how well its face was found.
+
+    Frame numbers are source frames (0 = the video's first decoded frame); package frame ``i`` is source
+    frame ``source_start + i``. ``segments`` lists the segments found in the analysed range, kept or not
+    (the longest :data:`~.spec.MAX_SEGMENTS` of them, should a video have more).
+    """
+
+    source_frames: int  # frames decoded from the source video
+    range_start: int  # the analysed range: --start/--end, or the whole video
+    range_end: int
+    source_start: int  # the stored range: package frame 0 is this source frame
+    source_end: int  # one past the last stored source frame; source_end - source_start = video.frame_count
+    selection: str  # the --segment policy: "longest" or "fail"
+    max_gap_seconds: float  # longest gap filled inside a segment
+    min_segment_seconds: float
+    segments_found: int  # segments found in the analysed range
+    segments: list[SegmentMeta]  # in source order; the MAX_SEGMENTS longest when more were found
+    kept_segment: int  # index in segments of the stored segment
+    detected_frames: int  # stored frames with a detected face (= frame_count - faces.filled_frames)
+    longest_fill: int  # frames in the longest run of filled frames
+    jitter_rms_px: float  # RMS of the crop centre's frame-to-frame motion, in frame pixels
+
+
+def longest_run(flags: np.ndarray) -> int:
+    """The length of the longest run of non-zero values in a 1-D array (how ``longest_fill`` is counted)."""
+    padded = np.concatenate([[0], (np.asarray(flags).ravel() != 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return int((edges[1::2] - edges[0::2]).max()) if edges.size else 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class DatasetMeta:
     shape: list[int]
     dtype: str
@@ -133,6 +194,7 @@ class Manifest:
     faces: FacesMeta
     crop: CropMeta
     model: ModelMeta | None = None
+    footage: FootageMeta | None = None  # since 1.2; absent in older files and in imported packages
     build_options: dict[str, Any]  # every option the build ran with, for reproducibility
     datasets: dict[str, DatasetMeta]
 
@@ -142,6 +204,26 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def filled_share(self) -> float:
+        """The fraction of frames whose face was filled in rather than detected."""
+        return self.faces.filled_frames / self.video.frame_count if self.video.frame_count else 0.0
+
+    def warnings(self) -> list[str]:
+        """What a person should know before using this package, one sentence each (empty when nothing).
+
+        Every summary of a package (the build's, ``inspect``, ``preview``, ``validate``) shows these.
+        """
+        found: list[str] = []
+        if self.filled_share > FILLED_WARNING_SHARE:
+            found.append(
+                f"{self.faces.filled_frames} of {self.video.frame_count} frames "
+                f"({100 * self.filled_share:.0f} %) have no detected face and were filled from their "
+                f"neighbours (more than {100 * FILLED_WARNING_SHARE:.0f} %): the mouth may be misplaced on "
+                "them; check `lipsync preview` and rebuild from a cleaner range with --start/--end"
+            )
+        return found
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no whitespace) so identical builds give identical bytes."""
@@ -185,7 +267,9 @@ _NESTED: dict[str, type] = {
     "faces": FacesMeta,
     "crop": CropMeta,
     "model": ModelMeta,
+    "footage": FootageMeta,
 }
+_LISTS_OF: dict[str, type] = {"segments": SegmentMeta}
 _SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
 
 
@@ -220,6 +304,15 @@ def _convert(name: str, type_text: str, value: Any, where: str, strict: bool) ->
             str(k): _build(DatasetMeta, _expect_dict(v, f"{where}.{k}"), f"{where}.{k}", strict)
             for k, v in value.items()
         }
+    if name in _LISTS_OF:
+        if not isinstance(value, list):
+            raise PackageFormatError(f"{where} is {type(value).__name__}; expected a list")
+        if len(value) > MAX_SEGMENTS:
+            raise PackageFormatError(f"{where} has {len(value)} entries; the limit is {MAX_SEGMENTS}")
+        return [
+            _build(_LISTS_OF[name], _expect_dict(v, f"{where}[{i}]"), f"{where}[{i}]", strict)
+            for i, v in enumerate(value)
+        ]
     if name in _NESTED:
         return _build(_NESTED[name], _expect_dict(value, where), where, strict)
     base = type_text.replace(" | None", "")

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_NAME = "sanders"
-FORMAT_VERSION = (1, 1)
+FORMAT_VERSION = (1, 2)
 """(major, minor) written by this version of the tool. 1.1 added the manifest's ``model`` section, the
 ``crop.box_rule`` key and the optional ``audio/features`` and ``model/audio_encoder`` datasets; 1.0 files
-read as Wav2Lip packages."""
+read as Wav2Lip packages. 1.2 added the optional manifest section ``footage`` (the source range stored, the
+segments found, detection and fill counts, crop jitter)."""
 
 FILE_SUFFIX = ".sanders"
 
@@ -29,7 +30,11 @@ MAX_ENCODED_FRAME_BYTES = 64 * 1024 * 1024
 MAX_AUDIO_SAMPLES = 16_000 * 60 * 60 * 12  # 12 hours at 16 kHz
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 MAX_FPS = 240.0  # frames per second of the stored video; real footage is 24..60
+MAX_SEGMENTS = 1000  # entries of the manifest's footage.segments (the longest, when a video has more)
 MAX_FEATURE_DIM = 65_536  # values per audio feature row (AVE: 512, HuBERT: 2 x 1024, WeNet: 16 x 512)
+
+# A package whose share of filled frames (no detected face) is above this carries a warning in every summary.
+FILLED_WARNING_SHARE = 0.10
 
 MEL_BANDS = 80
 MEL_WINDOW = 16  # mel columns per video frame window (200 ms), as Wav2Lip

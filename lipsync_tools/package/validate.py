@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from ..errors import LipsyncError
-from .manifest import Manifest
+from .manifest import SEGMENT_END_REASONS, SEGMENT_START_REASONS, SELECTIONS, Manifest, longest_run
 from .reader import _shape_symbols, expected_shape, open_hdf5, read_manifest
 from .spec import DATASETS, DATASETS_BY_PATH, MEL_WINDOW
 
@@ -162,4 +162,56 @@ def _check_values(f: h5py.File, manifest: Manifest) -> list[Problem]:
     input_mask = f["masks/input"][...]
     if not np.isin(input_mask, (0, 1)).all():
         problems.append(Problem("masks/input", "values other than 0 and 1"))
+    problems.extend(Problem("manifest", message) for message in footage_problems(manifest, filled))
     return problems
+
+
+def footage_problems(manifest: Manifest, filled: np.ndarray) -> list[str]:
+    """Contradictions inside the manifest's ``footage`` section (1.2) and between it and ``filled``."""
+    footage = manifest.footage
+    if footage is None:
+        return []
+    n = manifest.video.frame_count
+    found: list[str] = []
+    if not 0 <= footage.range_start <= footage.source_start < footage.source_end <= footage.range_end:
+        found.append(
+            f"footage ranges do not nest: analysed {footage.range_start}-{footage.range_end}, stored "
+            f"{footage.source_start}-{footage.source_end}"
+        )
+    if footage.range_end > footage.source_frames:
+        found.append(f"footage.range_end {footage.range_end} is past the {footage.source_frames} frames")
+    if footage.source_end - footage.source_start != n:
+        found.append(
+            f"footage stores source frames {footage.source_start}-{footage.source_end} "
+            f"({footage.source_end - footage.source_start}), but video.frame_count is {n}"
+        )
+    detected = n - int(filled.sum())
+    if footage.detected_frames != detected:
+        found.append(f"footage.detected_frames is {footage.detected_frames}; filled says {detected}")
+    if footage.longest_fill != longest_run(filled):
+        found.append(f"footage.longest_fill is {footage.longest_fill}; filled says {longest_run(filled)}")
+    if footage.selection not in SELECTIONS:
+        found.append(f"footage.selection is {footage.selection!r}; expected one of {', '.join(SELECTIONS)}")
+    if not 0 <= footage.kept_segment < len(footage.segments):
+        found.append(f"footage.kept_segment {footage.kept_segment} is not one of the {len(footage.segments)}")
+    else:
+        kept = footage.segments[footage.kept_segment]
+        if (kept.start, kept.end) != (footage.source_start, footage.source_end):
+            found.append(
+                f"the kept segment is {kept.start}-{kept.end} but the stored range is "
+                f"{footage.source_start}-{footage.source_end}"
+            )
+    if footage.segments_found < len(footage.segments):
+        found.append(f"footage lists {len(footage.segments)} segments, found {footage.segments_found}")
+    previous_end = footage.range_start
+    for i, segment in enumerate(footage.segments):
+        where = f"footage.segments[{i}]"
+        if not previous_end <= segment.start < segment.end <= footage.range_end:
+            found.append(f"{where} spans {segment.start}-{segment.end}: out of order or outside the range")
+        if segment.start_reason not in SEGMENT_START_REASONS or segment.end_reason not in SEGMENT_END_REASONS:
+            found.append(f"{where} has reasons {segment.start_reason!r}/{segment.end_reason!r}")
+        if not 0 < segment.detected_frames <= segment.frames:
+            found.append(f"{where} has {segment.detected_frames} detected frames in {segment.frames}")
+        previous_end = max(previous_end, segment.end)
+    return found
+

@@ -1,8 +1,10 @@
 """Compose the build stages into one package: ``video.mp4`` -> ``video.sanders``.
 
-Two streaming passes over the video keep memory flat however long it is: pass 1 decodes and finds faces
-(keeping only boxes and landmarks), then tracking, smoothing and crop rectangles run on those small arrays,
-and pass 2 decodes again to cut crops, draw masks and encode full frames straight into the package file.
+Two streaming passes over the video keep memory flat however long it is: pass 1 decodes and finds faces,
+their appearance signatures and the shot cuts (keeping only boxes, landmarks and signatures), then the
+segment analysis picks the stretch of one face to keep, and tracking, smoothing and crop rectangles run on
+those small arrays; pass 2 decodes again to cut crops, draw masks and encode the kept frames straight into
+the package file.
 """
 
 from __future__ import annotations
@@ -25,33 +27,48 @@ from ..audio.mel import wav2lip_mel
 from ..errors import InputNotFoundError, NoAudioError, UsageError
 from ..faces import create_backend
 from ..faces.base import FaceObservation, FaceOptions
+from ..faces.signature import SIGNATURE_SIZE, face_signature
 from ..media.audio import load_audio
 from ..media.images import encode_image
 from ..media.video import VideoInfo, iter_frames, probe_video
 from ..models.audio_features import AudioEncoderChoice
 from ..models.families import get_family
 from ..models.family import ModelFamily
+from ..package.inspect import footage_summary
 from ..package.manifest import (
     CropMeta,
     FacesMeta,
+    FootageMeta,
     FramesMeta,
     Manifest,
     ModelMeta,
+    SegmentMeta,
     SourceFile,
     ToolMeta,
     VideoMeta,
+    longest_run,
 )
-from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MEL_WINDOW
+from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MAX_SEGMENTS, MEL_WINDOW
 from ..package.writer import PackageWriter, check_output_path
-from .crop import CropOptions, crop_face, crop_rectangles, to_crop_coordinates
+from .crop import CropOptions, crop_face, crop_jitter, crop_rectangles, to_crop_coordinates
+from .cuts import CutDetector
 from .detect import DetectOptions, detect_faces
 from .features import audio_features, audio_meta
 from .masks import MaskOptions, blend_mask, model_input_mask
 from .progress import NullProgress, Progress
+from .segments import (
+    Segment,
+    SegmentOptions,
+    SegmentPolicy,
+    choose_segment,
+    find_segments,
+    parse_range,
+    resolve_range,
+)
 from .smooth import SmoothOptions, smooth_series
-from .track import MissingPolicy, TrackOptions, track_main_face
+from .track import MissingPolicy, TrackOptions, fill_track
 
-STAGES = ("decode", "detect", "track", "smooth", "crop", "masks", "encode", "audio", "write")
+STAGES = ("decode", "detect", "segments", "track", "smooth", "crop", "masks", "encode", "audio", "write")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,9 +94,16 @@ class BuildOptions:
     frame_codec: str = "jpeg"
     frame_quality: int = 95
     detect_max_side: int = 640
+    start: str | None = None  # --start: seconds ("2.5") or a frame ("50 f"); None = the first frame
+    end: str | None = None  # --end: the same; None = the last frame
+    segment: SegmentPolicy = "longest"
+    max_gap: float = 0.5  # seconds
+    min_segment: float = 2.0  # seconds
 
     def __post_init__(self) -> None:
         check_frame_storage(self.frame_codec, self.frame_quality)
+        parse_range(self.start, self.end)
+        self.segment_options()
         # Construct the stage options now so a bad value fails before any work.
         family = self.model_family()
         family.audio_mode(self.audio_mode)
@@ -110,6 +134,11 @@ class BuildOptions:
             SmoothOptions(window=self.smooth_window),
             TrackOptions(missing=self.missing_face),
             MaskOptions(feather=self.feather),
+        )
+
+    def segment_options(self) -> SegmentOptions:
+        return SegmentOptions(
+            max_gap_seconds=self.max_gap, min_segment_seconds=self.min_segment, policy=self.segment
         )
 
     def recorded(self) -> dict[str, Any]:
@@ -145,7 +174,11 @@ class BuildResult:
 
     @property
     def frames_per_second(self) -> float:
-        return self.manifest.video.frame_count / self.total_seconds if self.total_seconds else 0.0
+        """Source frames analysed per second of build time (all of them were decoded and searched for
+        faces; only the kept segment's were cropped and stored)."""
+        footage = self.manifest.footage
+        frames = footage.range_end - footage.range_start if footage else self.manifest.video.frame_count
+        return frames / self.total_seconds if self.total_seconds else 0.0
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest
@@ -157,7 +190,7 @@ class BuildResult:
             "fps": m.video.fps,
             "width": m.video.width,
             "height": m.video.height,
-            "filled_frames": m.faces.filled_frames,
+            **footage_summary(m),
             "face_backend": m.faces.backend,
             "family": m.model.family if m.model is not None else "wav2lip",
             "audio_mode": m.model.audio_mode if m.model is not None else "mel",
@@ -169,6 +202,7 @@ class BuildResult:
             "total_seconds": round(self.total_seconds, 4),
             "build_frames_per_second": round(self.frames_per_second, 2),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "warnings": m.warnings(),
         }
 
 
@@ -348,6 +382,8 @@ def build_package(
 
     audio_job = _Background(load_audio_and_warm_up)
     detect_opts = DetectOptions(max_side=options.detect_max_side)
+    segment_opts = options.segment_options()
+    first, last = resolve_range(*parse_range(options.start, options.end), info.fps)
 
     backend = create_backend(
         options.face_backend,
@@ -361,18 +397,64 @@ def build_package(
     )
     try:
         per_frame: list[list[FaceObservation]] = []
-        progress.start("Finding faces", info.frame_count or None)
-        for frame in timer.timed_frames(video):
+        signatures: list[np.ndarray] = []
+        cut_detector = CutDetector(info.fps)
+        source_frames = 0  # decoded so far; all of them unless --end stopped the decode early
+        expected = (last or info.frame_count or 0) - first
+        progress.start("Finding faces", expected if expected > 0 else None)
+        for index, frame in enumerate(timer.timed_frames(video)):
+            source_frames = index + 1
+            if index < first:
+                continue  # before --start: decoded (the only way to reach the range exactly), not analysed
+            if last is not None and index >= last:
+                source_frames = max(index + 1, info.frame_count)  # the rest is not decoded
+                break
             with timer("detect"):
-                per_frame.append(detect_faces(backend, frame, detect_opts))
+                faces = detect_faces(backend, frame, detect_opts)
+            with timer("segments"):
+                cut_detector.add(frame)
+                signatures.append(
+                    np.stack([face_signature(frame, face.box) for face in faces])
+                    if faces
+                    else np.zeros((0, SIGNATURE_SIZE), np.uint8)
+                )
+            per_frame.append(faces)
             progress.advance()
         progress.finish()
     finally:
         backend.close()
-    n_frames = len(per_frame)  # decoded count: containers' frame counts can be wrong
+    if last is None:
+        last = source_frames
+    elif last > source_frames:
+        raise UsageError(
+            f"--end {options.end} is frame {last}, past the end of the video ({source_frames} frames, "
+            f"{source_frames / info.fps:.2f} s); give an end inside the video or leave --end out"
+        )
+    if not per_frame:
+        raise UsageError(
+            f"--start {options.start} is frame {first}, but the video has {source_frames} frames "
+            f"({source_frames / info.fps:.2f} s); give a start inside the video"
+        )
 
+    with timer("segments"):
+        segments = find_segments(
+            per_frame,
+            signatures,
+            cut_detector.cuts(),
+            info.fps,
+            segment_opts,
+            range_start=first,
+            starts_video=first == 0,
+            ends_video=last == source_frames,
+            frame_size=(info.width, info.height),
+        )
+        del signatures
+        kept_index = choose_segment(segments, segment_opts, info.fps, first, last)
+    kept = segments[kept_index]
+    n_frames = kept.frames
     with timer("track"):
-        track = track_main_face(per_frame, track_opts)
+        track = fill_track(per_frame[kept.start - first : kept.end - first], kept.faces, kept.start, kept.end,
+                           track_opts)
     del per_frame
     with timer("smooth"):
         landmarks = smooth_series(track.landmarks, smooth_opts)
@@ -380,6 +462,8 @@ def build_package(
         rects = crop_rectangles(landmarks, (info.width, info.height), crop_opts, backend.scheme)
     pcm = audio_job.result()
     with timer("audio"):
+        # the audio of the kept frames: the same stretch of time as the video (an --audio file included)
+        pcm = pcm[_sample_at(kept.start, info) : _sample_at(kept.end, info)]
         features = audio_features(pcm, info.fps, n_frames, AUDIO_SAMPLE_RATE, MEL_WINDOW)
         model_features = None
         if encoder is not None:
@@ -387,6 +471,9 @@ def build_package(
 
             model_features = package_ave_features(encoder, features.mel, features.mel_index)
 
+    footage = _footage(
+        source_frames, first, last, segments, kept_index, track.filled, rects, segment_opts
+    )
     scheme = backend.scheme
     size = crop_opts.size
     with timer("write"):
@@ -396,17 +483,20 @@ def build_package(
     with writer:
         progress.start("Cropping and writing", n_frames)
         for index, frame in enumerate(timer.timed_frames(video)):
-            if index >= n_frames:
+            if index < kept.start:
+                continue
+            if index >= kept.end:
                 break  # a second decode must not see more frames than the first
-            rect = rects[index]
+            i = index - kept.start
+            rect = rects[i]
             with timer("crop"):
                 crop = crop_face(frame, rect, size, crop_opts.interpolation)
             with timer("masks"):
-                mask = blend_mask(to_crop_coordinates(landmarks[index], rect, size), scheme, size, mask_opts)
+                mask = blend_mask(to_crop_coordinates(landmarks[i], rect, size), scheme, size, mask_opts)
             with timer("encode"):
                 encoded = _encode_frame(frame, options)
             with timer("write"):
-                writer.write_frame(index, encoded, crop, mask)
+                writer.write_frame(i, encoded, crop, mask)
             progress.advance()
         progress.finish()
         with timer("write"):
@@ -439,6 +529,7 @@ def build_package(
                     features,
                     checkpoint_path,
                     model_meta(family.name, audio_mode.name, audio_encoder, model_features),
+                    footage,
                 )
             )
     total = time.perf_counter() - started
@@ -470,6 +561,7 @@ def _manifest(
     features: Any,
     checkpoint: Path | None,
     model: ModelMeta,
+    footage: FootageMeta,
 ) -> Manifest:
     return Manifest(
         tool=ToolMeta(name="lipsync-tools", version=__version__),
@@ -500,11 +592,60 @@ def _manifest(
             box_rule=options.model_family().box_rule,
         ),
         model=model,
+        footage=footage,
         build_options={
             **options.recorded(),
             "checkpoint": checkpoint.name if checkpoint is not None else None,
         },
         datasets={},
+    )
+
+
+def _sample_at(frame: int, info: VideoInfo) -> int:
+    """The first 16 kHz audio sample of source frame ``frame`` (exact for rational frame rates)."""
+    return frame * AUDIO_SAMPLE_RATE * info.frame_rate.denominator // info.frame_rate.numerator
+
+
+def _footage(
+    source_frames: int,
+    first: int,
+    last: int,
+    segments: list[Segment],
+    kept_index: int,
+    filled: np.ndarray,
+    rects: np.ndarray,
+    options: SegmentOptions,
+) -> FootageMeta:
+    """The manifest's ``footage`` section. A video with more than MAX_SEGMENTS segments lists the longest."""
+    listed = list(range(len(segments)))
+    if len(listed) > MAX_SEGMENTS:
+        longest = sorted(listed, key=lambda i: -segments[i].frames)[: MAX_SEGMENTS - 1]
+        listed = sorted({*longest, kept_index})
+    kept = segments[kept_index]
+    return FootageMeta(
+        source_frames=source_frames,
+        range_start=first,
+        range_end=last,
+        source_start=kept.start,
+        source_end=kept.end,
+        selection=options.policy,
+        max_gap_seconds=options.max_gap_seconds,
+        min_segment_seconds=options.min_segment_seconds,
+        segments_found=len(segments),
+        segments=[
+            SegmentMeta(
+                start=segments[i].start,
+                end=segments[i].end,
+                start_reason=segments[i].start_reason,
+                end_reason=segments[i].end_reason,
+                detected_frames=segments[i].detected_frames,
+            )
+            for i in listed
+        ],
+        kept_segment=listed.index(kept_index),
+        detected_frames=int((~filled).sum()),
+        longest_fill=longest_run(filled),
+        jitter_rms_px=crop_jitter(rects),
     )
 
 

@@ -115,3 +115,16 @@ def to_crop_coordinates(points: np.ndarray, rect: np.ndarray, size: int) -> np.n
     """Map frame-pixel points ``(..., 2)`` into the ``size``-pixel crop of ``rect``."""
     scale = size / float(rect[2] - rect[0])
     return np.asarray((points - rect[:2].astype(np.float32)) * np.float32(scale), dtype=np.float32)
+
+
+def crop_jitter(rects: np.ndarray) -> float:
+    """The RMS of the crop centre's frame-to-frame motion, in frame pixels (0 for fewer than 2 frames).
+
+    Measured on the stored rectangles, i.e. after smoothing: it includes the head's own motion, so a still
+    presenter's package should show well under a pixel and a restless one a few pixels.
+    """
+    if rects.shape[0] < 2:
+        return 0.0
+    centres = (rects[:, :2].astype(np.float64) + rects[:, 2:]) / 2.0
+    steps = np.diff(centres, axis=0)
+    return float(np.sqrt(np.mean(np.sum(steps**2, axis=1))))

@@ -15,7 +15,7 @@ from lipsync_tools.cli.main import app
 from lipsync_tools.package import open_package, validate_package
 
 runner = CliRunner()
-STAGES = {"decode", "detect", "track", "smooth", "crop", "masks", "encode", "audio", "write"}
+STAGES = {"decode", "detect", "segments", "track", "smooth", "crop", "masks", "encode", "audio", "write"}
 
 
 def lipsync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,7 +54,9 @@ def test_default_output_next_to_video_and_stderr_is_clean(astronaut_mp4: Path, t
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "astro.sanders").is_file()
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("built "), proc.stderr  # no absl / TFLite noise
+    assert lines[0].startswith("built "), proc.stderr
+    assert [line.split(" ", 1)[0] for line in lines[1:]] == ["kept", "faces:"], proc.stderr  # no absl noise
+    assert "kept source frames 0-50 (0.00-2.00 s) of 50: the whole video" in lines[1]
     assert proc.stdout == ""
 
 
@@ -65,18 +67,20 @@ def test_identical_builds_give_identical_datasets(astronaut_mp4: Path, tmp_path:
     assert open_package(a).manifest.datasets == open_package(b).manifest.datasets
 
 
-def test_late_face_is_filled_or_fails_on_request(late_face_mp4: Path, tmp_path: Path):
+def test_late_face_keeps_the_frames_with_the_face(late_face_mp4: Path, tmp_path: Path):
+    """The first second shows no face: those frames are dropped, not filled from the first face found."""
     out = tmp_path / "late.sanders"
-    result = runner.invoke(app, ["build-package", str(late_face_mp4), "-o", str(out), "--json"])
-    assert result.exit_code == 0, result.output
-    pkg = open_package(out)
-    assert pkg.manifest.faces.filled_frames == int(pkg.filled.sum()) >= 20
-    assert pkg.filled[:20].all() and not pkg.filled[-10:].any()
-    failed = runner.invoke(
-        app,
-        ["build-package", str(late_face_mp4), "-o", str(tmp_path / "f.sanders"), "--missing-face", "fail"],
+    result = runner.invoke(
+        app, ["build-package", str(late_face_mp4), "-o", str(out), "--json", "--min-segment", "1"]
     )
-    assert failed.exit_code == 8 and "--missing-face interpolate" in failed.output
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["source_range"] == [25, 50] and summary["frames"] == 25 and summary["filled_frames"] == 0
+    assert summary["dropped"] == [{"start": 0, "end": 25, "reason": "no_face"}]
+    pkg = open_package(out)
+    assert pkg.n_frames == 25 and not pkg.filled.any()
+    short = runner.invoke(app, ["build-package", str(late_face_mp4), "-o", str(tmp_path / "f.sanders")])
+    assert short.exit_code == 21 and "--min-segment 2 s" in short.output and "frames 25-50" in short.output
     assert not (tmp_path / "f.sanders").exists()
 
 

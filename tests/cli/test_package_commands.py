@@ -59,6 +59,6 @@ def test_preview_writes_a_contact_sheet(head_package: Path, tmp_path: Path):
     result = runner.invoke(app, ["preview", str(head_package), "-o", str(out), "--frames", "4"])
     assert result.exit_code == 0, result.output
     sheet = cv2.imread(str(out))
-    assert sheet is not None and sheet.shape[0] == 4 * (240 + 6)
+    assert sheet is not None and sheet.shape[0] > 4 * (240 + 6)  # the rows, then the timeline strip
     assert runner.invoke(app, ["preview", str(head_package), "-o", str(out)]).exit_code == 9  # needs --force
     assert runner.invoke(app, ["preview", str(head_package), "-o", str(tmp_path / "s.jpg")]).exit_code == 2

@@ -11,6 +11,7 @@ from lipsync_tools.package.manifest import (
     AudioMeta,
     CropMeta,
     FacesMeta,
+    FootageMeta,
     FramesMeta,
     Manifest,
     ModelMeta,
@@ -33,6 +34,7 @@ def write_synthetic_package(
     model: ModelMeta | None = None,
     features: np.ndarray | None = None,
     audio_encoder: bytes | None = None,
+    footage: FootageMeta | None = None,
 ) -> Manifest:
     rng = np.random.default_rng(0)
     mel_columns = 40
@@ -92,6 +94,7 @@ def write_synthetic_package(
                 box_rule="synctalk2d" if model is not None and model.family != "wav2lip" else "padded",
             ),
             model=model,
+            footage=footage,
             build_options={"crop_size": size},
             datasets={},
         )

@@ -49,3 +49,25 @@ def test_v1_1_file_with_family_features_and_audio_encoder_still_opens_and_valida
         pkg.manifest.datasets["audio/features"].sha256
         == "93e5a4d08b29d2a84d1302f26750f683d1c4a5be2b0abfe71a797c03c4011bb3"
     )
+
+
+def test_v1_2_file_with_footage_still_opens_and_validates():
+    """A 1.2 package recording which source frames it holds (synthetic, frozen)."""
+    path = DATA / "v1.2-synthetic-footage.sanders"
+    assert validate_package(path) == []
+    pkg = open_package(path)
+    assert pkg.manifest.format_version == "1.2"
+    footage = pkg.manifest.footage
+    assert footage is not None
+    assert (footage.source_start, footage.source_end, footage.source_frames) == (3, 7, 10)
+    assert [(s.start, s.end, s.start_reason, s.end_reason) for s in footage.segments] == [
+        (1, 3, "video_start", "cut"),
+        (3, 7, "cut", "face_lost"),
+    ]
+    assert footage.kept_segment == 1 and footage.detected_frames == 3 and footage.longest_fill == 1
+    assert pkg.manifest.warnings() and "25 %" in pkg.manifest.warnings()[0]
+
+
+def test_older_files_have_no_footage_and_read_as_before():
+    for name in ("v1.0-synthetic.sanders", "v1.1-synthetic-ave.sanders"):
+        assert open_package(DATA / name).manifest.footage is None

@@ -30,7 +30,7 @@ GOLDEN_V1_1 = [
 
 def test_version_and_layout_are_pinned():
     assert FORMAT_NAME == "sanders"
-    assert FORMAT_VERSION == (1, 1)
+    assert FORMAT_VERSION == (1, 2)
     assert [(d.path, d.dtype, d.shape, d.hot, d.required) for d in DATASETS] == GOLDEN_V1_1
     # a minor bump only adds optional datasets: every 1.0 dataset is still there, unchanged
     assert all(d in GOLDEN_V1_1 for d in GOLDEN_V1_0)
@@ -38,6 +38,6 @@ def test_version_and_layout_are_pinned():
 
 def test_spec_document_lists_every_dataset_and_the_version():
     doc = (Path(__file__).parents[2] / "docs" / "package-format.md").read_text()
-    assert "version 1.1" in doc
+    assert "version 1.2" in doc
     for d in DATASETS:
         assert f"| `{d.path}` | " in doc, d.path
