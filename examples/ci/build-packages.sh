@@ -4,6 +4,10 @@
 #
 #   bash examples/ci/build-packages.sh VIDEOS_DIR PACKAGES_DIR
 #
+# SEGMENT=fail refuses any video that is not one continuous shot of one face from its first frame to its last
+# (exit 21 in the report); the default, SEGMENT=longest, keeps each video's longest such stretch and says in
+# the report which source frames it kept and what it dropped.
+#
 # Exit status: 0 when every package built and validated; non-zero otherwise (the other packages are still
 # built, and build-report.json says which failed and why).
 set -euo pipefail
@@ -12,7 +16,8 @@ packages=${2:?usage: build-packages.sh VIDEOS_DIR PACKAGES_DIR}
 mkdir -p "$packages"
 
 status=0
-lipsync build-package "$videos" --output "$packages" --json --force > "$packages/build-report.json" || status=$?
+lipsync build-package "$videos" --output "$packages" --segment "${SEGMENT:-longest}" --json --force \
+    > "$packages/build-report.json" || status=$?
 
 shopt -s nullglob
 built=("$packages"/*.sanders)
