@@ -14,7 +14,7 @@ import queue
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MAX_SEG
 from ..package.writer import PackageWriter, check_output_path
 from .crop import CropOptions, crop_face, crop_jitter, crop_rectangles, to_crop_coordinates
 from .cuts import CutDetector
-from .detect import DetectOptions, detect_faces
+from .detect import DetectOptions, detect_in_copy, detection_copy
 from .features import audio_features, audio_meta
 from .masks import MaskOptions, blend_mask, model_input_mask
 from .progress import NullProgress, Progress
@@ -226,7 +226,7 @@ class _Timer:
         finally:
             self.add(stage, time.perf_counter() - start)
 
-    def timed_frames(self, path: Path) -> Iterator[np.ndarray]:
+    def timed_frames(self, path: Path) -> Generator[np.ndarray, None, None]:
         """``iter_frames`` decoded a few frames ahead in a thread, its time charged to the decode stage."""
 
         def produce() -> Iterator[np.ndarray]:
@@ -245,7 +245,7 @@ class _Timer:
 _DONE = object()
 
 
-def prefetch(items: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
+def prefetch(items: Iterator[np.ndarray], depth: int) -> Generator[np.ndarray, None, None]:
     """Run ``items`` in a daemon thread, at most ``depth`` ahead of the consumer; re-raise its errors.
 
     Decoding (PyAV/FFmpeg) and the consumer's native calls (MediaPipe, OpenCV) release the GIL, so on two
@@ -385,6 +385,13 @@ def build_package(
     segment_opts = options.segment_options()
     first, last = resolve_range(*parse_range(options.start, options.end), info.fps)
 
+    per_frame: list[list[FaceObservation]] = []
+    signatures: list[np.ndarray] = []
+    cut_detector = CutDetector(info.fps)
+    source_frames = 0  # decoded so far; all of them unless --end stopped the decode early
+    expected = (last or info.frame_count or 0) - first
+    decoded = timer.timed_frames(video)  # not started until iterated
+
     backend = create_backend(
         options.face_backend,
         FaceOptions(
@@ -396,13 +403,8 @@ def build_package(
         ),
     )
     try:
-        per_frame: list[list[FaceObservation]] = []
-        signatures: list[np.ndarray] = []
-        cut_detector = CutDetector(info.fps)
-        source_frames = 0  # decoded so far; all of them unless --end stopped the decode early
-        expected = (last or info.frame_count or 0) - first
         progress.start("Finding faces", expected if expected > 0 else None)
-        for index, frame in enumerate(timer.timed_frames(video)):
+        for index, frame in enumerate(decoded):
             source_frames = index + 1
             if index < first:
                 continue  # before --start: decoded (the only way to reach the range exactly), not analysed
@@ -410,11 +412,12 @@ def build_package(
                 source_frames = max(index + 1, info.frame_count)  # the rest is not decoded
                 break
             with timer("detect"):
-                faces = detect_faces(backend, frame, detect_opts)
-            with timer("segments"):
-                cut_detector.add(frame)
+                copy, scale = detection_copy(frame, detect_opts)
+                faces = detect_in_copy(backend, copy, scale)
+            with timer("segments"):  # on the detector's copy: one resize serves all three
+                cut_detector.add(copy)
                 signatures.append(
-                    np.stack([face_signature(frame, face.box) for face in faces])
+                    np.stack([face_signature(copy, face.box * np.float32(scale)) for face in faces])
                     if faces
                     else np.zeros((0, SIGNATURE_SIZE), np.uint8)
                 )
@@ -422,6 +425,7 @@ def build_package(
             progress.advance()
         progress.finish()
     finally:
+        decoded.close()  # stops the decode thread
         backend.close()
     if last is None:
         last = source_frames
