@@ -51,6 +51,7 @@ class PackageInfo:
     frames: str = "all"  # "none": loaded for crop-only serving, full frames not decoded
     ram_bytes: int
     mapped_bytes: int = 0
+    warnings: tuple[str, ...] = ()  # the package's own (Manifest.warnings), e.g. too many filled frames
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (for ``GET /v1/packages`` and ``--json`` output)."""
@@ -60,7 +61,7 @@ class PackageInfo:
             "has_checkpoint": self.has_checkpoint, "family": self.family, "audio_mode": self.audio_mode,
             "frames": self.frames,
             "load_seconds": {k: round(v, 6) for k, v in self.load_seconds.items()},
-            "ram_bytes": self.ram_bytes, "mapped_bytes": self.mapped_bytes,
+            "ram_bytes": self.ram_bytes, "mapped_bytes": self.mapped_bytes, "warnings": list(self.warnings),
         }
 
 
@@ -377,6 +378,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
             family=package.family, audio_mode=package.audio_mode, frames=frames_mode,
             ram_bytes=sum(int(f.nbytes) for f in frames) + sum(len(b) for b in encoded) + in_ram,
             mapped_bytes=mapped_bytes,
+            warnings=tuple(m.warnings()),
         )
         return LoadedPackage(
             info=info, package=package, frames=frames, crops=package.crops, blend_masks=package.blend_masks,

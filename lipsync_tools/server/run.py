@@ -252,6 +252,7 @@ def format_startup(report: StartupReport) -> str:
     for p in report.packages:
         lines.append(f"  package   {p['id']}: {p['n_frames']} frames {p['width']}x{p['height']} @ "
                      f"{p['fps']:.3g} fps, {p['ram_bytes'] / 1e6:.1f} MB in RAM ({p['path']})")
+        lines.extend(f"  warning   {p['id']}: {warning}" for warning in p.get("warnings", ()))
     lines.append(
         f"  startup   model load {s.get('model_load', 0):.2f} s, frame preload {s['frame_preload']:.2f} s, "
         f"feature mapping {s['feature_mapping']:.2f} s, package open {s['package_open']:.2f} s, warm-up "

@@ -80,3 +80,27 @@ def test_crop_size_mismatch_is_refused(head_package: Path):
     store = PackageStore(expected_crop_size=128)
     with pytest.raises(PackageFormatError, match="crops are 96x96 but the model takes 128x128"):
         store.load("a", head_package)
+
+
+def test_a_package_with_many_filled_frames_carries_its_warning(head_package: Path, tmp_path: Path):
+    """Every summary of a package shows its warnings: the server's package listing and startup report too."""
+    from lipsync_tools.server.app import StartupReport
+    from lipsync_tools.server.run import format_startup
+    from tests.package.synthetic import write_synthetic_package
+
+    store = PackageStore()
+    assert store.load("clean", head_package).warnings == ()
+    write_synthetic_package(tmp_path / "filled.sanders", size=96)  # 1 of its 4 frames filled: 25 %
+    info = store.load("filled", tmp_path / "filled.sanders")
+    assert len(info.warnings) == 1 and "1 of 4 frames (25 %)" in info.warnings[0]
+    assert info.to_dict()["warnings"] == list(info.warnings)
+
+    class Model:
+        def to_dict(self) -> dict[str, str]:
+            return {"name": "random", "source": "random", "backend": "onnx"}
+
+    seconds = dict.fromkeys(("frame_preload", "feature_mapping", "package_open", "total"), 0.0)
+    report = StartupReport(
+        url="http://x", seconds=seconds, model=Model(), packages=[info.to_dict()], rss_bytes=0
+    )
+    assert f"  warning   filled: {info.warnings[0]}" in format_startup(report).splitlines()
