@@ -327,19 +327,20 @@ def footage_lines(s: dict[str, Any]) -> list[str]:
     if "source_range" in s:
         start, end = s["source_range"]
         whole = start == 0 and end == s["source_frames"]
+        whole_range = [start, end] == s["analysed_range"]
         colour = "green" if whole else "bold yellow"
         kept = next((seg for seg in s["segments"] if seg["kept"]), None)
-        how = (
-            "the whole video"
-            if whole
-            else f"the longest of {s['segments_found']} segments"
-            if s["segments_found"] > 1
-            else "its only segment"
-        )
+        if whole or whole_range:
+            how = "the whole video" if whole else "the whole --start/--end range"
+        elif s["segments_found"] > 1:
+            how = f"the longest of {s['segments_found']} segments"
+        else:
+            how = "its only segment"
+        if kept and not whole_range:
+            how += f", {reasons_text(kept['start_reason'], kept['end_reason'])}"
         lines.append(
             f"[{colour}]kept source frames {start}-{end}[/] ({start / fps:.2f}-{end / fps:.2f} s) of "
             f"{s['source_frames']}: {how}"
-            + (f", {reasons_text(kept['start_reason'], kept['end_reason'])}" if kept and not whole else "")
         )
         for drop in s["dropped"]:
             if drop["reason"] == "segment":
@@ -386,7 +387,7 @@ def _print_description(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     v = info["video"]
     out.print(
         f"[bold]{info['path']}[/]  sanders {info['format_version']} (lipsync-tools {info['tool_version']})"
@@ -398,7 +399,7 @@ def _print_description(info: dict[str, Any]) -> None:
     faces = info["faces"]
     out.print(f"  faces  {faces['backend']} ({faces['scheme']}), crop {info['crop']['size']} px")
     for line in footage_lines({**info["footage"], "warnings": info["warnings"]}):
-        out.print(f"  {line}", soft_wrap=True)
+        out.print(f"  {line}")
     model = info["model"]
     encoder = model["audio_encoder"]
     if encoder == "random":
