@@ -384,6 +384,8 @@ def build_package(
     detect_opts = DetectOptions(max_side=options.detect_max_side)
     segment_opts = options.segment_options()
     first, last = resolve_range(*parse_range(options.start, options.end), info.fps)
+    if info.frame_count:  # refuse a range outside the video before the slow pass; checked again after it
+        _check_range(first, last, info.frame_count, info.fps, options)
 
     per_frame: list[list[FaceObservation]] = []
     signatures: list[np.ndarray] = []
@@ -427,18 +429,8 @@ def build_package(
     finally:
         decoded.close()  # stops the decode thread
         backend.close()
-    if last is None:
-        last = source_frames
-    elif last > source_frames:
-        raise UsageError(
-            f"--end {options.end} is frame {last}, past the end of the video ({source_frames} frames, "
-            f"{source_frames / info.fps:.2f} s); give an end inside the video or leave --end out"
-        )
-    if not per_frame:
-        raise UsageError(
-            f"--start {options.start} is frame {first}, but the video has {source_frames} frames "
-            f"({source_frames / info.fps:.2f} s); give a start inside the video"
-        )
+    _check_range(first, last, source_frames, info.fps, options)
+    last = source_frames if last is None else last
 
     with timer("segments"):
         segments = find_segments(
@@ -603,6 +595,18 @@ def _manifest(
         },
         datasets={},
     )
+
+
+def _check_range(first: int, last: int | None, frames: int, fps: float, options: BuildOptions) -> None:
+    """Raise :class:`UsageError` unless frames ``first..last-1`` lie in a video of ``frames`` frames."""
+    length = f"the video has {frames} frames ({frames / fps:.2f} s)"
+    if first >= frames:
+        raise UsageError(f"--start {options.start} is frame {first}, but {length}; give a start inside it")
+    if last is not None and last > frames:
+        raise UsageError(
+            f"--end {options.end} is frame {last}, past the end of the video: {length}; give an end inside "
+            "it or leave --end out"
+        )
 
 
 def _sample_at(frame: int, info: VideoInfo) -> int:

@@ -199,7 +199,7 @@ def test_start_and_end_choose_the_range(
     [
         (["--start", "abc"], "--start is 'abc'; expected seconds"),
         (["--end", "2", "--start", "3"], "is not after --start"),
-        (["--end", "500f"], "past the end of the video (223 frames"),
+        (["--end", "500f"], "past the end of the video: the video has 223 frames (8.92 s)"),
         (["--start", "300 f"], "but the video has 223 frames"),
         (["--segment", "shortest"], "shortest"),
         (["--max-gap", "-1"], "--max-gap is -1.0 s"),
@@ -234,3 +234,27 @@ def test_faces_the_detector_finds_inside_the_kept_segment_are_never_filled(
             assert lost == [], f"{name}: frames with a detected face were filled: {lost}"
     finally:
         backend.close()
+
+
+def test_a_range_past_the_end_of_a_video_whose_header_gives_no_count(tmp_path: Path, tone_wav: Path) -> None:
+    """Matroska headers carry no frame count: the range is checked against the frames actually decoded."""
+    import av
+
+    from lipsync_tools.media.video import probe_video
+
+    video = tmp_path / "no-count.mkv"
+    with av.open(str(video), "w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i, image in enumerate(samples.astronaut_frames(60)):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert probe_video(video).frame_count == 0
+    with pytest.raises(UsageError, match="--end 100f is frame 100, past the end of the video: the video has 60"):
+        build_package(video, tmp_path / "x.sanders", audio=tone_wav, options=BuildOptions(end="100f"))
+    assert not (tmp_path / "x.sanders").exists()
+    result = build_package(video, tmp_path / "ok.sanders", audio=tone_wav, options=BuildOptions(end="50f"))
+    assert kept(result) == (0, 50) and result.manifest.footage is not None
+    assert result.manifest.footage.source_frames == 51  # the decode stopped one frame after --end
