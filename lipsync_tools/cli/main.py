@@ -17,7 +17,7 @@ import typer
 
 from .._quiet import quiet_third_party
 from .._version import __version__
-from ..errors import BuildFailedError, LipsyncError, PackageFormatError, UsageError
+from ..errors import BuildFailedError, LipsyncError, PackageFormatError, PackageVersionError, UsageError
 from .output import (
     AudioEncoderOpt,
     AudioModeOpt,
@@ -434,9 +434,11 @@ def validate_cmd(
     def action() -> None:
         report = {}
         bad = 0
+        codes: set[int] = set()
         for path in packages:
             problems = validate_package(path)
             report[str(path)] = [{"dataset": p.dataset, "message": p.message} for p in problems]
+            codes.update(p.exit_code for p in problems)
             if problems:
                 bad += 1
                 if not json_output:
@@ -447,7 +449,9 @@ def validate_cmd(
         if json_output:
             print_json({"ok": bad == 0, "packages": report})
         if bad:
-            raise typer.Exit(PackageFormatError.exit_code)
+            # 12 when the only trouble is a newer major format version (upgrade lipsync-tools), else 11
+            version_only = codes == {PackageVersionError.exit_code}
+            raise typer.Exit(PackageVersionError.exit_code if version_only else PackageFormatError.exit_code)
 
     run_command(debug, json_output, action)
 

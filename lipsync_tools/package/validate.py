@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import LipsyncError
+from ..errors import LipsyncError, PackageFormatError
 from .manifest import SEGMENT_END_REASONS, SEGMENT_START_REASONS, SELECTIONS, Manifest, longest_run
 from .reader import _shape_symbols, expected_shape, open_hdf5, read_manifest
 from .spec import DATASETS, DATASETS_BY_PATH, MEL_WINDOW
@@ -21,6 +21,7 @@ _HASH_BLOCK = 64  # rows hashed per read, so validating a long package needs lit
 class Problem:
     dataset: str  # dataset path, or "manifest" / "file"
     message: str
+    exit_code: int = PackageFormatError.exit_code  # PackageVersionError's (12) for a newer major version
 
     def __str__(self) -> str:
         return f"{self.dataset}: {self.message}"
@@ -52,12 +53,12 @@ def validate_package(path: str | Path) -> list[Problem]:
     try:
         f = open_hdf5(path)
     except LipsyncError as exc:
-        return [Problem("file", str(exc))]
+        return [Problem("file", str(exc), exc.exit_code)]
     with f:
         try:
             manifest = read_manifest(f, path)
         except LipsyncError as exc:
-            return [Problem("manifest", str(exc))]
+            return [Problem("manifest", str(exc), exc.exit_code)]
         return _check_datasets(f, manifest)
 
 

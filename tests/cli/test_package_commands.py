@@ -62,3 +62,27 @@ def test_preview_writes_a_contact_sheet(head_package: Path, tmp_path: Path):
     assert sheet is not None and sheet.shape[0] > 4 * (240 + 6)  # the rows, then the timeline strip
     assert runner.invoke(app, ["preview", str(head_package), "-o", str(out)]).exit_code == 9  # needs --force
     assert runner.invoke(app, ["preview", str(head_package), "-o", str(tmp_path / "s.jpg")]).exit_code == 2
+
+
+def _newer_major(source: Path, path: Path) -> Path:
+    """A copy of ``source`` that says it was written by format 2.0."""
+    shutil.copy(source, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = "2.0"
+        manifest = json.loads(f.attrs["manifest"])
+        manifest["format_version"] = "2.0"
+        f.attrs["manifest"] = json.dumps(manifest)
+    return path
+
+
+def test_a_newer_major_version_exits_12_as_the_readme_says(head_package: Path, tmp_path: Path):
+    newer = _newer_major(head_package, tmp_path / "newer.sanders")
+    for command in (["validate", str(newer)], ["inspect", str(newer)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 12, (command, result.output)
+        assert "newer than this lipsync-tools reads" in result.output and "upgrade" in result.output
+    # with another package that is damaged in another way, the general code wins
+    broken = tmp_path / "broken.sanders"
+    broken.write_bytes(b"not hdf5")
+    assert runner.invoke(app, ["validate", str(newer), str(broken)]).exit_code == 11
+    assert runner.invoke(app, ["validate", str(newer), str(head_package)]).exit_code == 12
