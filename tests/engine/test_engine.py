@@ -261,7 +261,7 @@ def test_batch_waits_at_most_max_wait(store: PackageStore, identity_backend: Inf
 
 def test_an_uncontended_caller_does_not_wait(store: PackageStore, identity_backend: InferenceBackend):
     backend = SlowBackend(identity_backend)
-    engine = Engine(store, backend, EngineOptions(max_batch=8, max_wait_ms=200.0))
+    engine = Engine(store, backend, EngineOptions(max_batch=8, max_wait_ms=1000.0))
 
     async def scenario() -> list[float]:
         await engine.start()
@@ -277,8 +277,9 @@ def test_an_uncontended_caller_does_not_wait(store: PackageStore, identity_backe
 
     times = asyncio.run(scenario())
     assert backend.sizes == [1, 1, 1, 1]
-    assert times[0] >= 0.19  # the first request waits the window: others might have come
-    assert max(times[1:]) < 0.15  # then a lone caller goes straight to the model
+    # a window long enough that no scheduling hiccup on a shared machine blurs the two cases
+    assert times[0] >= 0.99  # the first request waits the window: others might have come
+    assert max(times[1:]) < 0.5  # then a lone caller goes straight to the model
 
 
 def test_full_queue_answers_overloaded(store: PackageStore, identity_backend: InferenceBackend):
