@@ -51,20 +51,20 @@ GOLDEN: dict[str, tuple[Message, str, str]] = {
             image=ImageFormat.JPEG,
             width=1280,
             height=720,
-            timings={"infer": 3456, "encode": 789},
+            timings={"inference": 3456, "encode": 789},
             payload=b"\xff\xd8\xff\xd9",
         ),
         """
         4c 53 59 4e 02 02 00 00 07 00 00 00 00 00 2a 00
-        00 00 00 01 2e 00 00 00 04 00 00 00 00 00 00 00
+        00 00 00 01 32 00 00 00 04 00 00 00 00 00 00 00
         00 05 d0 02 00 00 00 00 00 00 00 00 00 00 00 00
-        00 00 00 00 00 00 00 00 02 05 69 6e 66 65 72 80
-        0d 00 00 06 65 6e 63 6f 64 65 15 03 00 00 ff d8
-        ff d9
+        00 00 00 00 00 00 00 00 02 09 69 6e 66 65 72 65
+        6e 63 65 80 0d 00 00 06 65 6e 63 6f 64 65 15 03
+        00 00 ff d8 ff d9
         """,
         '{"v":2,"type":"frame_reply","request_id":7,"frame_index":42,"image":"jpeg","width":1280,"height":720,'
         '"rect":null,"silence":false,"session_frame":null,"audio_offset":null,'
-        '"timings":{"infer":3456,"encode":789},"payload":"/9j/2Q=="}',
+        '"timings":{"inference":3456,"encode":789},"payload":"/9j/2Q=="}',
     ),
     "crop-reply": (
         FrameReply(
@@ -74,19 +74,19 @@ GOLDEN: dict[str, tuple[Message, str, str]] = {
             width=2,
             height=1,
             rect=(600, 380, 696, 476),
-            timings={"infer": 2500},
+            timings={"inference": 2500},
             payload=bytes([0, 0, 255, 255, 255, 255]),
         ),
         """
         4c 53 59 4e 02 02 00 00 08 00 00 00 00 00 2b 00
-        00 00 00 04 23 00 00 00 06 00 00 00 00 00 00 00
+        00 00 00 04 27 00 00 00 06 00 00 00 00 00 00 00
         02 00 01 00 58 02 7c 01 b8 02 dc 01 00 00 00 00
-        00 00 00 00 00 00 00 00 01 05 69 6e 66 65 72 c4
-        09 00 00 00 00 ff ff ff ff
+        00 00 00 00 00 00 00 00 01 09 69 6e 66 65 72 65
+        6e 63 65 c4 09 00 00 00 00 ff ff ff ff
         """,
         '{"v":2,"type":"frame_reply","request_id":8,"frame_index":43,"image":"crop_only","width":2,"height":1,'
         '"rect":[600,380,696,476],"silence":false,"session_frame":null,"audio_offset":null,'
-        '"timings":{"infer":2500},"payload":"AAD/////"}',
+        '"timings":{"inference":2500},"payload":"AAD/////"}',
     ),
     "session-frame-reply": (
         FrameReply(
@@ -96,21 +96,21 @@ GOLDEN: dict[str, tuple[Message, str, str]] = {
             width=2,
             height=1,
             rect=(600, 380, 696, 476),
-            timings={"infer": 2500},
+            timings={"inference": 2500},
             session_frame=3,
             audio_offset=1920,
             payload=bytes([0, 0, 255, 255, 255, 255]),
         ),
         """
         4c 53 59 4e 02 02 02 00 00 00 00 00 00 00 2d 00
-        00 00 00 04 23 00 00 00 06 00 00 00 00 00 00 00
+        00 00 00 04 27 00 00 00 06 00 00 00 00 00 00 00
         02 00 01 00 58 02 7c 01 b8 02 dc 01 03 00 00 00
-        80 07 00 00 00 00 00 00 01 05 69 6e 66 65 72 c4
-        09 00 00 00 00 ff ff ff ff
+        80 07 00 00 00 00 00 00 01 09 69 6e 66 65 72 65
+        6e 63 65 c4 09 00 00 00 00 ff ff ff ff
         """,
         '{"v":2,"type":"frame_reply","request_id":0,"frame_index":45,"image":"crop_only","width":2,"height":1,'
         '"rect":[600,380,696,476],"silence":false,"session_frame":3,"audio_offset":1920,'
-        '"timings":{"infer":2500},"payload":"AAD/////"}',
+        '"timings":{"inference":2500},"payload":"AAD/////"}',
     ),
     "error-reply": (
         ErrorReply(request_id=7, code=ErrorCode.UNKNOWN_PACKAGE, message="no package 'bob'"),
@@ -265,3 +265,18 @@ def test_spec_examples_match_golden_bytes() -> None:
         assert golden_bytes(dump) == golden_bytes(expected[name]), name
     for name, (_, _, text) in [*GOLDEN.items(), ("error-reply-v1", V1_ERROR)]:
         assert text in spec, f"JSON example {name} missing from docs/protocol.md"
+
+
+def test_the_spec_names_only_timing_stages_the_engines_emit() -> None:
+    """docs/protocol.md's worked examples and its list of stage names use the engines' real names."""
+    from lipsync_tools.engine.engine import SILENT_STAGES, STAGES
+    from lipsync_tools.engine.original import ORIGINAL_STAGES
+
+    emitted = set(STAGES) | set(SILENT_STAGES) | set(ORIGINAL_STAGES)
+    for name, (message, _, _) in GOLDEN.items():
+        if isinstance(message, FrameReply):
+            assert set(message.timings) <= emitted, name
+    spec = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    named = set(re.findall(r'"timings":\{([^}]*)\}', spec))
+    for timings in named:
+        assert set(json.loads("{" + timings + "}")) <= emitted, timings
