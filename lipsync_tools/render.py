@@ -153,6 +153,7 @@ def render_video(
                         np.ascontiguousarray(mel[:, int(starts[k]) : int(starts[k]) + MEL_WINDOW_FRAMES]),
                         request_id=k, package_id=source.package_id,
                         frame_index=pingpong_index(k, source.n_frames), image=source.image_format,
+                        jpeg_quality=source.jpeg_quality,
                     )
                     for k in range(first, min(first + options.max_batch, n_out))
                 ]
@@ -183,6 +184,11 @@ def _pixels(reply: FrameReply) -> np.ndarray:
     return decode_image(reply.payload)
 
 
+RENDER_JPEG_QUALITY = 95
+"""JPEG quality of the frames ``render --server`` asks a remote server for: high, because the frames are
+encoded again into the mp4 (on loopback they travel as raw BGR, with no lossy step at all)."""
+
+
 class _FrameSource:
     """Where frames come from: the local engine or a server. A context manager; fields set on enter."""
 
@@ -193,6 +199,7 @@ class _FrameSource:
     width: int
     height: int
     image_format: ImageFormat = ImageFormat.RAW_BGR
+    jpeg_quality: int = RENDER_JPEG_QUALITY  # used when image_format is JPEG (a server on another host)
     model: ModelInfo | None = None
 
     def __enter__(self) -> _FrameSource:
@@ -267,8 +274,8 @@ class _ServerSource(_FrameSource):
 
     ``package`` names a package the server has loaded (its id, or the path it was loaded from); failing
     that, a package file is loaded at run time (the server must be able to read the path) and unloaded at
-    the end. Frames travel as raw BGR on loopback (no lossy step before the mp4) and as JPEG (quality 95)
-    to another host.
+    the end. Frames travel as raw BGR on loopback (no lossy step before the mp4) and as JPEG (quality
+    :data:`RENDER_JPEG_QUALITY`, 95) to another host.
 
     A package whose audio window spans several frames (SyncTalk_2D's AVE: 16 rows around each frame) is
     rendered through an unpaced *session* instead: the server then computes every frame's features from the
@@ -312,7 +319,10 @@ class _ServerSource(_FrameSource):
             from .protocol.messages import Pacing
 
             self.session = self.client.session(
-                self.package_id, image=self.image_format, pacing=Pacing.UNPACED
+                self.package_id,
+                image=self.image_format,
+                jpeg_quality=self.jpeg_quality,
+                pacing=Pacing.UNPACED,
             )
             self.session_frames = iter(self.session.play(pcm16_from_float(pcm)))
         else:

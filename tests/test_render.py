@@ -6,6 +6,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +134,30 @@ def test_a_session_and_an_offline_render_give_the_model_the_same_mel_windows(
     assert len(frames) == result.frames == len(rendered) == len(rows)
     for k, (live, offline) in enumerate(zip(rows, rendered, strict=True)):
         np.testing.assert_allclose(live, offline, atol=1e-4, err_msg=f"frame {k}")
+
+
+def test_render_from_another_host_asks_for_jpeg_at_the_documented_quality(
+    head_package: Path, speech_wav: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """docs/engine.md: frames come back raw on loopback, JPEG 95 otherwise (127.0.0.2 is not 127.0.0.1)."""
+    import lipsync_tools.render as render_module
+    from lipsync_tools.protocol import FrameRequest, ImageFormat
+    from lipsync_tools.server import PackageSpec, ServerConfig
+    from tests.server.servers import running_server
+
+    asked: list[tuple[ImageFormat, int]] = []
+
+    class Recording(FrameRequest):
+        @classmethod
+        def from_mel(cls, *args: Any, **kwargs: Any) -> FrameRequest:
+            request = FrameRequest.from_mel(*args, **kwargs)
+            asked.append((request.image, request.jpeg_quality))
+            return request
+
+    monkeypatch.setattr(render_module, "FrameRequest", Recording)
+    config = ServerConfig(packages=(PackageSpec(id="served", path=head_package),), host="127.0.0.2", port=0,
+                          model="identity", backend="torch")
+    with running_server(config) as server:
+        assert "127.0.0.2" in server.url
+        render_video("served", speech_wav, tmp_path / "remote.mp4", server_url=server.url)
+    assert set(asked) == {(ImageFormat.JPEG, 95)} and render_module.RENDER_JPEG_QUALITY == 95
