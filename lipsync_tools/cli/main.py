@@ -456,6 +456,44 @@ def validate_cmd(
     run_command(debug, json_output, action)
 
 
+@app.command("migrate")
+def migrate_cmd(
+    package: Annotated[Path, typer.Argument(help="A .sanders package of an older format version.",
+                                            show_default=False)],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the migrated package here (default: in place)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would change; write nothing.")
+    ] = False,
+    json_output: JsonOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Rewrite a package in the current format version (only the manifest changes; the copy is validated
+    and renamed into place atomically)."""
+    from ..package.migrate import migrate_package
+
+    def action() -> None:
+        result = migrate_package(package, output, dry_run=dry_run, force=force)
+        if json_output:
+            print_json(result.to_dict())
+            return
+        if not result.needed:
+            stderr.print(f"{package}: already format {result.from_version}; nothing to do", highlight=False,
+                         markup=False, soft_wrap=True)
+            return
+        verb = "would migrate" if dry_run else "migrated"
+        stderr.print(f"{verb} {package} from format {result.from_version} to {result.to_version}"
+                     + ("" if dry_run or result.output == package else f" into {result.output}"),
+                     highlight=False, markup=False, soft_wrap=True)
+        for change in result.changes:
+            stderr.print(f"  {change}", highlight=False, markup=False, soft_wrap=True)
+
+    run_command(debug, json_output, action)
+
+
 @app.command("preview")
 def preview_cmd(
     package: Annotated[Path, typer.Argument(help="A .sanders package.", show_default=False)],

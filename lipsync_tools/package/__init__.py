@@ -1,6 +1,7 @@
 """The sanders package format: write, open (memory-mapped), validate, migrate."""
 
 from .manifest import Manifest
+from .migrate import MigrationResult, migrate_package
 from .reader import Package, open_package
 from .spec import FILE_SUFFIX, FORMAT_NAME, FORMAT_VERSION
 from .validate import Problem, validate_package
@@ -11,10 +12,12 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Manifest",
+    "MigrationResult",
     "Package",
     "PackageWriter",
     "Problem",
     "check_output_path",
+    "migrate_package",
     "open_package",
     "validate_package",
 ]
