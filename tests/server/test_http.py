@@ -124,7 +124,7 @@ def test_health_ready_and_metrics(url: str) -> None:
         "# TYPE lipsync_frames_total counter",
         'lipsync_frames_total{silence="false",source="http"}',
         "# TYPE lipsync_stage_seconds histogram",
-        'lipsync_stage_seconds_bucket{stage="inference",le="+Inf"}',
+        'lipsync_stage_seconds_bucket{le="+Inf",stage="inference"}',
         "# TYPE lipsync_batch_size histogram",
         "lipsync_queue_depth ",
         "lipsync_active_sessions ",
