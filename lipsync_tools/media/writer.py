@@ -17,6 +17,7 @@ import av.error
 import cv2
 import numpy as np
 
+from lipsync_tools._atomic import atomic_replace
 from lipsync_tools.errors import OutputNotWritableError, UsageError
 
 __all__ = ["pick_video_codec", "write_video"]
@@ -83,7 +84,12 @@ def write_video(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, target)
+        try:
+            atomic_replace(temp, target)  # fsync the video, rename, fsync the folder
+        except OSError as exc:  # a full disk may first show at the fsync
+            raise OutputNotWritableError(
+                f"cannot write {target} ({exc.strerror or exc}); free some space or choose another -o."
+            ) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()

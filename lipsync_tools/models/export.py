@@ -6,7 +6,6 @@ its output matched the torch model's, so a failed export never leaves a file tha
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lipsync_tools._atomic import atomic_replace, temp_path
 from lipsync_tools.errors import OutputExistsError, OutputNotWritableError, UsageError
 from lipsync_tools.models.families import LoadedNetwork, get_family, load_network, random_network
 
@@ -83,7 +83,7 @@ def export_model(
     from lipsync_tools.models.onnx_backend import export_onnx
 
     fam, mode = network.family, network.audio_mode
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp = temp_path(output)
     try:
         try:
             export_onnx(network.module, str(tmp), fam)
@@ -110,7 +110,10 @@ def export_model(
             )
         inputs = {i.name: list(i.shape) for i in session.get_inputs()}
         outputs = {o.name: list(o.shape) for o in session.get_outputs()}
-        os.replace(tmp, output)
+        try:
+            atomic_replace(tmp, output)
+        except OSError as exc:
+            raise OutputNotWritableError(f"cannot write {output}: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lipsync_tools._atomic import atomic_replace
 from lipsync_tools.errors import BackendUnavailableError, OutputNotWritableError
 from lipsync_tools.models.backends import BackendOptions, audio_mode_of, check_batch
 from lipsync_tools.models.families import get_family
@@ -113,7 +114,7 @@ def cached_onnx(model: nn.Module, cache_dir: Path, family: ModelFamily | None = 
         ) from exc
     try:
         export_onnx(model, tmp, family)
-        os.replace(tmp, path)
+        atomic_replace(Path(tmp), path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

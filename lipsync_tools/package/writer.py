@@ -2,11 +2,15 @@
 
 An interrupted or failed build never leaves a file at the output path: everything goes to
 ``.NAME.sanders.<pid>.tmp`` in the same folder (so the final rename is atomic on the same file system)
-and that file is removed on any error.
+and that file is removed on any error, including one in the constructor. :meth:`PackageWriter.commit` puts
+it in place with :func:`lipsync_tools._atomic.atomic_replace` (fsync the file, rename, fsync the folder).
+A process killed outright (SIGKILL, power loss) can leave the hidden temporary file behind, never a file at
+the output path; the next build uses its own PID's name, so it is not blocked by it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +21,7 @@ from types import TracebackType
 import h5py
 import numpy as np
 
+from .._atomic import atomic_replace, temp_path
 from ..errors import OutputExistsError, OutputNotWritableError, PackageFormatError
 from .manifest import DatasetMeta, Manifest
 from .spec import DATASETS_BY_PATH, FORMAT_NAME, format_version_string
@@ -76,28 +81,39 @@ class PackageWriter:
     def __init__(self, path: Path, *, n_frames: int, crop_size: int, num_points: int, force: bool) -> None:
         check_output_path(path, force)
         self.path = path
-        self.tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.tmp_path = temp_path(path)
         self.n_frames = n_frames
+        self.num_points = num_points
         self._frames_hash = _FramesHash()
         self._stream_hash = {"crops": hashlib.sha256(), "masks/blend": hashlib.sha256()}
         self._next_frame = 0
         self._written: dict[str, DatasetMeta] = {}
+        # mode "w" truncates: a stale file of a killed process that had our PID is simply reused
+        stale = self.tmp_path.exists()
         try:
             self._file = h5py.File(self.tmp_path, "w", libver=("earliest", "v110"), track_order=True)
         except OSError as exc:
+            if not stale:  # HDF5 may have created the file before failing; what was there is not ours
+                with contextlib.suppress(OSError):
+                    self.tmp_path.unlink(missing_ok=True)
             raise OutputNotWritableError(f"cannot create {self.tmp_path}: {exc}") from exc
-        f = self._file
-        self._frames = f.create_dataset(
-            "frames",
-            shape=(n_frames,),
-            dtype=h5py.vlen_dtype(np.uint8),
-            chunks=(min(n_frames, 64),),
-            track_times=False,
-        )
-        s = crop_size
-        self._crops = self._hot("crops", (n_frames, s, s, 3), np.uint8)
-        self._blend = self._hot("masks/blend", (n_frames, s, s), np.uint8)
-        self.num_points = num_points
+        try:
+            # the hot arrays are allocated here, so a full disk fails here: the file exists, remove it
+            self._frames = self._file.create_dataset(
+                "frames",
+                shape=(n_frames,),
+                dtype=h5py.vlen_dtype(np.uint8),
+                chunks=(min(n_frames, 64),),
+                track_times=False,
+            )
+            s = crop_size
+            self._crops = self._hot("crops", (n_frames, s, s, 3), np.uint8)
+            self._blend = self._hot("masks/blend", (n_frames, s, s), np.uint8)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise OutputNotWritableError(f"cannot write {self.tmp_path}: {exc}") from exc
+            raise
 
     # -- helpers -------------------------------------------------------------------------------------
     def _hot(self, name: str, shape: tuple[int, ...], dtype: type) -> h5py.Dataset:
@@ -165,7 +181,12 @@ class PackageWriter:
 
     # -- finish --------------------------------------------------------------------------------------
     def commit(self, manifest: Manifest) -> Manifest:
-        """Write the manifest with every dataset's checksum, flush, and rename into place."""
+        """Write the manifest with every dataset's checksum, then put the file in place: close (flushing
+        HDF5's buffers), fsync, rename over the output path, fsync the folder.
+
+        Raises :class:`OutputNotWritableError` when the disk refuses the data (e.g. it is full); the
+        context manager then deletes the temporary file and the output path is as it was.
+        """
         if self._next_frame != self.n_frames:
             raise PackageFormatError(f"internal: {self._next_frame} of {self.n_frames} frames were written")
         datasets = dict(self._written)
@@ -183,9 +204,10 @@ class PackageWriter:
         f.attrs["manifest"] = manifest.to_json()
         f.flush()
         f.close()
-        with open(self.tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp_path, self.path)
+        try:
+            atomic_replace(self.tmp_path, self.path)
+        except OSError as exc:
+            raise OutputNotWritableError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         return manifest
 
     def abort(self) -> None:
@@ -194,7 +216,8 @@ class PackageWriter:
             if self._file.id.valid:
                 self._file.close()
         finally:
-            self.tmp_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> PackageWriter:
         return self

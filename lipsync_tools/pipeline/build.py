@@ -472,11 +472,13 @@ def build_package(
     )
     scheme = backend.scheme
     size = crop_opts.size
-    with timer("write"):
-        writer = PackageWriter(
-            output, n_frames=n_frames, crop_size=size, num_points=scheme.num_points, force=force
-        )
-    with writer:
+    # created by the `with` itself: nothing may run between creating the temporary file and the block that
+    # deletes it on failure (issue 11)
+    write_started = time.perf_counter()
+    with PackageWriter(
+        output, n_frames=n_frames, crop_size=size, num_points=scheme.num_points, force=force
+    ) as writer:
+        timer.add("write", time.perf_counter() - write_started)
         progress.start("Cropping and writing", n_frames)
         for index, frame in enumerate(timer.timed_frames(video)):
             if index < kept.start:

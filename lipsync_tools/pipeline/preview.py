@@ -18,13 +18,13 @@ bar, triangles above it mark the rows' frames, and a legend row says what each m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import LipsyncError, UsageError
+from .._atomic import atomic_output
+from ..errors import LipsyncError, OutputNotWritableError, UsageError
 from ..media.images import decode_image
 from ..package.manifest import FootageMeta, longest_run
 from ..package.reader import Package, open_package, read_encoded_frames
@@ -383,10 +383,9 @@ def make_contact_sheet(
     ok, data = cv2.imencode(".png", sheet)
     if not ok:
         raise LipsyncError(f"could not encode the contact sheet for {output}")
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_output(output) as tmp:
+            tmp.write_bytes(data.tobytes())
+    except OSError as exc:
+        raise OutputNotWritableError(f"cannot write {output}: {exc.strerror or exc}") from exc
     return output

@@ -50,6 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
+from .._atomic import fsync_folder
 from ..errors import DownloadError, OutputExistsError, OutputNotWritableError, UsageError
 from .sizes import format_size
 
@@ -315,7 +316,7 @@ def pull(
             transfer.clean_up(exc)
             raise
         transfer.meta.unlink(missing_ok=True)  # while still locked: a new download may write its own
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)  # the part was fsync-ed before the rename (end of _Transfer._stream)
     return PullResult(
         path=target,
         bytes=transfer.size,
@@ -390,19 +391,6 @@ def _locked_part(part: Path) -> Iterator[IO[bytes]]:
             yield fh
             return
     raise busy
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (POSIX: the folder's entry is data too)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a folder; the rename itself has happened
-    finally:
-        os.close(fd)
 
 
 def _one_line(exc: BaseException) -> str:
