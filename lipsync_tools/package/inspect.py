@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from .manifest import FootageMeta, Manifest
-from .reader import open_hdf5, read_manifest
+from .reader import HDF5_DAMAGE, damaged, open_hdf5, read_manifest
 
 
 def package_warnings(path: str | Path) -> list[str]:
@@ -47,8 +47,11 @@ def describe_package(path: str | Path) -> dict[str, Any]:
                     "bytes": size,
                 }
 
-        f.visititems(visit)
-        filled = np.flatnonzero(f["filled"][...]).tolist() if "filled" in f else []
+        try:
+            f.visititems(visit)
+            filled = np.flatnonzero(f["filled"][...]).tolist() if "filled" in f else []
+        except HDF5_DAMAGE as exc:  # nothing in this block raises our errors
+            raise damaged(path, exc) from exc
     m = manifest.to_dict()
     return {
         "path": str(path),

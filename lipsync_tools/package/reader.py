@@ -15,7 +15,7 @@ import cv2
 import h5py
 import numpy as np
 
-from ..errors import InputNotFoundError, PackageFormatError, UsageError
+from ..errors import InputNotFoundError, LipsyncError, PackageFormatError, UsageError
 from .manifest import Manifest, check_version, parse_version
 from .spec import (
     DATASETS,
@@ -130,8 +130,30 @@ def _feature_width(f: h5py.File) -> int:
     return int(f["audio/features"].shape[1])
 
 
+# What h5py raises when a file's internal structure is damaged (a killed writer, flipped bytes): a broken
+# object header is a KeyError, a bad B-tree an OSError or RuntimeError. Readers turn them into one error.
+HDF5_DAMAGE = (KeyError, OSError, RuntimeError)
+
+
+def damaged(path: Path, exc: BaseException) -> PackageFormatError:
+    """The error for a package whose HDF5 structure cannot be read."""
+    return PackageFormatError(
+        f"{path}: the HDF5 structure is damaged ({type(exc).__name__}: {exc}); the file was not written "
+        "completely or was changed afterwards. Rebuild it, or copy it again"
+    )
+
+
 def read_manifest(f: h5py.File, path: Path) -> Manifest:
     """Check the root attributes and parse the manifest (raises PackageFormatError/PackageVersionError)."""
+    try:
+        return _read_manifest(f, path)
+    except LipsyncError:
+        raise
+    except HDF5_DAMAGE as exc:
+        raise damaged(path, exc) from exc
+
+
+def _read_manifest(f: h5py.File, path: Path) -> Manifest:
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode("utf-8", "replace")
@@ -231,6 +253,15 @@ def open_package(path: str | Path, *, mmap: bool = True, load_frames: bool = Tru
     with :func:`read_encoded_frames`.
     """
     path = Path(path)
+    try:
+        return _open_package(path, mmap, load_frames)
+    except LipsyncError:
+        raise
+    except HDF5_DAMAGE as exc:
+        raise damaged(path, exc) from exc
+
+
+def _open_package(path: Path, mmap: bool, load_frames: bool) -> Package:
     with open_hdf5(path) as f:
         manifest = read_manifest(f, path)
         symbols = _shape_symbols(manifest, f)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import LipsyncError, PackageFormatError
 from .manifest import SEGMENT_END_REASONS, SEGMENT_START_REASONS, SELECTIONS, Manifest, longest_run
-from .reader import _shape_symbols, expected_shape, open_hdf5, read_manifest
+from .reader import HDF5_DAMAGE, _shape_symbols, damaged, expected_shape, open_hdf5, read_manifest
 from .spec import DATASETS, DATASETS_BY_PATH, MEL_WINDOW
 
 _HASH_BLOCK = 64  # rows hashed per read, so validating a long package needs little RAM
@@ -59,7 +59,12 @@ def validate_package(path: str | Path) -> list[Problem]:
             manifest = read_manifest(f, path)
         except LipsyncError as exc:
             return [Problem("manifest", str(exc), exc.exit_code)]
-        return _check_datasets(f, manifest)
+        try:
+            return _check_datasets(f, manifest)
+        except LipsyncError as exc:
+            return [Problem("file", str(exc), exc.exit_code)]
+        except HDF5_DAMAGE as exc:
+            return [Problem("file", str(damaged(path, exc)))]
 
 
 def _check_datasets(f: h5py.File, manifest: Manifest) -> list[Problem]:

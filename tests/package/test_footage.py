@@ -164,3 +164,25 @@ def test_dropped_stretches_cover_everything_not_stored() -> None:
 def test_longest_run() -> None:
     assert longest_run(np.array([0, 1, 1, 0, 1, 1, 1, 0])) == 3
     assert longest_run(np.zeros(5)) == 0 and longest_run(np.ones(5)) == 5 and longest_run(np.array([])) == 0
+
+
+def test_a_damaged_hdf5_structure_is_a_package_error_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """h5py reports a broken object header (a killed writer's leftover) as KeyError: every reader says
+    'damaged' with exit 11 instead of an internal error."""
+    import h5py
+
+    from lipsync_tools.package import validate as validate_module
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise KeyError("Unable to synchronously open object (bad object header version number)")
+
+    monkeypatch.setattr(validate_module, "_check_datasets", broken)
+    (problem,) = validate_package(V1_2)
+    assert problem.dataset == "file" and "HDF5 structure is damaged" in problem.message
+    assert problem.exit_code == 11
+    monkeypatch.setattr(h5py.Group, "visititems", broken)
+    with pytest.raises(PackageFormatError, match="HDF5 structure is damaged"):
+        describe_package(V1_2)
+    monkeypatch.setattr(h5py.Group, "__getitem__", broken)
+    with pytest.raises(PackageFormatError, match="HDF5 structure is damaged"):
+        open_package(V1_2)
