@@ -105,6 +105,22 @@ def serve_cmd(
     max_sessions: Annotated[
         int, typer.Option("--max-sessions", help="Most live sessions at once, whatever the capacity.")
     ] = 32,
+    max_sessions_per_ip: Annotated[
+        int,
+        typer.Option(
+            "--max-sessions-per-ip",
+            help="Most live sessions of one client address ('overloaded' beyond). Behind a reverse proxy "
+            "every client has the proxy's address: raise it to --max-sessions there.",
+        ),
+    ] = 8,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            help="Most open WebSockets plus HTTP requests being answered (/healthz, /readyz and /metrics "
+            "aside); one more gets 'overloaded' (HTTP 503, WebSocket close 1013).",
+        ),
+    ] = 256,
     session_idle_timeout: Annotated[
         float,
         typer.Option(
@@ -251,6 +267,8 @@ def serve_cmd(
             queue_limit=queue_limit,
             min_session_fps=min_session_fps,
             max_sessions=max_sessions,
+            max_sessions_per_ip=max_sessions_per_ip,
+            max_connections=max_connections,
             sessions=SessionLimits(idle_timeout_seconds=session_idle_timeout),
             token=token,
             allow_urls=allow_urls,

@@ -93,3 +93,20 @@ MAX_BINARY_MESSAGE_BYTES: Final = BINARY_HEADER_SIZE + MAX_PACKAGE_ID_LEN + MAX_
 
 MAX_JSON_MESSAGE_BYTES: Final = 4 * ((MAX_REPLY_PAYLOAD + 2) // 3) + (64 << 10)
 """Upper bound of any JSON message: base64 of the largest payload plus 64 KiB for the other fields."""
+
+# --- what a client can send -------------------------------------------------------------------------------
+MAX_CLIENT_PAYLOAD: Final = max(MAX_AUDIO_CHUNK_BYTES, PCM_WINDOW_BYTES, MEL_WINDOW_BYTES)
+"""Largest payload of any *valid* client message: an audio_chunk's 1 MiB (a frame_request's audio is exactly
+6400 or 5120 bytes, or none; session_start and session_end carry none)."""
+
+MAX_CLIENT_BINARY_MESSAGE_BYTES: Final = max(
+    BINARY_HEADER_SIZE + MAX_AUDIO_CHUNK_BYTES,  # audio_chunk: no package id, no field block
+    BINARY_HEADER_SIZE + MAX_PACKAGE_ID_LEN + 1 + max(PCM_WINDOW_BYTES, MEL_WINDOW_BYTES),  # frame_request
+)
+"""Largest valid binary message a client can send (1 MiB + 32 B: a full audio_chunk). A server MAY refuse
+anything longer before decoding it (the reference server does: its WebSocket and HTTP body cap)."""
+
+MAX_CLIENT_JSON_MESSAGE_BYTES: Final = 4 * ((MAX_CLIENT_PAYLOAD + 2) // 3) + (64 << 10)
+"""Largest valid JSON message a client can send, in UTF-8 bytes: base64 of :data:`MAX_CLIENT_PAYLOAD`
+(1,398,104 B) plus the 64 KiB for the other keys, escapes and whitespace that :data:`MAX_JSON_MESSAGE_BYTES`
+allows too (1,463,640 B, about 1.4 MiB)."""

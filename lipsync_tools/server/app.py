@@ -17,8 +17,10 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +60,14 @@ from lipsync_tools.server.config import (
 from lipsync_tools.server.demo import demo_routes
 from lipsync_tools.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lipsync_tools.server.metrics import Metrics
-from lipsync_tools.server.sessions import EngineLike, PackageInfoLike, StreamConnection
+from lipsync_tools.server.sessions import (
+    CLOSE_TRY_AGAIN_LATER,
+    EngineLike,
+    PackageInfoLike,
+    StreamConnection,
+    decode_message,
+    encode_body,
+)
 
 log = logging.getLogger("lipsync.server")
 
@@ -178,6 +187,13 @@ class ServerState:
             min_session_fps=config.min_session_fps, max_sessions=config.max_sessions,
             max_batch=config.max_batch, post_seconds=self._post_seconds,
         )
+        self._client_sessions: dict[str, int] = {}  # live sessions by client address
+        # Large JSON messages are encoded/decoded here, off the event loop. Its own pool, not asyncio's
+        # default one, which catalog downloads and package loads may keep busy for minutes. The codecs hold
+        # the GIL most of the time, so more threads than cores would only queue.
+        self.codec_pool: Executor | None = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="lipsync-codec"
+        )
 
     def _post_seconds(self) -> float:
         return float(getattr(self.engine, "post_seconds", 0.0) or 0.0)
@@ -282,6 +298,28 @@ class ServerState:
         if release is not None:
             release(package_id)
 
+    def claim_client_session(self, host: str) -> None:
+        """Count a live session of client address ``host``; ``ProtocolError(overloaded)`` when that address
+        already runs ``--max-sessions-per-ip`` sessions (one client cannot take every session)."""
+        limit = self.config.max_sessions_per_ip
+        running = self._client_sessions.get(host, 0)
+        if running >= limit:
+            raise ProtocolError(
+                ErrorCode.OVERLOADED,
+                f"client address {host} already runs {running} live sessions, this server's "
+                f"--max-sessions-per-ip {limit}; end one of them first (clients behind one proxy share its "
+                "address: the server's operator can raise the limit)",
+            )
+        self._client_sessions[host] = running + 1
+
+    def release_client_session(self, host: str) -> None:
+        """A session of ``host`` counted by :meth:`claim_client_session` ended."""
+        left = self._client_sessions.get(host, 0) - 1
+        if left > 0:
+            self._client_sessions[host] = left
+        else:
+            self._client_sessions.pop(host, None)
+
     def package_info(self, package_id: str) -> PackageInfoLike:
         """Info of a loaded package; ``ProtocolError(unknown_package)`` otherwise."""
         info: PackageInfoLike = self.store.get(package_id).info
@@ -367,6 +405,9 @@ class ServerState:
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 await self.engine.stop()
+        if self.codec_pool is not None:
+            self.codec_pool.shutdown(wait=False, cancel_futures=True)
+            self.codec_pool = None  # encoding falls back to the event loop for whatever still runs
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -482,6 +523,61 @@ class BearerAuth:
         await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
 
 
+MONITORING_PATHS = ("/healthz", "/readyz", "/metrics")
+"""Paths the connection limit does not count or refuse: small, quick answers an operator (or a load balancer)
+needs most when the server is full."""
+
+
+class ConnectionLimit:
+    """ASGI middleware: at most ``max_connections`` open WebSockets and HTTP requests being answered at once.
+
+    One more is refused at once, with the protocol's ``overloaded`` error_reply (docs/protocol.md, *Errors*):
+    HTTP 503 with ``Retry-After: 1`` (binary body for a binary ``Content-Type``, else JSON), or a WebSocket
+    accepted, sent the error as a JSON text frame and closed with 1013 (*Try Again Later*), so a client
+    learns why. Each refusal is counted as an ``overloaded`` error. :data:`MONITORING_PATHS` are neither
+    counted nor refused. It sits outside the token check, so the limit also bounds work for clients without
+    a token.
+
+    An HTTP connection idling between requests (keep-alive) is not counted: it holds no request; uvicorn
+    closes it after its keep-alive timeout.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        self.limit = state.config.max_connections
+        self.open = 0  # one event loop: a plain counter is enough
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or str(scope.get("path", "")) in MONITORING_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.open >= self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.state.metrics.error(ErrorCode.OVERLOADED)
+        error = ProtocolError(ErrorCode.OVERLOADED, f"the server has {self.open} connections open, its "
+                              f"--max-connections {self.limit}; retry in a second")
+        if scope["type"] == "http":
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+            codec = CODECS["binary"] if content_type.startswith(CODECS["binary"].content_type) else None
+            response = error_response(error, codec)
+            response.headers["Retry-After"] = "1"
+            await response(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept", "subprotocol": accepted_subprotocol(scope)})
+        await send({"type": "websocket.send", "text": CODECS["json"].encode(ErrorReply.from_error(error))})
+        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": "overloaded"})
+
+
 # --- endpoints --------------------------------------------------------------------------------------------
 
 
@@ -535,7 +631,7 @@ class Endpoints:
         request_id = 0
         try:
             limit = MAX_BINARY_REQUEST_BYTES if codec.name == "binary" else MAX_JSON_REQUEST_BYTES
-            message = codec.decode(await read_body(request, limit))
+            message = await decode_message(codec, await read_body(request, limit), self.state.codec_pool)
             self.metrics.inc("lipsync_messages_total", protocol=codec.name, type=message.TYPE.wire_name)
             if not isinstance(message, FrameRequest):
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
@@ -553,7 +649,7 @@ class Endpoints:
             self.metrics.error(ErrorCode.INTERNAL)
             return error_response(ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), codec,
                                   request_id=request_id)
-        body = codec.encode(reply)
+        body = await encode_body(codec, reply, self.state.codec_pool)
         self.metrics.frame_sent("http", reply.silence)
         self.metrics.observe("lipsync_request_seconds", time.perf_counter() - started, endpoint="frame")
         return Response(body, media_type=codec.content_type)
@@ -729,4 +825,4 @@ def create_app(state: ServerState) -> ASGIApp:
         ],
         lifespan=lifespan,
     )
-    return BearerAuth(app, state)
+    return ConnectionLimit(BearerAuth(app, state), state)

@@ -12,26 +12,28 @@ from pathlib import Path
 from typing import Final, Literal
 
 from lipsync_tools.errors import InputNotFoundError, ProtocolError, UsageError
-from lipsync_tools.protocol import (
-    BINARY_HEADER_SIZE,
-    MAX_AUDIO_CHUNK_BYTES,
-    MAX_PACKAGE_ID_LEN,
-    MAX_REQUEST_PAYLOAD,
-    check_package_id,
-)
-from lipsync_tools.protocol.limits import MAX_FIELDS_LEN
+from lipsync_tools.protocol import MAX_AUDIO_CHUNK_BYTES, check_package_id
+from lipsync_tools.protocol.limits import MAX_CLIENT_BINARY_MESSAGE_BYTES, MAX_CLIENT_JSON_MESSAGE_BYTES
 
-MAX_BINARY_REQUEST_BYTES: Final = (
-    BINARY_HEADER_SIZE + MAX_PACKAGE_ID_LEN + MAX_FIELDS_LEN + MAX_REQUEST_PAYLOAD
-)
-"""Largest binary message a *client* may send (16 MiB payload + header): the server's receive cap."""
+MAX_BINARY_REQUEST_BYTES: Final = MAX_CLIENT_BINARY_MESSAGE_BYTES
+"""Largest binary message the server reads from a client (1 MiB + 32 B): the largest *valid* one, a full
+audio_chunk. A longer WebSocket message is answered ``oversize``, a longer ``POST /v1/frame`` body 413."""
 
-MAX_JSON_REQUEST_BYTES: Final = 4 * ((MAX_REQUEST_PAYLOAD + 2) // 3) + (64 << 10)
-"""Largest JSON message a client may send (base64 of 16 MiB + 64 KiB of fields): the server's receive cap.
-
-The protocol's ``MAX_*_MESSAGE_BYTES`` bound replies (64 MiB payloads); requests are four times smaller, so
-the server refuses a 30 MiB upload instead of buffering it.
+MAX_JSON_REQUEST_BYTES: Final = MAX_CLIENT_JSON_MESSAGE_BYTES
+"""Largest JSON message the server reads from a client (1,463,640 B): base64 of a full audio_chunk plus 64 KiB
+of keys and whitespace. It is also the WebSocket ``max_size`` (the transport cannot tell text from binary
+before the frame arrives), so nothing larger is ever buffered or decoded. (Until issue 11 both caps came from
+the protocol's 16 MiB request payload limit: 16 MiB binary, 21.4 MiB JSON, which no valid message needs.)
 """
+
+WS_MAX_MESSAGE_BYTES: Final = max(MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES)
+"""uvicorn's ``ws_max_size``: a WebSocket message over it is refused by the transport (close 1009) from its
+frame header, before its payload is read."""
+
+OFFLOAD_CODEC_BYTES: Final = 64 << 10
+"""JSON messages with a payload (encoding) or a text (decoding) larger than this are encoded or decoded in
+the server's codec threads, not on the event loop: base64 + JSON of a raw 720p frame (2.7 MB) takes 3.5-7 ms,
+which every other connection would wait; below 64 KiB the thread hop costs more than it saves."""
 
 MAX_PACKAGE_API_BODY: Final = 64 << 10
 """Largest body of ``POST /v1/packages`` (a small JSON object)."""
@@ -76,11 +78,14 @@ class SessionLimits:
     ``max_skipped_frames``: a REALTIME session whose frames keep expiring because the socket had not taken
     the frames before them is closed with ``too_slow`` after this many in a row.
     ``slow_client_seconds``: longest one frame may wait for the socket (any pacing) before the session is
-    closed with ``too_slow``.
+    closed with ``too_slow``; also the longest any other message (a ``frame_request``'s reply, an error,
+    ``session_started``) may take to be written once it is its turn on the socket: a client that pipelines
+    requests and does not read its replies is closed with ``too_slow`` after it.
     ``idle_timeout_seconds``: a session that receives no audio for this long without ending is closed with
     ``idle_timeout`` (a live avatar's client sends silence between utterances).
-    ``max_inflight_requests``: ``frame_request`` messages on one socket being processed at once; beyond it
-    the server stops reading that socket until one finishes.
+    ``max_inflight_requests``: ``frame_request`` messages on one socket being processed at once, counted
+    until their reply is written to the socket; beyond it the server stops reading that socket until one
+    finishes, so a client that does not read its replies makes the server hold at most this many.
     ``close_timeout_seconds``: how long the server tries to deliver a closing error to a client that does
     not read before it drops the connection.
     """
@@ -107,6 +112,18 @@ class SessionLimits:
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
 
+    @property
+    def stalled_connection_seconds(self) -> float:
+        """How long the kernel lets a connection's unsent data wait for a peer that takes none before it
+        resets the connection (``TCP_USER_TIMEOUT`` on the listening socket, inherited by every connection).
+
+        The server's own ``too_slow`` close comes first (``slow_client_seconds``, then up to two
+        ``close_timeout_seconds`` for the error and the close); this backstop frees what a client that never
+        reads again would otherwise hold for ever after that close: asyncio flushes a closed transport's
+        buffer before it lets go of it, and a zero TCP window is probed indefinitely. It covers HTTP too.
+        """
+        return self.slow_client_seconds + 2 * self.close_timeout_seconds + 5.0
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServerConfig:
@@ -130,7 +147,12 @@ class ServerConfig:
     ``silence_dbfs`` (RMS level below which a window is silence).
     Live sessions: ``min_session_fps`` (a session is refused when the admitted ones could no longer each get
     this many frames per second, or their package's fps if lower; docs/engine.md, *Live sessions*),
-    ``max_sessions`` (most sessions at once), ``sessions`` (per-session limits, incl. the idle timeout).
+    ``max_sessions`` (most sessions at once), ``max_sessions_per_ip`` (most live sessions of one client
+    address, so one client cannot take every session; behind a reverse proxy every client has the proxy's
+    address: raise it to ``max_sessions`` there), ``sessions`` (per-session limits, incl. the idle timeout).
+    Connections: ``max_connections`` (open WebSockets plus HTTP requests being answered, ``/healthz``,
+    ``/readyz`` and ``/metrics`` aside; one more is refused with ``overloaded``: HTTP 503, WebSocket close
+    1013).
     Safety: ``token`` (bearer token, ``None`` = open; required when ``host`` is not a loopback address unless
     ``insecure``), ``package_dir`` (run-time loads by path only inside it; ``None``: none by path),
     ``allow_urls`` (run-time loads of ``{"id", "url", "sha256"}``), ``allow_runtime_loading`` (off: no
@@ -165,6 +187,8 @@ class ServerConfig:
     silence_dbfs: float = -50.0
     min_session_fps: float = 20.0
     max_sessions: int = 32
+    max_sessions_per_ip: int = 8
+    max_connections: int = 256
     token: str | None = None
     package_dir: Path | None = None
     allow_runtime_loading: bool = True
@@ -222,6 +246,10 @@ class ServerConfig:
             raise UsageError(f"min_session_fps must be in (0, 240] frames/s, got {self.min_session_fps}")
         if not 1 <= self.max_sessions <= 10_000:
             raise UsageError(f"max_sessions must be in [1, 10000], got {self.max_sessions}")
+        if not 1 <= self.max_sessions_per_ip <= 10_000:
+            raise UsageError(f"max_sessions_per_ip must be in [1, 10000], got {self.max_sessions_per_ip}")
+        if not 1 <= self.max_connections <= 100_000:
+            raise UsageError(f"max_connections must be in [1, 100000], got {self.max_connections}")
         if self.token is not None and not self.token.strip():
             raise UsageError("the bearer token is empty; give a real token or none")
         if self.token is None and not self.insecure and not is_loopback(self.host):

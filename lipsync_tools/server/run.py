@@ -19,7 +19,7 @@ import uvicorn
 
 from lipsync_tools.errors import LipsyncError, UsageError
 from lipsync_tools.server.app import Components, ServerState, StartupReport, StoreLike, create_app
-from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES, ServerConfig
+from lipsync_tools.server.config import WS_MAX_MESSAGE_BYTES, ServerConfig
 from lipsync_tools.server.metrics import Metrics
 
 
@@ -145,8 +145,8 @@ class LipsyncServer:
             log_config=None,  # leave the process's logging alone; the CLI sets levels
             log_level=config.log_level,
             access_log=config.access_log,
-            # the transport cap of docs/protocol.md: nothing bigger than a client may send is buffered
-            ws_max_size=max(MAX_BINARY_REQUEST_BYTES, MAX_JSON_REQUEST_BYTES),
+            # the transport cap of docs/protocol.md: nothing bigger than a valid client message is buffered
+            ws_max_size=WS_MAX_MESSAGE_BYTES,
             # frames are JPEG/PNG or raw pixels: deflate costs CPU per frame and gains little
             ws_per_message_deflate=False,
             timeout_graceful_shutdown=5,
@@ -167,6 +167,12 @@ class LipsyncServer:
             # without it a response written as headers + body waits 40 ms for the client's delayed ACK.
             sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted connections inherit it
+                # A peer that takes no data for this long is reset by the kernel: after the server's own
+                # too_slow close, asyncio would otherwise keep flushing the closed transport's buffer (and
+                # the kernel probe the zero window) for as long as the client stays connected.
+                stalled_ms = int(self.config.sessions.stalled_connection_seconds * 1000)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, stalled_ms)
             try:
                 sock.bind((self.config.host, self.config.port))
             except OSError as exc:

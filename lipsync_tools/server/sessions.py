@@ -4,8 +4,10 @@ A connection reads messages one at a time (uvicorn stops reading the socket unti
 message, so a client that sends faster than we consume is held back by TCP, not by our memory) and answers
 each in the encoding it arrived in. Two kinds of work run beside the reader:
 
-* ``frame_request``: processed concurrently, at most ``SessionLimits.max_inflight_requests`` at once; the
-  reader waits for a slot before reading on.
+* ``frame_request``: processed concurrently, at most ``SessionLimits.max_inflight_requests`` at once, each
+  counted until its reply is written to the socket; the reader waits for a slot before reading on, so a
+  client that pipelines requests and never reads makes the server hold at most that many replies (issue 11:
+  the slot used to be freed before the send, and 400 unread raw 720p replies grew a server by 2.2 GB).
 * a session (``session_start`` … ``audio_chunk`` … ``session_end``), admitted first by
   :class:`~lipsync_tools.server.admission.Admission`: the reader feeds its audio into
   :class:`SessionAudio` (the streaming mel spectrogram, on ``lipsync render``'s sample grid, and the audio
@@ -17,7 +19,12 @@ The real-time rule (docs/protocol.md, *Sessions*): a REALTIME frame is sent no e
 plays and no later than that plus ``max_lag``; a frame that cannot make it is not rendered, one that became
 late on the way is not sent (both are *dropped*). A frame that waits ``slow_client_seconds`` for the socket,
 or ``max_skipped_frames`` frames in a row that expire behind earlier ones on the socket, close the session
-with ``too_slow``.
+with ``too_slow``. Every other write has the same bound once it is its turn on the socket (a reply, an
+error, ``session_started``): a client that takes nothing for ``slow_client_seconds`` is closed with
+``too_slow``.
+
+Large JSON messages are encoded and decoded in the server's codec threads (:func:`encode_message`,
+:func:`decode_message`), so base64 of a raw frame does not stall every other connection on the event loop.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -61,7 +69,7 @@ from lipsync_tools.protocol import (
     UnsupportedVersionError,
 )
 from lipsync_tools.server.admission import Admission, ModelLike, Ticket
-from lipsync_tools.server.config import SessionLimits
+from lipsync_tools.server.config import MAX_BINARY_REQUEST_BYTES, OFFLOAD_CODEC_BYTES, SessionLimits
 from lipsync_tools.server.metrics import Metrics
 
 log = logging.getLogger("lipsync.server")
@@ -71,6 +79,7 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_POLICY: Final = 1008
 CLOSE_MESSAGE_TOO_BIG: Final = 1009  # RFC 6455; sent by uvicorn/websockets for messages over ws_max_size
 CLOSE_INTERNAL: Final = 1011
+CLOSE_TRY_AGAIN_LATER: Final = 1013  # RFC 6455 registry: a connection refused over --max-connections
 
 _CLOSE_CODE: Final[dict[str, int]] = {
     ErrorCode.BAD_MAGIC: CLOSE_PROTOCOL_ERROR,
@@ -152,6 +161,41 @@ class PackageInfoLike(Protocol):
     def load_seconds(self) -> dict[str, float]: ...
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+def _offloaded(codec: Codec, size: int) -> bool:
+    return codec.name == "json" and size > OFFLOAD_CODEC_BYTES
+
+
+async def encode_message(codec: Codec, message: Message, pool: Executor | None) -> bytes | str:
+    """``codec.encode(message)``; in ``pool`` for a JSON message whose payload is over
+    :data:`~lipsync_tools.server.config.OFFLOAD_CODEC_BYTES` (binary encoding is one copy: it stays)."""
+    payload = getattr(message, "payload", b"")
+    if pool is not None and _offloaded(codec, len(payload)):
+        return await asyncio.get_running_loop().run_in_executor(pool, codec.encode, message)
+    return codec.encode(message)
+
+
+def _encode_bytes(codec: Codec, message: Message) -> bytes:
+    data = codec.encode(message)
+    return data.encode("ascii") if isinstance(data, str) else data  # JSON is ASCII (escapes)
+
+
+async def encode_body(codec: Codec, message: Message, pool: Executor | None) -> bytes:
+    """:func:`encode_message` as the bytes of an HTTP body (a large JSON text is turned into bytes in the
+    same worker thread)."""
+    payload = getattr(message, "payload", b"")
+    if pool is not None and _offloaded(codec, len(payload)):
+        return await asyncio.get_running_loop().run_in_executor(pool, _encode_bytes, codec, message)
+    return _encode_bytes(codec, message)
+
+
+async def decode_message(codec: Codec, data: bytes | str, pool: Executor | None) -> Message:
+    """``codec.decode(data)``; in ``pool`` for JSON text over ``OFFLOAD_CODEC_BYTES`` (an audio chunk of
+    1 MiB is 1.4 MB of base64 and takes about 2 ms to parse and decode). Raises ProtocolError."""
+    if pool is not None and _offloaded(codec, len(data)):
+        return await asyncio.get_running_loop().run_in_executor(pool, codec.decode, data)
+    return codec.decode(data)
 
 
 class TooSlowError(Exception):
@@ -500,6 +544,8 @@ class ServerLike(Protocol):
 
     metrics: Metrics
     admission: Admission
+    codec_pool: Executor | None
+    """Threads that encode and decode large JSON messages (None: on the event loop)."""
 
     @property
     def limits(self) -> SessionLimits: ...
@@ -517,6 +563,13 @@ class ServerLike(Protocol):
 
     def release_package(self, package_id: str) -> None: ...
 
+    def claim_client_session(self, host: str) -> None:
+        """Count a live session of client address ``host``; ``ProtocolError(overloaded)`` when that address
+        already runs ``max_sessions_per_ip``."""
+        ...
+
+    def release_client_session(self, host: str) -> None: ...
+
 
 class StreamConnection:
     """Serves one accepted WebSocket until the client leaves, a closing error, or the session's end."""
@@ -532,6 +585,9 @@ class StreamConnection:
         self._session: Session | None = None
         self._session_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()  # set when the connection must end (closed by us)
+        self._closing = False  # a closing error or close is under way: tell the client nothing more
+        client = websocket.scope.get("client")
+        self._host = str(client[0]) if client else "unknown"
 
     async def serve(self) -> None:
         """Read and answer messages until the connection ends; never raises for client behaviour."""
@@ -574,17 +630,30 @@ class StreamConnection:
             else:
                 data, codec = event.get("text") or "", CODECS["json"]
             try:
-                message = codec.decode(data)
+                if codec.name == "binary" and len(data) > MAX_BINARY_REQUEST_BYTES:
+                    # The transport's cap is the JSON one (it is the larger); binary messages have their own.
+                    raise ProtocolError(ErrorCode.OVERSIZE, (
+                        f"message is {len(data)} bytes; the largest a client may send is "
+                        f"{MAX_BINARY_REQUEST_BYTES} (an audio_chunk of 1 MiB): send audio in smaller "
+                        "chunks"))
+                message = await decode_message(codec, data, self.server.codec_pool)
             except ProtocolError as exc:
                 await self._fail(exc, codec, 0)
                 continue
             self.metrics.inc("lipsync_messages_total", protocol=codec.name, type=message.TYPE.wire_name)
-            await self._dispatch(message, codec)
+            try:
+                await self._dispatch(message, codec)
+            except TooSlowError as exc:  # session_started or an error reply found no room on the socket
+                await self._fail(ProtocolError(ErrorCode.TOO_SLOW, str(exc)), codec, message.request_id)
+                return
 
     async def _dispatch(self, message: Message, codec: Codec) -> None:
         match message:
             case FrameRequest():
                 await self._slots.acquire()  # backpressure: read nothing more until a slot frees
+                if self._closing:  # the slot freed because the connection is being dropped
+                    self._slots.release()
+                    return
                 task = asyncio.create_task(self._answer(message, codec))
                 self._requests.add(task)
                 task.add_done_callback(self._requests.discard)
@@ -614,22 +683,28 @@ class StreamConnection:
                              "docs/protocol.md")
 
     async def _answer(self, request: FrameRequest, codec: Codec) -> None:
+        # The slot is held until the reply is on the socket: a reply the client does not read still counts
+        # against max_inflight_requests, so the reader stops reading (TCP backpressure) instead of the server
+        # rendering and holding every request the client pipelines.
         try:
-            engine = self.server.require_engine()
-            await self.server.ensure_package(request.package_id)
-            reply = await engine.process(request)
-        except ProtocolError as exc:
-            await self._fail(exc, codec, request.request_id)
-            return
-        except Exception as exc:
-            log.exception("frame request %d failed", request.request_id)
-            await self._fail(ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), codec,
-                             request.request_id)
-            return
+            try:
+                engine = self.server.require_engine()
+                await self.server.ensure_package(request.package_id)
+                reply = await engine.process(request)
+            except ProtocolError as exc:
+                await self._fail(exc, codec, request.request_id)
+                return
+            except Exception as exc:
+                log.exception("frame request %d failed", request.request_id)
+                await self._fail(ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), codec,
+                                 request.request_id)
+                return
+            await self.send(reply, codec)
+            self.metrics.frame_sent("stream", reply.silence)
+        except TooSlowError as exc:
+            await self._fail(ProtocolError(ErrorCode.TOO_SLOW, str(exc)), codec, request.request_id)
         finally:
             self._slots.release()
-        await self.send(reply, codec)
-        self.metrics.frame_sent("stream", reply.silence)
 
     async def _start_session(self, start: SessionStart, codec: Codec) -> None:
         if self._session is not None:
@@ -649,8 +724,19 @@ class StreamConnection:
                 )
             model = await engine.model_for(start.package_id)
             stream = await engine.open_stream(start.package_id)
+        except ProtocolError as exc:
+            await self._fail(exc, codec, start.request_id)
+            return
+        try:
+            self.server.claim_client_session(self._host)
+        except ProtocolError as exc:
+            self.metrics.inc("lipsync_sessions_refused_total")
+            await self._fail(exc, codec, start.request_id)
+            return
+        try:
             ticket = admission.admit(model, info.fps)
         except ProtocolError as exc:
+            self.server.release_client_session(self._host)
             if exc.code == ErrorCode.OVERLOADED:
                 self.metrics.inc("lipsync_sessions_refused_total")
             await self._fail(exc, codec, start.request_id)
@@ -673,6 +759,7 @@ class StreamConnection:
             await self.send(started, codec)
         except BaseException:
             admission.release(ticket)
+            self.server.release_client_session(self._host)
             raise
         self._session = session
         self.metrics.inc("lipsync_sessions_total")
@@ -681,16 +768,18 @@ class StreamConnection:
 
     async def _run_session(self, session: Session, codec: Codec, ticket: Ticket) -> None:
         try:
-            self.server.hold_package(session.start.package_id)  # never evicted while the session runs
-        except ProtocolError as exc:
-            self.server.admission.release(ticket)
-            await self._fail(exc, codec, session.start.request_id)
-            return
-        try:
-            await self._run_held_session(session, codec)
+            try:
+                self.server.hold_package(session.start.package_id)  # never evicted while the session runs
+            except ProtocolError as exc:
+                await self._fail(exc, codec, session.start.request_id)
+                return
+            try:
+                await self._run_held_session(session, codec)
+            finally:
+                self.server.release_package(session.start.package_id)
         finally:
             self.server.admission.release(ticket)
-            self.server.release_package(session.start.package_id)
+            self.server.release_client_session(self._host)
 
     async def _run_held_session(self, session: Session, codec: Codec) -> None:
         try:
@@ -714,30 +803,56 @@ class StreamConnection:
         await self._close(CLOSE_NORMAL, "session over")
 
     async def send(self, message: Message, codec: Codec) -> None:
-        """Write ``message`` in ``codec``'s encoding (binary frame or text frame), one writer at a time."""
-        await self._write(codec.encode(message))
+        """Write ``message`` in ``codec``'s encoding (binary frame or text frame), one writer at a time.
 
-    async def _write(self, data: bytes | str) -> None:
+        Raises :class:`TooSlowError` when the socket does not take it within ``slow_client_seconds`` of its
+        turn (the client is not reading)."""
+        await self._write(await encode_message(codec, message, self.server.codec_pool))
+
+    async def _write(self, data: bytes | str, *, bounded: bool = True) -> None:
+        """Write ``data`` once the writers before it are done; ``bounded``: it then has
+        ``slow_client_seconds`` to reach the socket, else :class:`TooSlowError`.
+
+        The bound starts at the message's turn, not when it was queued: a client reading a long run of big
+        replies over a slow link is not too slow as long as the socket keeps taking them."""
+        limit = self.limits.slow_client_seconds if bounded else None
         async with self._send_lock:
-            if isinstance(data, bytes):
-                await self.ws.send_bytes(data)
-            else:
-                await self.ws.send_text(data)
+            try:
+                async with asyncio.timeout(limit):
+                    if isinstance(data, bytes):
+                        await self.ws.send_bytes(data)
+                    else:
+                        await self.ws.send_text(data)
+            except TimeoutError:
+                raise TooSlowError(
+                    f"the client took no message for {self.limits.slow_client_seconds:g} s; read replies "
+                    "as they come (a request counts against the socket's in-flight limit until its reply "
+                    "is read)"
+                ) from None
 
     async def _fail(self, error: ProtocolError, codec: Codec, request_id: int) -> None:
-        """Send an ErrorReply for ``error``, count it, and close the socket if its code is a closing one."""
+        """Send an ErrorReply for ``error``, count it, and close the socket if its code is a closing one.
+
+        Once the connection is closing, later failures (e.g. the other replies of a client that stopped
+        reading) are neither sent nor counted: one stuck client is one ``too_slow``."""
+        if self._closing:
+            return
+        closing = error.code in CLOSING_ERROR_CODES
+        self._closing = closing
         self.metrics.error(error.code)
         reply = ErrorReply.from_error(error, request_id)
-        closing = error.code in CLOSING_ERROR_CODES
         # A peer of another protocol version gets the error in its own version, so it can read why.
         version = error.version if isinstance(error, UnsupportedVersionError) else None
         data = codec.encode_error(reply, version)
         try:
             if closing:
                 # The client may not be reading (too_slow): try for a bounded time, then drop it.
-                await asyncio.wait_for(self._write(data), self.limits.close_timeout_seconds)
+                await asyncio.wait_for(self._write(data, bounded=False), self.limits.close_timeout_seconds)
             else:
                 await self._write(data)
+        except TooSlowError as exc:  # not even a small error reply fits: the client stopped reading
+            await self._fail(ProtocolError(ErrorCode.TOO_SLOW, str(exc)), codec, request_id)
+            return
         except (TimeoutError, Exception) as exc:  # a gone or stuck client: nothing more to tell it
             log.debug("could not send %s error: %s", error.code, exc)
             closing = True
@@ -745,6 +860,7 @@ class StreamConnection:
             await self._close(_CLOSE_CODE.get(error.code, CLOSE_POLICY), error.code)
 
     async def _close(self, code: int, reason: str) -> None:
+        self._closing = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(code, reason), self.limits.close_timeout_seconds)
         self._done.set()
