@@ -563,6 +563,7 @@ class ConnectionLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.state.metrics.error(ErrorCode.OVERLOADED)
+        self.state.metrics.inc("lipsync_connections_refused_total")
         error = ProtocolError(ErrorCode.OVERLOADED, f"the server has {self.open} connections open, its "
                               f"--max-connections {self.limit}; retry in a second")
         if scope["type"] == "http":

@@ -107,8 +107,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec("lipsync_active_sessions", "gauge", "Sessions running now."),
     MetricSpec("lipsync_sessions_total", "counter", "Sessions started."),
     MetricSpec("lipsync_sessions_refused_total", "counter",
-               "Live sessions refused at start: the admitted ones would fall below --min-session-fps, or "
-               "--max-sessions run."),
+               "Live sessions refused at start: the admitted ones would fall below --min-session-fps, "
+               "--max-sessions run, or the client's address runs --max-sessions-per-ip."),
+    MetricSpec("lipsync_connections_refused_total", "counter",
+               "WebSockets and HTTP requests refused at the door because --max-connections were open."),
     MetricSpec("lipsync_session_frames_dropped_total", "counter",
                "Frames a REALTIME session did not send because their time had passed, by reason: late (could "
                "not be rendered in time), socket (the client had not read earlier frames), overloaded (the "

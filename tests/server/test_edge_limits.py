@@ -211,7 +211,9 @@ def test_connection_over_max_connections_is_refused_cleanly_and_the_server_serve
             # monitoring still answers a full server
             assert httpx.get(f"{server.url}/healthz").status_code == 200
             assert httpx.get(f"{server.url}/readyz").status_code == 200
-            assert 'lipsync_errors_total{code="overloaded"} 3' in httpx.get(f"{server.url}/metrics").text
+            exposition = httpx.get(f"{server.url}/metrics").text
+            assert 'lipsync_errors_total{code="overloaded"} 3' in exposition
+            assert "lipsync_connections_refused_total 3" in exposition
         finally:
             first.close()
         assert overloaded() == 3
