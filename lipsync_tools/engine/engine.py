@@ -84,6 +84,8 @@ class EngineOptions:
             raise UsageError(f"jpeg_quality is {self.jpeg_quality}; expected 1..100")
         if not 0 <= self.post_workers <= 64:
             raise UsageError(f"post_workers is {self.post_workers}; expected 0..64")
+        if not -150.0 <= self.silence_dbfs <= 0.0:
+            raise UsageError(f"silence_dbfs is {self.silence_dbfs}; expected -150..0 dBFS (-50 is typical)")
 
 
 class Observer(Protocol):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from lipsync_tools.errors import InputNotFoundError, ProtocolError, UsageError
 from lipsync_tools.protocol import MAX_AUDIO_CHUNK_BYTES, check_package_id
 from lipsync_tools.protocol.limits import MAX_CLIENT_BINARY_MESSAGE_BYTES, MAX_CLIENT_JSON_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from lipsync_tools.engine import EngineOptions
+    from lipsync_tools.engine.model_store import ModelDefaults
 
 MAX_BINARY_REQUEST_BYTES: Final = MAX_CLIENT_BINARY_MESSAGE_BYTES
 """Largest binary message the server reads from a client (1 MiB + 32 B): the largest *valid* one, a full
@@ -40,6 +44,9 @@ MAX_PACKAGE_API_BODY: Final = 64 << 10
 
 ModelName = Literal["random", "wav2lip", "identity"]
 BackendName = Literal["torch", "onnx"]
+MODEL_NAMES: Final = get_args(ModelName)
+BACKEND_NAMES: Final = get_args(BackendName)
+LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -218,30 +225,28 @@ class ServerConfig:
             from lipsync_tools.engine.model_loader import check_family_options
 
             check_family_options(self.family, self.audio_mode)
+        if self.model not in (None, *MODEL_NAMES):
+            raise UsageError(f"model is {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+        if self.backend not in (None, *BACKEND_NAMES):
+            raise UsageError(f"backend is {self.backend!r}; expected one of {', '.join(BACKEND_NAMES)}")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed is {self.seed}; expected 0..{2**32 - 1}")
         if self.frames not in ("all", "none"):
             raise UsageError(f"frames must be all or none, got {self.frames!r}")
         if self.max_memory is not None and self.max_memory < 1:
             raise UsageError(f"max_memory must be a positive size, got {self.max_memory}")
         if self.max_packages is not None and self.max_packages < 1:
             raise UsageError(f"max_packages must be >= 1, got {self.max_packages}")
-        if not 1 <= self.max_models <= 1024:
-            raise UsageError(f"max_models must be in [1, 1024], got {self.max_models}")
-        if self.blend not in ("feather", "hard"):
-            raise UsageError(f"blend must be feather or hard, got {self.blend!r}")
         if self.catalog is not None and not self.catalog.is_file():
             raise InputNotFoundError(f"catalog {self.catalog} does not exist; check --catalog")
         if self.package_dir is not None and not self.package_dir.is_dir():
             raise InputNotFoundError(f"package folder {self.package_dir} does not exist")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"port must be in [0, 65535], got {self.port}")
-        if not 1 <= self.max_batch <= 256:
-            raise UsageError(f"max_batch must be in [1, 256], got {self.max_batch}")
-        if not 0 <= self.max_wait_ms <= 1000:
-            raise UsageError(f"max_wait_ms must be in [0, 1000], got {self.max_wait_ms}")
-        if self.queue_limit < 1:
-            raise UsageError(f"queue_limit must be >= 1, got {self.queue_limit}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UsageError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        # The engine's and the model store's own rules, applied now rather than after a model has loaded:
+        # one place checks each option (EngineOptions, ModelDefaults), whoever builds them.
+        self.engine_options()
+        self.model_defaults()
         if not 0 < self.min_session_fps <= 240:
             raise UsageError(f"min_session_fps must be in (0, 240] frames/s, got {self.min_session_fps}")
         if not 1 <= self.max_sessions <= 10_000:
@@ -250,6 +255,10 @@ class ServerConfig:
             raise UsageError(f"max_sessions_per_ip must be in [1, 10000], got {self.max_sessions_per_ip}")
         if not 1 <= self.max_connections <= 100_000:
             raise UsageError(f"max_connections must be in [1, 100000], got {self.max_connections}")
+        if not 0 <= self.warmup_frames <= 1000:
+            raise UsageError(f"warmup_frames must be in [0, 1000], got {self.warmup_frames}")
+        if self.log_level not in LOG_LEVELS:
+            raise UsageError(f"log_level is {self.log_level!r}; expected one of {', '.join(LOG_LEVELS)}")
         if self.token is not None and not self.token.strip():
             raise UsageError("the bearer token is empty; give a real token or none")
         if self.token is None and not self.insecure and not is_loopback(self.host):
@@ -258,6 +267,39 @@ class ServerConfig:
                 "(or set LIPSYNC_TOKEN), or --insecure if the network is trusted"
             )
         self.sessions.check()
+
+
+    def engine_options(self) -> EngineOptions:
+        """The engine's options from these (raises the engine's :class:`UsageError` for a bad value)."""
+        from lipsync_tools.engine import EngineOptions
+
+        return EngineOptions(
+            max_batch=self.max_batch,
+            max_wait_ms=self.max_wait_ms,
+            queue_limit=self.queue_limit,
+            jpeg_quality=self.jpeg_quality,
+            silence_dbfs=self.silence_dbfs,
+            blend=self.blend,
+        )
+
+    def model_defaults(self) -> ModelDefaults:
+        """The model store's defaults from these (``--model``, ``--checkpoint``, ``--max-models``, ...)."""
+        from lipsync_tools.engine.capacity import capacity_batches
+        from lipsync_tools.engine.model_store import ModelDefaults
+
+        return ModelDefaults(
+            model=self.model,
+            checkpoint=self.checkpoint,
+            family=self.family,
+            seed=self.seed,
+            backend=self.backend,
+            cache_dir=self.onnx_cache_dir,
+            audio_encoder=self.audio_encoder,
+            use_package_checkpoint=self.use_package_checkpoint,
+            max_models=self.max_models,
+            warmup_batches=tuple(sorted({1, self.max_batch})),
+            capacity_batches=capacity_batches(self.max_batch),
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -30,12 +30,12 @@ def engine_components() -> Components:
     and warmed before the server is ready; a package loaded later is admitted only when a model can serve
     it, and that model loads with its first frame.
     """
-    from lipsync_tools.engine import Engine, EngineOptions, PackageStore
+    from lipsync_tools.engine import Engine, PackageStore
     from lipsync_tools.engine.model_store import ModelStore
     from lipsync_tools.engine.store import MemoryBudget
 
     def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        models = ModelStore(model_defaults(config))
+        models = ModelStore(config.model_defaults())
         if isinstance(store, PackageStore):
             store.budget = MemoryBudget(max_bytes=config.max_memory, max_packages=config.max_packages)
             store.model_bytes = models.weight_bytes
@@ -52,10 +52,7 @@ def engine_components() -> Components:
         return models, models.summary()
 
     def make_engine(store: StoreLike, models: Any, config: ServerConfig, metrics: Metrics) -> Any:
-        options = EngineOptions(max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                                queue_limit=config.queue_limit, jpeg_quality=config.jpeg_quality,
-                                silence_dbfs=config.silence_dbfs, blend=config.blend)
-        return Engine(store, models, options, metrics)  # type: ignore[arg-type]
+        return Engine(store, models, config.engine_options(), metrics)  # type: ignore[arg-type]
 
     return Components(make_store=PackageStore, load_model=load, make_engine=make_engine)
 
@@ -73,21 +70,6 @@ def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
                 f"the startup packages need about {need / 2**20:.0f} MiB (decoded frames and models), more "
                 f"than --max-memory {config.max_memory / 2**20:.0f} MiB; raise it or start with fewer"
             )
-
-
-def model_defaults(config: ServerConfig) -> Any:
-    """The model store's defaults from the server's options (``--model``, ``--checkpoint``, ...)."""
-    from lipsync_tools.engine.capacity import capacity_batches
-    from lipsync_tools.engine.model_store import ModelDefaults
-
-    return ModelDefaults(
-        model=config.model, checkpoint=config.checkpoint, family=config.family, seed=config.seed,
-        backend=config.backend,
-        cache_dir=config.onnx_cache_dir, audio_encoder=config.audio_encoder,
-        use_package_checkpoint=config.use_package_checkpoint, max_models=config.max_models,
-        warmup_batches=tuple(sorted({1, config.max_batch})),
-        capacity_batches=capacity_batches(config.max_batch),
-    )
 
 
 def original_components(audio: Path | None = None) -> Components:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from websockets.sync.client import connect as ws_connect
 from lipsync_tools.client import LipsyncClient
 from lipsync_tools.errors import InputNotFoundError, ProtocolError, UsageError
 from lipsync_tools.protocol import CODECS, AudioFormat, ErrorReply, FrameRequest
-from lipsync_tools.server import LipsyncServer, PackageSpec, ServerConfig, engine_components
+from lipsync_tools.server import Components, LipsyncServer, PackageSpec, ServerConfig, engine_components
 from lipsync_tools.server.config import ServerConfig as Config
 from tests.server.servers import PACKAGE_ID, running_server
 
@@ -224,3 +225,37 @@ def client_models(url: str) -> list[dict[str, object]]:
     response = httpx.get(f"{url}/v1/models", timeout=10)
     assert response.status_code == 200
     return list(response.json()["models"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("queue_limit", 200_000, "queue_limit is 200000; expected 1..100000"),  # was refused after loading
+        ("queue_limit", 0, "queue_limit is 0"),
+        ("max_batch", 0, "max_batch is 0"),
+        ("max_wait_ms", -1.0, "max_wait_ms is -1.0"),
+        ("jpeg_quality", 101, "jpeg_quality is 101"),
+        ("silence_dbfs", 6.0, "silence_dbfs is 6.0"),
+        ("blend", "soft", "blend is 'soft'"),
+        ("max_models", 0, "max_models is 0"),
+        ("model", "gpt", "model is 'gpt'"),
+        ("backend", "tpu", "backend is 'tpu'"),
+        ("seed", -1, "seed is -1"),
+        ("warmup_frames", -1, "warmup_frames must be"),
+        ("log_level", "loud", "log_level is 'loud'"),
+        ("min_session_fps", 0.0, "min_session_fps must be"),
+        ("max_connections", 0, "max_connections must be"),
+    ],
+)
+def test_every_option_is_checked_by_one_rule_before_anything_loads(
+    avatar_package: Path, option: str, value: object, message: str
+) -> None:
+    """ServerConfig.check applies the engine's and the model store's own rules (EngineOptions, ModelDefaults):
+    a value the engine would refuse is refused before any model or package is loaded."""
+    def never(*args: object) -> Any:
+        raise AssertionError("a store or model was made for a config that cannot run")
+
+    config = identity_config(avatar_package, **{option: value})
+    with pytest.raises(UsageError, match=re.escape(message)):
+        LipsyncServer(config, components=Components(make_store=never, load_model=never, make_engine=never))
+    assert identity_config(avatar_package).engine_options().queue_limit == 64
