@@ -1,5 +1,6 @@
 """``lipsync bench --compare``: the original, binary and preloaded servers measured side by side;
-``lipsync bench --live``: live sessions at the speed of speech, and one long session for drift.
+``lipsync bench --live``: live sessions at the speed of speech, and one long session for drift;
+``lipsync bench --soak SECONDS``: one server under a long, mixed and partly hostile load.
 
 Importing this package does no work and imports nothing heavy: servers, clients, models and matplotlib
 are imported by the functions that use them.
@@ -8,13 +9,18 @@ are imported by the functions that use them.
 >>> result = run_compare(CompareOptions.quick())  # doctest: +SKIP
 >>> from lipsync_tools.bench import LiveOptions, run_live  # doctest: +SKIP
 >>> live = run_live(LiveOptions.quick())  # doctest: +SKIP
+>>> from lipsync_tools.bench import SoakOptions, run_soak  # doctest: +SKIP
+>>> soak = run_soak(SoakOptions(seconds=600))  # doctest: +SKIP
 """
 
 from .live import LiveOptions, run_live
 from .modes import DEFAULT_MODES, MODES, ModeSpec, parse_modes
+from .output import check_outputs, write_outputs
 from .report import (
+    COMPARE_SCHEMA_VERSION,
     LIVE_SCHEMA,
     RESULT_SCHEMA,
+    SOAK_SCHEMA,
     SchemaError,
     check_result,
     print_report,
@@ -22,22 +28,29 @@ from .report import (
     to_markdown,
 )
 from .runner import COMPONENTS, CompareOptions, run_compare
+from .soak import SoakOptions, run_soak
 
 __all__ = [
+    "COMPARE_SCHEMA_VERSION",
     "COMPONENTS",
     "DEFAULT_MODES",
     "LIVE_SCHEMA",
     "MODES",
     "RESULT_SCHEMA",
+    "SOAK_SCHEMA",
     "CompareOptions",
     "LiveOptions",
     "ModeSpec",
     "SchemaError",
+    "SoakOptions",
+    "check_outputs",
     "check_result",
     "parse_modes",
     "print_report",
     "run_compare",
     "run_live",
+    "run_soak",
     "tables",
     "to_markdown",
+    "write_outputs",
 ]

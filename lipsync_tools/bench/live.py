@@ -204,6 +204,69 @@ class PointRecord:
     refusal: str | None
 
 
+def input_options_of(options: Any) -> Any:
+    """The :class:`~.runner.CompareOptions` that make ``options``' input (a ``--live`` or ``--soak`` options
+    object: ``input``, ``seed``, ``backend``, ``family``, ``audio_encoder``, ``hd``) with
+    :func:`~.runner.prepare_input`."""
+    from .runner import CompareOptions
+
+    return CompareOptions(
+        input=options.input,
+        seed=options.seed,
+        backend=options.backend,
+        family=options.family,
+        audio_encoder=options.audio_encoder,
+        hd=options.hd,
+    )
+
+
+def speech_of(bench_input: Any, who: str) -> np.ndarray:
+    """The package's 16 kHz PCM16 speech, what live sessions say; UsageError when it has under 0.5 s of
+    audio or only silence (``who`` names the benchmark in the message)."""
+    speech = np.asarray(bench_input.pcm, dtype=np.int16)
+    if speech.size < SAMPLE_RATE // 2 or not np.any(speech):
+        raise UsageError(
+            f"{bench_input.package} has {speech.size / SAMPLE_RATE:.2f} s of audio"
+            f"{'' if np.any(speech) else ', all silent'}; {who} needs speech: give a video "
+            "with a speech track (or nothing, for the sample talking head)"
+        )
+    return speech
+
+
+def start_package_server(
+    bench_input: Any,
+    work: Path,
+    say: Progress,
+    *,
+    name: str,
+    model: str,
+    seed: int,
+    backend: str | None,
+    serve_options: tuple[str, ...] = (),
+    runtime_loading: bool = False,
+    timeout: float = 180.0,
+) -> ServerProcess:
+    """One ``lipsync serve PKG --port 0 --json`` process serving ``bench_input``'s package as ``avatar``
+    (``--model model``, ``--max-batch 8``, logs and the ONNX cache under ``work``); the caller stops it."""
+    launch = LiveLaunch(
+        name=name,
+        kind="package",
+        package_id=PACKAGE_ID,
+        path=bench_input.package,
+        seed=seed,
+        backend=backend,
+        family=bench_input.family,
+        max_batch=8,
+        log_dir=work / "logs",
+        onnx_cache=work / "onnx",
+        model=model,
+        serve_options=serve_options,
+        runtime_loading=runtime_loading,
+    )
+    say(f"server: starting lipsync serve {bench_input.package.name} (--model {model})")
+    return ServerProcess.start(launch, timeout=timeout)
+
+
 def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the live benchmark (see the module docstring) and return its result document
     (:data:`lipsync_tools.bench.report.LIVE_SCHEMA`).
@@ -211,57 +274,24 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
     Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input, a server that does not
     start, or a session whose frames are not images of the package's size.
     """
-    from .runner import (
-        CompareOptions,
-        _rss_monitor,
-        prepare_input,
-        settings_of,
-        timed_progress,
-        work_folder,
-    )
+    from .runner import _rss_monitor, prepare_input, settings_of, timed_progress, work_folder
 
     started = time.perf_counter()
     say = timed_progress(progress)
     facts = machine_facts()
     with ExitStack() as stack:
         work = work_folder(stack, options.work_dir, "lipsync-bench-live-")
-        input_options = CompareOptions(
-            input=options.input,
-            seed=options.seed,
-            backend=options.backend,
-            family=options.family,
-            audio_encoder=options.audio_encoder,
-            hd=options.hd,
-        )
-        bench_input = prepare_input(input_options, work, say)
-        speech = np.asarray(bench_input.pcm, dtype=np.int16)
-        if speech.size < SAMPLE_RATE // 2 or not np.any(speech):
-            raise UsageError(
-                f"{bench_input.package} has {speech.size / SAMPLE_RATE:.2f} s of audio"
-                f"{'' if np.any(speech) else ', all silent'}; the live benchmark needs speech: give a video "
-                "with a speech track (or nothing, for the sample talking head)"
-            )
+        bench_input = prepare_input(input_options_of(options), work, say)
+        speech = speech_of(bench_input, "the live benchmark")
         serve_options: list[str] = []
         if options.min_session_fps is not None:
             serve_options += ["--min-session-fps", f"{options.min_session_fps:g}"]
         if options.max_sessions is not None:
             serve_options += ["--max-sessions", str(options.max_sessions)]
-        launch = LiveLaunch(
-            name="live",
-            kind="package",
-            package_id=PACKAGE_ID,
-            path=bench_input.package,
-            seed=options.seed,
-            backend=options.backend,
-            family=bench_input.family,
-            max_batch=8,
-            log_dir=work / "logs",
-            onnx_cache=work / "onnx",
-            model=options.model,
-            serve_options=tuple(serve_options),
+        server = start_package_server(
+            bench_input, work, say, name="live", model=options.model, seed=options.seed,
+            backend=options.backend, serve_options=tuple(serve_options), timeout=options.server_start_seconds,
         )
-        say(f"server: starting lipsync serve {bench_input.package.name} (--model {options.model})")
-        server = ServerProcess.start(launch, timeout=options.server_start_seconds)
         stack.callback(server.stop)
         model = {k: v for k, v in server.ready.get("model", {}).items() if k != "models"}
         if model.get("is_random"):
@@ -431,9 +461,12 @@ async def _drive(session: Any, pcm: bytes, t_start: float, chunk: float, record:
         record.error = "the connection closed before the server's session_end"
 
 
-async def _feed(session: Any, pcm: bytes, t_start: float, chunk: float, record: SessionRecord) -> None:
+async def _feed(
+    session: Any, pcm: bytes, t_start: float, chunk: float, record: SessionRecord, *, end: bool = True
+) -> None:
     """Chunk ``n`` of ``pcm`` (PCM16 LE, captured from ``t_start`` on) goes out once captured: at
-    ``t_start + (its last sample + 1) / 16000``."""
+    ``t_start + (its last sample + 1) / 16000``; then ``session_end`` (unless ``end`` is false: a client that
+    will vanish)."""
     from websockets.exceptions import ConnectionClosed
 
     data = memoryview(pcm)
@@ -451,7 +484,8 @@ async def _feed(session: Any, pcm: bytes, t_start: float, chunk: float, record: 
                 record.start_late = late
             record.send_late_max = max(record.send_late_max, late)
             await session.send_audio(data[2 * first : 2 * last], chunk_seconds=chunk)
-        await session.end()
+        if end:
+            await session.end()
 
 
 async def _read(session: Any, record: SessionRecord) -> None:

@@ -110,6 +110,7 @@ class ServerLaunch:
     catalog: Path | None = None  # a package server that loads ``package_id`` on demand from this catalog
     log_dir: Path
     onnx_cache: Path | None = None  # shared by the servers: one ONNX export per run, not one per server
+    runtime_loading: bool = False  # POST/DELETE /v1/packages (bench --soak loads and unloads packages)
 
     def command(self) -> list[str]:
         """The ``lipsync serve`` command line (run with this interpreter, so the same install)."""
@@ -127,8 +128,9 @@ class ServerLaunch:
             str(self.seed),
             "--max-batch",
             str(self.max_batch),
-            "--no-runtime-loading",
         ]
+        if not self.runtime_loading:
+            cmd.append("--no-runtime-loading")
         if self.backend is not None:
             cmd += ["--backend", self.backend]
         if self.onnx_cache is not None:

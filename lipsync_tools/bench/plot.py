@@ -90,6 +90,8 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=80, format="png")  # the path may be a temporary name (output.atomic_path)
+    finally:
+        plt.close(fig)
     return path

@@ -19,6 +19,14 @@ OPT_INT = (int, type(None))
 OPT_STR = (str, type(None))
 STATS = {"median_ms": OPT_NUM, "p90_ms": OPT_NUM}
 
+COMPARE_SCHEMA_VERSION = 3
+"""The ``--compare`` document's version (``schema_version``); :func:`check_result` refuses another one.
+
+2: ``input.family`` and the ``families`` section. 3: ``startup.audio_features_s`` renamed
+``startup.feature_mapping_s`` (it is the server's ``feature_mapping`` phase: mapping and checking the
+package's hot arrays, not computing audio features).
+"""
+
 
 @dataclass(frozen=True)
 class Nullable:
@@ -70,7 +78,7 @@ RESULT_SCHEMA: dict[str, Any] = {
                 "process_to_ready_s": NUM,
                 "model_load_s": NUM,
                 "frame_preload_s": NUM,
-                "audio_features_s": NUM,
+                "feature_mapping_s": NUM,
                 "package_open_s": NUM,
                 "warmup_s": NUM,
                 "server_total_s": NUM,
@@ -132,7 +140,8 @@ RESULT_SCHEMA: dict[str, Any] = {
     },
     "duration_seconds": NUM,
 }
-"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 2.
+"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 3
+(:data:`COMPARE_SCHEMA_VERSION`).
 
 A dict value is a nested object whose keys are all required (``"*"``: any key, each value of that shape);
 a one-element list: a list whose items all have that shape; a type or tuple of types: the value's type.
@@ -222,6 +231,84 @@ is the bound the server stated (``SessionStarted.max_lag_ms``) and ``over_bound`
 """
 
 
+SOAK_SCHEMA_VERSION = 1
+"""The ``--soak`` document's version (``schema_version``); :func:`check_result` refuses another one."""
+
+OUTCOME_COUNTS = {"ok": int, "expected_error": int, "unexpected_error": int, "timeout": int}
+FRAME_LATENCY = {"count": int, "p50": OPT_NUM, "p99": OPT_NUM, "max": OPT_NUM}
+
+SOAK_SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "kind": str,
+    "machine": RESULT_SCHEMA["machine"],
+    "load_average_after": list,
+    "input": {**RESULT_SCHEMA["input"], "speech_seconds": NUM},
+    "settings": dict,
+    "model": dict,
+    "server": {
+        "options": dict,
+        "ready_rss_mb": NUM,
+        "exit_code": OPT_INT,
+        "sessions_after": dict,
+        "metrics_after": dict,
+        "log": {
+            "error_lines": int,
+            "tracebacks": int,
+            "warning_lines": int,
+            "first_errors": list,
+            "path": str,
+        },
+    },
+    "clients": [{"slot": int, "kind": str}],
+    "run": {"seconds": NUM, "warmup_seconds": NUM, "ran_seconds": NUM, "stopped_early": bool},
+    "requests": {"total": int, "by_outcome": OUTCOME_COUNTS, "by_kind": {"*": OUTCOME_COUNTS}},
+    "errors_by_code": {"*": {"expected": int, "unexpected": int}},
+    "unexpected_errors": {
+        "total": int,
+        "listed": [{"at_seconds": NUM, "client": str, "request": str, "code": str, "detail": str}],
+    },
+    "crashes": [{"at_seconds": NUM, "exit_code": OPT_INT, "stderr_tail": str}],
+    "sessions": {
+        "started": int,
+        "completed": int,
+        "frames_received": int,
+        "frames_expected": int,
+        "frames_dropped": int,
+    },
+    "rss": {
+        "start_mb": NUM,
+        "after_warmup_mb": OPT_NUM,
+        "per_minute": [{"minute": int, "at_seconds": NUM, "rss_mb": NUM}],
+        "end_mb": OPT_NUM,
+        "idle_end_mb": OPT_NUM,
+        "peak_mb": NUM,
+        "growth_pct": OPT_NUM,
+        "samples": int,
+    },
+    "frame_latency_ms": {"http": FRAME_LATENCY, "stream": FRAME_LATENCY},
+    "goal": {
+        "line": str,
+        "unexpected_errors": int,
+        "timeouts": int,
+        "crashes": int,
+        "rss_growth_pct": OPT_NUM,
+        "rss_growth_limit_pct": NUM,
+        "met": bool,
+    },
+    "notes": list,
+    "duration_seconds": NUM,
+}
+"""The result of :func:`~lipsync_tools.bench.soak.run_soak` (``lipsync bench --soak SECONDS --json``),
+version 1. Same notation as :data:`RESULT_SCHEMA`; ``kind`` is ``"soak"``. Every request counts once in
+``requests`` (by outcome, and by client kind), every error once in ``errors_by_code`` (as expected or
+unexpected); ``unexpected_errors.listed`` holds the first 100 unexpected errors and timeouts. RSS in MB
+(10^6 bytes); ``rss.growth_pct`` compares ``end_mb`` with ``after_warmup_mb`` (``null`` when the run was too
+short to have both). Latencies in ms.
+"""
+
+_KINDS: dict[str | None, tuple[Any, int, str]] = {}  # filled below: kind -> (schema, version, option)
+
+
 class SchemaError(LipsyncError, ValueError):
     """A result document that does not follow :data:`RESULT_SCHEMA`."""
 
@@ -229,18 +316,21 @@ class SchemaError(LipsyncError, ValueError):
 def check_result(document: Any, schema: Any = None, where: str = "result") -> None:
     """Raise :class:`SchemaError` naming the first place where ``document`` breaks ``schema``.
 
-    Without ``schema``: :data:`LIVE_SCHEMA` for a document of ``"kind": "live"``, else :data:`RESULT_SCHEMA`.
+    Without ``schema``: picked by the document's ``kind`` (:data:`LIVE_SCHEMA` for ``"live"``,
+    :data:`SOAK_SCHEMA` for ``"soak"``, :data:`RESULT_SCHEMA` without one), and a document of another
+    ``schema_version`` than this version reads is refused.
     """
     if schema is None:
-        schema = RESULT_SCHEMA
-        if is_live(document):
-            schema = LIVE_SCHEMA
-            version = document.get("schema_version")
-            if version != LIVE_SCHEMA_VERSION:
-                raise SchemaError(
-                    f"{where}.schema_version is {version!r}: a --live document of another version; this "
-                    f"lipsync-tools reads version {LIVE_SCHEMA_VERSION} (run the benchmark again with it)"
-                )
+        kind = document.get("kind") if isinstance(document, dict) else None
+        if kind not in _KINDS:
+            raise SchemaError(f"{where}.kind is {kind!r}; expected live, soak or none (--compare)")
+        schema, expected, option = _KINDS[kind]
+        version = document.get("schema_version") if isinstance(document, dict) else None
+        if version != expected:
+            raise SchemaError(
+                f"{where}.schema_version is {version!r}: a {option} document of another version; this "
+                f"lipsync-tools reads version {expected} (run the benchmark again with it)"
+            )
     if isinstance(schema, Nullable):
         if document is not None:
             check_result(document, schema.schema, where)
@@ -275,6 +365,20 @@ def is_live(document: Any) -> bool:
     return isinstance(document, dict) and document.get("kind") == "live"
 
 
+def is_soak(document: Any) -> bool:
+    """Whether ``document`` is a ``--soak`` result (``"kind": "soak"``)."""
+    return isinstance(document, dict) and document.get("kind") == "soak"
+
+
+_KINDS.update(
+    {
+        None: (RESULT_SCHEMA, COMPARE_SCHEMA_VERSION, "--compare"),
+        "live": (LIVE_SCHEMA, LIVE_SCHEMA_VERSION, "--live"),
+        "soak": (SOAK_SCHEMA, SOAK_SCHEMA_VERSION, "--soak"),
+    }
+)
+
+
 def _names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
@@ -303,6 +407,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
     """Every table of the report, in order."""
     if is_live(result):
         return live_tables(result)
+    if is_soak(result):
+        return soak_tables(result)
     modes: dict[str, Any] = result["modes"]
     names = list(modes)
     out: list[Table] = []
@@ -389,7 +495,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 m,
                 f"{s['model_load_s']:.2f}",
                 f"{s['frame_preload_s']:.3f}",
-                f"{s['audio_features_s']:.3f}",
+                f"{s['feature_mapping_s']:.3f}",
                 f"{s['package_open_s']:.3f}",
                 f"{s['warmup_s']:.2f}",
                 f"{s['server_total_s']:.2f}",
@@ -405,7 +511,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 "mode",
                 "model load",
                 "frame preload",
-                "audio/features",
+                "feature mapping",
                 "open",
                 "warm-up",
                 "server total",
@@ -467,6 +573,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     """The lines above the tables: machine, load, input, model."""
     if is_live(result):
         return live_summary_lines(result)
+    if is_soak(result):
+        return soak_summary_lines(result)
     i, machine = result["input"], result["machine"]
     model = result.get("model", {})
     source = "sample talking head" if i["sample"] else (i["video"] or i["package"])
@@ -619,6 +727,131 @@ def live_summary_lines(result: dict[str, Any]) -> list[str]:
             f"{_ms(d['lag_ms_last_10pct']['median'], 0)} ms in the last 10 %"
         )
     return lines + [f"note: {n}" for n in result["notes"]]
+
+
+def soak_tables(result: dict[str, Any]) -> list[Table]:
+    """The ``--soak`` report's tables: the goal, requests by client, errors by code, the unexpected ones,
+    the server's RSS, frame-request latency."""
+    out: list[Table] = []
+    g = result["goal"]
+    growth = g["rss_growth_pct"]
+    out.append(
+        Table(
+            f"Goal: {g['line']}",
+            ["figure", "measured", "goal", "met"],
+            [
+                ["unexpected errors", str(g["unexpected_errors"]), "0", _yes(g["unexpected_errors"] == 0)],
+                ["timeouts", str(g["timeouts"]), "0", _yes(g["timeouts"] == 0)],
+                ["server crashes", str(g["crashes"]), "0", _yes(g["crashes"] == 0)],
+                [
+                    "RSS growth after warm-up",
+                    "–" if growth is None else f"{growth:+.2f} %",
+                    f"< {g['rss_growth_limit_pct']:g} %",
+                    "–" if growth is None else _yes(growth < g["rss_growth_limit_pct"]),
+                ],
+            ],
+        )
+    )
+    kinds = result["requests"]["by_kind"]
+    slots: dict[str, int] = {}
+    for client in result["clients"]:
+        slots[client["kind"]] = slots.get(client["kind"], 0) + 1
+    rows = [
+        [kind, str(slots.get(kind, 0)), str(c["ok"]), str(c["expected_error"]), str(c["unexpected_error"]),
+         str(c["timeout"])]
+        for kind, c in kinds.items()
+    ]
+    total = result["requests"]["by_outcome"]
+    rows.append(["all", str(len(result["clients"])), str(total["ok"]), str(total["expected_error"]),
+                 str(total["unexpected_error"]), str(total["timeout"])])
+    out.append(
+        Table(
+            "Requests by client and outcome (expected: provoked by the request, or a refusal under load)",
+            ["client", "clients", "ok", "expected error", "unexpected error", "timeout"],
+            rows,
+        )
+    )
+    out.append(
+        Table(
+            "Errors by code",
+            ["code", "expected", "unexpected"],
+            [[code, str(c["expected"]), str(c["unexpected"])]
+             for code, c in result["errors_by_code"].items()],
+        )
+    )
+    unexpected = result["unexpected_errors"]
+    if unexpected["listed"]:
+        shown = len(unexpected["listed"])
+        out.append(
+            Table(
+                f"Unexpected errors and timeouts (the first {shown}; {unexpected['total']} unexpected errors "
+                "in all)",
+                ["at s", "client", "request", "code", "detail"],
+                [[f"{u['at_seconds']:.1f}", u["client"], u["request"], u["code"], u["detail"]]
+                 for u in unexpected["listed"]],
+            )
+        )
+    rss = result["rss"]
+
+    def mb(value: Any) -> str:
+        return "–" if value is None else f"{float(value):.1f}"
+
+    header = ["start", "after warm-up"] + [f"minute {m['minute']}" for m in rss["per_minute"]]
+    header += ["end of load", "idle after", "peak", "growth after warm-up"]
+    row = [mb(rss["start_mb"]), mb(rss["after_warmup_mb"])] + [mb(m["rss_mb"]) for m in rss["per_minute"]]
+    row += [mb(rss["end_mb"]), mb(rss["idle_end_mb"]), mb(rss["peak_mb"]),
+            "–" if rss["growth_pct"] is None else f"{rss['growth_pct']:+.2f} %"]
+    out.append(Table("Server RSS (MB)", header, [row]))
+    latency = result["frame_latency_ms"]
+    out.append(
+        Table(
+            "Frame requests that succeeded: latency (ms)",
+            ["transport", "requests", "p50", "p99", "max"],
+            [[name, str(lat["count"]), _ms(lat["p50"], 1), _ms(lat["p99"], 1), _ms(lat["max"], 1)]
+             for name, lat in (("POST /v1/frame", latency["http"]), ("/v1/stream", latency["stream"]))],
+        )
+    )
+    return out
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "NO"
+
+
+def soak_summary_lines(result: dict[str, Any]) -> list[str]:
+    """The lines above the ``--soak`` tables: machine, load, input, model, the run, sessions, the goal."""
+    i, machine, model = result["input"], result["machine"], result.get("model", {})
+    run, sessions, server = result["run"], result["sessions"], result["server"]
+    source = "sample talking head" if i["sample"] else (i["video"] or i["package"])
+    kinds = ", ".join(f"{n} {k}" for k, n in _count(c["kind"] for c in result["clients"]).items())
+    lines = [
+        f"machine: {hardware_line(machine)}",
+        f"load average before / after: {machine['load_average']} / {result['load_average_after']}",
+        f"input: {source}, {i['width']}x{i['height']} at {i['fps']:g} fps ({i['family']}), "
+        f"{i['n_frames']} frames, {i['speech_seconds']:.1f} s of speech",
+        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}"
+        + (" (random weights: the speed of the real network; they move pixels, they do not lip-sync)"
+           if model.get("is_random") else ""),
+        f"soak: {len(result['clients'])} clients ({kinds}) for {run['ran_seconds']:.0f} of "
+        f"{run['seconds']:g} s ({run['warmup_seconds']:g} s of warm-up)"
+        f"{', stopped early' if run['stopped_early'] else ''}; "
+        f"{result['requests']['total']} requests; run took {result['duration_seconds']:.0f} s",
+        f"live sessions: {sessions['started']} started, {sessions['completed']} ended by the server's "
+        f"session_end, {sessions['frames_received']} frames received; the server dropped "
+        f"{_dropped(sessions['frames_dropped'], sessions['frames_expected'])} frames of those it ended",
+        f"server: --min-session-fps {server['options'].get('min_session_fps')}, after the soak "
+        f"{server['sessions_after'].get('sessions', '?')} session(s) running, server-side errors by code "
+        f"{server['metrics_after'].get('errors_by_code', {}) or '{}'}",
+        f"goal ({result['goal']['line']}): {'met' if result['goal']['met'] else 'NOT met'}",
+    ]
+    return lines + [f"note: {n}" for n in result["notes"]]
+
+
+def _count(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def to_markdown(result: dict[str, Any]) -> str:

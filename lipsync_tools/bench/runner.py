@@ -44,8 +44,8 @@ from ..errors import InputNotFoundError, LipsyncError, UsageError
 from ..protocol.messages import FrameReply, FrameRequest, ImageFormat
 from .machine import machine_facts
 from .modes import DEFAULT_MODES, MODES, ModeSpec, ServerLaunch, ServerProcess, parse_modes
+from .report import COMPARE_SCHEMA_VERSION as SCHEMA_VERSION
 
-SCHEMA_VERSION = 2  # 2: input.family and the families section
 PACKAGE_ID = "avatar"
 
 COMPONENTS: tuple[tuple[str, str], ...] = (
@@ -831,7 +831,9 @@ def summarize_mode(
             "process_to_ready_s": round(server.process_seconds, 3),
             "model_load_s": float(seconds.get("model_load", 0.0)),
             "frame_preload_s": float(seconds.get("frame_preload", 0.0)),
-            "audio_features_s": float(seconds.get("feature_mapping", 0.0)),
+            # the server's "feature_mapping": mapping and checking the package's hot arrays (crops, masks,
+            # mel, ...), not computing audio features (schema 3 renamed it from audio_features_s)
+            "feature_mapping_s": float(seconds.get("feature_mapping", 0.0)),
             "package_open_s": float(seconds.get("package_open", 0.0)),
             "warmup_s": float(seconds.get("warmup", 0.0)),
             "server_total_s": float(seconds.get("total", 0.0)),

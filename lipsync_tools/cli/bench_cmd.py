@@ -1,12 +1,13 @@
-"""``lipsync bench --compare`` / ``--live``: parse options, call :func:`lipsync_tools.bench.run_compare` or
-:func:`lipsync_tools.bench.run_live`, print/write.
+"""``lipsync bench --compare`` / ``--live`` / ``--soak SECONDS``: parse options, check every output path, call
+:func:`lipsync_tools.bench.run_compare`, :func:`~lipsync_tools.bench.run_live` or
+:func:`~lipsync_tools.bench.run_soak`, print the report and write the outputs (each file atomically).
 
 Importing this module registers the command on :data:`lipsync_tools.cli.main.app`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -14,12 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from .main import app, run_command
+from .main import ForceOpt, app, run_command
 from .output import (
     AudioEncoderOpt,
     FamilyOpt,
     InferenceBackendName,
+    RichProgress,
     check_audio_encoder_path,
+    interactive,
     optional_value,
     stderr,
 )
@@ -40,28 +43,6 @@ def _counts(text: str, option: str = "--clients") -> tuple[int, ...]:
     if not counts:
         raise UsageError(f"{option} is empty; give counts such as 1,2,4,8")
     return counts
-
-
-def _check_writable(option: str, path: Path | None) -> None:
-    """Refuse, before a run of minutes, an output path that cannot be written (the file is opened for
-    appending, and removed again if it did not exist)."""
-    from ..errors import UsageError
-
-    if path is None or str(path) == "-":
-        return
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file path")
-    existed = path.exists()
-    try:
-        with open(path, "ab"):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"{option} {path} cannot be written ({exc.strerror or exc}); give a path in a folder you can "
-            "write"
-        ) from None
-    if not existed:
-        path.unlink(missing_ok=True)
 
 
 def _refuse_other(mode: str, given: dict[str, bool]) -> None:
@@ -95,6 +76,17 @@ def bench_cmd(
             "for drift.",
         ),
     ] = False,
+    soak: Annotated[
+        float | None,
+        typer.Option(
+            "--soak",
+            metavar="SECONDS",
+            help="Run one server for SECONDS under 8 concurrent clients (live sessions, frame requests, "
+            "package loads, slow readers, clients that vanish, malformed messages); report errors by kind, "
+            "crashes, RSS growth and frame latency.",
+            show_default=False,
+        ),
+    ] = None,
     frames: Annotated[
         int | None,
         typer.Option("--frames", help="--compare: measured frames per mode (default 100; --quick 12)."),
@@ -118,7 +110,9 @@ def bench_cmd(
     session_seconds: Annotated[
         float | None,
         typer.Option(
-            "--session-seconds", help="--live: seconds of speech each session says (default 10; --quick 5)."
+            "--session-seconds",
+            help="--live: seconds of speech each session says (default 10; --quick 5); --soak: the mean "
+            "length of a live session (default 3).",
         ),
     ] = None,
     drift_seconds: Annotated[
@@ -131,13 +125,15 @@ def bench_cmd(
     min_session_fps: Annotated[
         float | None,
         typer.Option(
-            "--min-session-fps", help="--live: the server's --min-session-fps (default: the server's, 20)."
+            "--min-session-fps",
+            help="--live, --soak: the server's --min-session-fps (default: --live the server's, 20; "
+            "--soak 5).",
         ),
     ] = None,
     max_sessions: Annotated[
         int | None,
         typer.Option(
-            "--max-sessions", help="--live: the server's --max-sessions (default: the server's, 32)."
+            "--max-sessions", help="--live, --soak: the server's --max-sessions (default: the server's, 32)."
         ),
     ] = None,
     image: Annotated[
@@ -152,17 +148,20 @@ def bench_cmd(
         LiveModel | None,
         typer.Option(
             "--model",
-            help="--live: random (default: random weights, the real network's speed, NOT lip-sync) or "
-            "identity (no network: the serving machinery alone).",
+            help="--live, --soak: random (default: random weights, the real network's speed, NOT lip-sync) "
+            "or identity (no network: the serving machinery alone).",
         ),
     ] = None,
     json_out: Annotated[
         Path | None,
-        typer.Option("--json", help="Write the result document (schema: docs/benchmarks.md); - = stdout."),
+        typer.Option(
+            "--json", help="Write the result document (schema: docs/benchmarks.md); - = stdout (no tables)."
+        ),
     ] = None,
     markdown_out: Annotated[
         Path | None, typer.Option("--markdown", help="Write the tables as Markdown.")
     ] = None,
+    force: ForceOpt = False,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="--compare: write the plot (PNG).")] = None,
     quick: Annotated[
         bool,
@@ -186,29 +185,35 @@ def bench_cmd(
     audio_encoder: AudioEncoderOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Benchmark serving on this machine: --compare (per-component times, FPS, scaling, startup, memory) or
-    --live (sessions at the speed of speech: delivered fps, lag, dropped frames, refusals, drift)."""
+    """Benchmark serving on this machine: --compare (per-component times, FPS, scaling, startup, memory),
+    --live (sessions at the speed of speech: delivered fps, lag, dropped frames, refusals, drift) or
+    --soak SECONDS (a long mixed load: errors by kind, crashes, memory growth)."""
 
     def action() -> None:
         from ..bench import (
             CompareOptions,
             LiveOptions,
+            SoakOptions,
+            check_outputs,
             check_result,
             parse_modes,
             print_report,
             run_compare,
             run_live,
-            to_markdown,
+            run_soak,
+            write_outputs,
         )
         from ..errors import UsageError
 
-        if compare == live:
+        given = (("--compare", compare), ("--live", live), ("--soak", soak is not None))
+        chosen = [name for name, on in given if on]
+        if len(chosen) != 1:
+            both = f", one of them: {' and '.join(chosen)}, not both" if len(chosen) == 2 else ""
+            both = ", one of them, not all three" if len(chosen) == 3 else both
             raise UsageError(
                 "say what to benchmark: lipsync bench --compare [VIDEO or PKG] (the serving modes side by "
-                "side) or lipsync bench --live [VIDEO or PKG] (live sessions), not both"
-                if compare
-                else "say what to benchmark: lipsync bench --compare [VIDEO or PKG] or lipsync bench --live "
-                "[VIDEO or PKG]"
+                "side), lipsync bench --live [VIDEO or PKG] (live sessions) or lipsync bench --soak SECONDS "
+                f"[VIDEO or PKG] (a long mixed load){both}"
             )
         check_audio_encoder_path(audio_encoder)
         common: dict[str, Any] = {
@@ -220,8 +225,27 @@ def bench_cmd(
             "audio_encoder": audio_encoder,
             "work_dir": work_dir,
         }
-        options: CompareOptions | LiveOptions
-        if live:
+        options: CompareOptions | LiveOptions | SoakOptions
+        if soak is not None:
+            _refuse_other(
+                "--soak",
+                {"--frames": frames is not None, "--clients": clients is not None,
+                 "--modes": modes is not None, "--plot": plot_out is not None,
+                 "--sessions": sessions is not None, "--drift-seconds": drift_seconds is not None,
+                 "--image": image is not None, "--quick": quick},
+            )
+            overrides = dict(common)
+            soak_values: tuple[tuple[str, float | None], ...] = (
+                ("session_seconds", session_seconds), ("min_session_fps", min_session_fps),
+                ("max_sessions", max_sessions),
+            )
+            for key, number in soak_values:
+                if number is not None:
+                    overrides[key] = number
+            if model is not None:
+                overrides["model"] = model.value
+            options = SoakOptions(seconds=soak, **overrides)
+        elif live:
             _refuse_other(
                 "--live",
                 {"--frames": frames is not None, "--clients": clients is not None,
@@ -255,30 +279,24 @@ def bench_cmd(
             if frames is not None:
                 overrides["frames"] = frames
             options = CompareOptions.quick(**overrides) if quick else CompareOptions(**overrides)
-        for option, path in (("--json", json_out), ("--markdown", markdown_out), ("--plot", plot_out)):
-            _check_writable(option, path)
+        # Every output is checked before a run of minutes; each is written atomically after it.
+        check_outputs({"--json": json_out, "--markdown": markdown_out, "--plot": plot_out}, force=force,
+                      source=source)
         to_stdout = json_out is not None and str(json_out) == "-"
 
         def say(message: str) -> None:
             stderr.print(f"[bench] {message}", highlight=False, markup=False)
 
-        if isinstance(options, LiveOptions):
+        if isinstance(options, SoakOptions):
+            with RichProgress() if interactive(False, False) else contextlib.nullcontext() as ticker:
+                result = run_soak(options, progress=say, ticker=ticker)
+        elif isinstance(options, LiveOptions):
             result = run_live(options, progress=say)
         else:
             result = run_compare(options, progress=say)
         check_result(result)
-        if json_out is not None:
-            text = json.dumps(result, indent=2)
-            if to_stdout:
-                sys.stdout.write(text + "\n")
-            else:
-                json_out.write_text(text + "\n")
-        if markdown_out is not None:
-            markdown_out.write_text(to_markdown(result))
-        if plot_out is not None:
-            from ..bench.plot import write_plot
-
-            write_plot(result, plot_out)
+        write_outputs(result, json_path=json_out, markdown_path=markdown_out, plot_path=plot_out,
+                      stdout=sys.stdout.write)
         if not to_stdout:
             from rich.console import Console
 

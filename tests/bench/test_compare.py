@@ -69,6 +69,7 @@ def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any])
         assert mode["end_to_end"]["median_ms"] >= mode["server_total"]["median_ms"] > 0
         assert mode["fps"] > 0 and mode["memory"]["peak_rss_mb"] > 0
         assert mode["startup"]["model_load_s"] > 0
+        assert "feature_mapping_s" in mode["startup"] and "audio_features_s" not in mode["startup"]
         original_path = name in ("original", "binary")
         assert (mode["stages"]["face detection"]["median_ms"] > 0) == original_path
         assert (mode["startup"]["frame_preload_s"] > 0) == (not original_path)
@@ -102,6 +103,7 @@ def test_tables_markdown_and_plot_show_every_figure(result: dict[str, Any], tmp_
     assert len(titles) == 7
     markdown = to_markdown(result)
     for needle in (
+        "feature mapping",
         "face detection",
         "model inference",
         "transport",
@@ -175,6 +177,20 @@ def test_schema_errors_name_the_place(result_like: dict[str, Any]):
         check_result(broken)
 
 
+def test_a_version_2_document_is_refused_with_the_rename(result_like: dict[str, Any]):
+    """Schema 3 renamed startup.audio_features_s to feature_mapping_s: a reader of 3 refuses a 2 by its
+    version, not by a missing key."""
+    from lipsync_tools.bench import COMPARE_SCHEMA_VERSION
+
+    assert COMPARE_SCHEMA_VERSION == 3
+    old = copy.deepcopy(result_like)
+    old["schema_version"] = 2
+    startup = old["modes"]["preloaded"]["startup"]
+    startup["audio_features_s"] = startup.pop("feature_mapping_s")
+    with pytest.raises(SchemaError, match=r"a --compare document of another version; .* reads version 3"):
+        check_result(old)
+
+
 @pytest.fixture
 def result_like() -> dict[str, Any]:
     """A minimal document in the schema's shape (no run needed)."""
@@ -198,7 +214,7 @@ def result_like() -> dict[str, Any]:
                 "process_to_ready_s",
                 "model_load_s",
                 "frame_preload_s",
-                "audio_features_s",
+                "feature_mapping_s",
                 "package_open_s",
                 "warmup_s",
                 "server_total_s",
@@ -208,7 +224,7 @@ def result_like() -> dict[str, Any]:
         "memory": {"ready_rss_mb": 1.0, "peak_rss_mb": 2.0},
     }
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "machine": {
             "cpu": "x",
             "cores_logical": 2,
