@@ -13,8 +13,37 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests import samples
+
+# Hypothesis profiles of the fuzz properties (tests/protocol/test_fuzz.py, tests/server/test_fuzz_http.py).
+# "fuzz" keeps the default run fast (~100 examples a property); `pytest --fuzz-long` loads "fuzz-long",
+# whose examples add up to more than 100,000 cases over the two files (each file prints its count). Neither
+# is derandomized: a failure prints its seed and a @reproduce_failure blob, and the example database
+# (.hypothesis/) replays it first on the next run. No deadline: the machines are shared and slow.
+FUZZ_EXAMPLES = 100
+FUZZ_LONG_EXAMPLES = 3000
+settings.register_profile(
+    "fuzz", max_examples=FUZZ_EXAMPLES, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz-long", max_examples=FUZZ_LONG_EXAMPLES, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long", action="store_true", default=False,
+        help=f"run the Hypothesis fuzz properties with {FUZZ_LONG_EXAMPLES} examples each instead of "
+        f"{FUZZ_EXAMPLES} (over 100,000 cases in all; minutes)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings.load_profile("fuzz-long" if config.getoption("--fuzz-long") else "fuzz")
 
 
 def _in_ci() -> bool:

@@ -188,7 +188,8 @@ class BinaryCodec:
         if not isinstance(data, bytes | bytearray | memoryview):
             _fail(ErrorCode.BAD_MAGIC, f"binary messages are bytes, got {type(data).__name__}")
         view = memoryview(data)
-        if not view.c_contiguous:
+        if not view.c_contiguous or view.nbytes == 0:
+            # a strided view is copied flat; so is an empty one, which cast() refuses in some shapes: (0, 3)
             view = memoryview(view.tobytes())
         elif view.format != "B" or view.ndim != 1:
             view = view.cast("B")

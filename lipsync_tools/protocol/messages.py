@@ -230,7 +230,10 @@ def _normalize_payload(owner: object, value: object) -> Payload:
     if isinstance(value, memoryview):
         if not value.c_contiguous:
             _fail(ErrorCode.BAD_FIELD, "payload memoryview must be C-contiguous")
-        flat = value if value.format == "B" and value.ndim == 1 else value.cast("B")
+        if value.nbytes == 0:
+            flat = memoryview(b"")  # cast() refuses empty views of some shapes, e.g. (0, 3)
+        else:
+            flat = value if value.format == "B" and value.ndim == 1 else value.cast("B")
         if not flat.readonly:
             # a writable view could change under a frozen message; copy once instead
             flat = memoryview(flat.tobytes())
