@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -436,7 +436,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # "²".isdigit() is true, int("²") fails
             raise ProtocolError(ErrorCode.BAD_FIELD, f"Content-Length {length[:32]!r} is not a number")
         if int(length) > limit:
             raise ProtocolError(ErrorCode.OVERSIZE, f"body is {int(length)} bytes, the limit is {limit}")
@@ -645,6 +645,8 @@ class Endpoints:
         except ProtocolError as exc:
             self.metrics.error(exc.code)
             return error_response(exc, codec, request_id=request_id)
+        except ClientDisconnect:
+            return self._client_left()
         except Exception as exc:
             log.exception("POST /v1/frame failed")
             self.metrics.error(ErrorCode.INTERNAL)
@@ -654,6 +656,12 @@ class Endpoints:
         self.metrics.frame_sent("http", reply.silence)
         self.metrics.observe("lipsync_request_seconds", time.perf_counter() - started, endpoint="frame")
         return Response(body, media_type=codec.content_type)
+
+    def _client_left(self) -> Response:
+        """The client went away while sending its body: nothing was done and nobody reads the answer. It is
+        a disconnect, not a server error (the soak counted them as ``internal`` before)."""
+        self.metrics.inc("lipsync_disconnects_total", pending="false")
+        return Response(status_code=400)
 
     def _api_error_status(self, error: ProtocolError, status: int) -> Response:
         self.metrics.error(error.code)
@@ -693,8 +701,8 @@ class Endpoints:
             body = await read_body(request, MAX_PACKAGE_API_BODY)
             try:
                 obj = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # also numbers over 4300 digits, deep nesting
+                raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not JSON: {str(exc)[:200]}") from None
             shapes = ({"id"}, {"id", "path"}, {"id", "url", "sha256"})
             if not isinstance(obj, dict) or set(obj) not in shapes:
                 raise ProtocolError(
@@ -729,6 +737,8 @@ class Endpoints:
                 self.metrics.add_gauge("lipsync_packages_loaded", 1)
         except ProtocolError as exc:
             return self._api_error(exc)
+        except ClientDisconnect:
+            return self._client_left()
         return JSONResponse(info.to_dict(), status_code=201)
 
     async def _runtime_source(self, obj: dict[str, Any]) -> Path:
@@ -767,12 +777,16 @@ class Endpoints:
         candidate = path if path.is_absolute() else root / path
         try:
             resolved = candidate.resolve(strict=False)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):  # ValueError: a lone surrogate cannot be a file name
             resolved = None
         if resolved is None or not resolved.is_relative_to(root):
             raise ProtocolError(FORBIDDEN, f"{path} is outside the server's package folder; this server "
                                 "loads packages only from its --package-dir")
-        if not resolved.is_file():
+        try:
+            is_file = resolved.is_file()
+        except OSError:  # e.g. ENAMETOOLONG, which pathlib does not turn into False
+            is_file = False
+        if not is_file:
             raise ProtocolError(NOT_FOUND, f"{path} is not a file in the server's package folder")
         return resolved
 

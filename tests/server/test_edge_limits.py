@@ -402,3 +402,26 @@ def test_a_session_refused_by_admission_gives_its_address_place_back() -> None:
             first.end()
             list(first)
         assert wait_for(lambda: server.state._client_sessions == {})
+
+
+@pytest.mark.parametrize(("path", "content_type"), [("/v1/frame", "application/x-lipsync"),
+                                                    ("/v1/packages", "application/json")])
+def test_a_client_that_leaves_half_way_through_its_body_is_a_disconnect_not_an_internal_error(
+    path: str, content_type: str
+) -> None:
+    """Found by `lipsync bench --soak`: Starlette's ClientDisconnect was logged and counted as `internal`."""
+    import socket
+    from urllib.parse import urlsplit
+
+    with fake_server() as (server, _):
+        where = urlsplit(server.url)
+        for _ in range(3):
+            with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                    "Content-Length: 1000\r\n\r\n".encode() + b"x" * 500
+                )
+        metrics = server.state.metrics
+        assert wait_for(lambda: metrics.value("lipsync_disconnects_total", pending="false") == 3)
+        assert metrics.value("lipsync_errors_total", code="internal") == 0
+        assert httpx.get(f"{server.url}/healthz").status_code == 200  # and it serves on
