@@ -231,7 +231,10 @@ class Batcher(Generic[T, R]):
             # Wait on an event, not on queue.get(): cancelling a timed-out get() can lose an item.
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                # arrives as the event is set (CPython gh-86296), and stop() cancels this loop
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
                 break
         return batch

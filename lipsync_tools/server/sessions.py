@@ -288,8 +288,12 @@ class SessionAudio:
                         f"no audio for {idle_seconds:g} s and no session_end; send audio (silence keeps an "
                         "avatar idling) or end the session"
                     )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when its awaitable
+                # completes in the tick the task is cancelled (CPython gh-86296), losing the cancellation; a
+                # cancelled producer then blocked forever and its session hung (found by `bench --soak`).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
 
     def play_time(self, k: int) -> float:
         """Event-loop time at which frame ``k``'s audio plays (the clock must have started)."""
@@ -393,11 +397,15 @@ class Session:
             await producer
             await sender
         finally:
-            for task in (producer, sender):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+            pending = [task for task in (producer, sender) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                # bounded: a task that ignored its cancellation must not hang the session's end with it
+                await asyncio.wait(pending, timeout=self.limits.close_timeout_seconds)
+                for task in pending:
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: the session's own error is the one that counts
             await self._cancel_pending()
         await self._send(SessionEnd(request_id=self.start.request_id, frames_sent=self.frames_sent,
                                     frames_dropped=self.frames_dropped))
@@ -525,7 +533,8 @@ class Session:
     async def _send_frame(self, reply: FrameReply) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._send(reply), self.limits.slow_client_seconds)
+            async with asyncio.timeout(self.limits.slow_client_seconds):  # not wait_for: see wait_ready
+                await self._send(reply)
         except TimeoutError:
             raise TooSlowError(
                 f"the client read no frame for {self.limits.slow_client_seconds:g} s; read frames as they "
@@ -847,7 +856,8 @@ class StreamConnection:
         try:
             if closing:
                 # The client may not be reading (too_slow): try for a bounded time, then drop it.
-                await asyncio.wait_for(self._write(data, bounded=False), self.limits.close_timeout_seconds)
+                async with asyncio.timeout(self.limits.close_timeout_seconds):
+                    await self._write(data, bounded=False)
             else:
                 await self._write(data)
         except TooSlowError as exc:  # not even a small error reply fits: the client stopped reading
@@ -862,5 +872,6 @@ class StreamConnection:
     async def _close(self, code: int, reason: str) -> None:
         self._closing = True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), self.limits.close_timeout_seconds)
+            async with asyncio.timeout(self.limits.close_timeout_seconds):
+                await self.ws.close(code, reason)
         self._done.set()

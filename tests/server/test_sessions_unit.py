@@ -337,3 +337,25 @@ def test_a_session_without_audio_ends_with_idle_timeout() -> None:
             await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_waiting_frame_cancelled_as_its_audio_arrives_stays_cancelled() -> None:
+    """Found by `lipsync bench --soak`: on Python 3.11 asyncio.wait_for returned normally when its wait ended
+    in the tick its task was cancelled (CPython gh-86296), so a session's producer lost its cancellation,
+    went on to wait for a slot for ever, and the session hung without an error or session_end."""
+
+    async def scenario() -> list[bool]:
+        outcomes = []
+        for _ in range(50):
+            audio = SessionAudio(capacity=(1 << 20) + 6400, fps=25.0)
+            waiter = asyncio.create_task(audio.wait_ready(0, idle_seconds=30.0))
+            await asyncio.sleep(0)  # the waiter is inside its timed wait now
+            feeding = asyncio.create_task(audio.feed(loud(0.3).tobytes()))  # makes frame 0 ready...
+            await asyncio.sleep(0)
+            waiter.cancel()  # ...in the same tick as the cancel
+            await asyncio.gather(feeding, return_exceptions=True)
+            await asyncio.wait({waiter}, timeout=5)
+            outcomes.append(waiter.cancelled())
+        return outcomes
+
+    assert all(asyncio.run(scenario()))
