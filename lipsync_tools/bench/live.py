@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -274,7 +273,7 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
     Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input, a server that does not
     start, or a session whose frames are not images of the package's size.
     """
-    from .runner import _rss_monitor, prepare_input, settings_of, timed_progress, work_folder
+    from .runner import _rss_monitor, document_head, prepare_input, timed_progress, work_folder
 
     started = time.perf_counter()
     say = timed_progress(progress)
@@ -308,16 +307,9 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
         _check_images(records, bench_input.width, bench_input.height)
     notes = _notes(points, drift, model, facts)
     result: dict[str, Any] = {
-        "schema_version": LIVE_SCHEMA_VERSION,
-        "kind": KIND,
-        "machine": facts,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "input": {
-            **bench_input.describe(sample=options.input is None),
-            "speech_seconds": round(speech.size / SAMPLE_RATE, 3),
-        },
-        "settings": settings_of(options),
-        "model": model,
+        **document_head(
+            LIVE_SCHEMA_VERSION, KIND, facts, bench_input, options, speech.size / SAMPLE_RATE, model
+        ),
         "server": {
             "options": measured["options"],
             "capacity": measured["capacity"],

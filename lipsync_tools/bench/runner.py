@@ -201,6 +201,31 @@ def settings_of(options: Any) -> dict[str, Any]:
     }
 
 
+def document_head(
+    schema_version: int,
+    kind: str,
+    facts: dict[str, Any],
+    bench_input: BenchInput,
+    options: Any,
+    speech_seconds: float,
+    model: dict[str, Any],
+) -> dict[str, Any]:
+    """The sections every ``--live``/``--soak`` document starts with: schema, kind, the machine and its load
+    after the run, the input, the settings and the model."""
+    return {
+        "schema_version": schema_version,
+        "kind": kind,
+        "machine": facts,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "input": {
+            **bench_input.describe(sample=options.input is None),
+            "speech_seconds": round(speech_seconds, 3),
+        },
+        "settings": settings_of(options),
+        "model": model,
+    }
+
+
 def timed_progress(progress: Progress | None) -> Progress:
     """``progress`` with the seconds since now in front of each message (a no-op without one)."""
     started = time.perf_counter()

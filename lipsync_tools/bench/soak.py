@@ -60,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import re
 import time
 from collections import Counter
@@ -361,7 +360,7 @@ def _document(
     server: Any,
     log: dict[str, Any],
 ) -> dict[str, Any]:
-    from .runner import settings_of
+    from .runner import document_head
 
     tally, rss = soak.tally, soak.rss
     by_kind = {kind: {o: int(tally.outcomes[kind][o]) for o in OUTCOMES} for kind in CLIENT_KINDS}
@@ -386,16 +385,9 @@ def _document(
         and growth < RSS_GROWTH_GOAL_PCT
     )
     result: dict[str, Any] = {
-        "schema_version": SOAK_SCHEMA_VERSION,
-        "kind": KIND,
-        "machine": facts,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "input": {
-            **bench_input.describe(sample=options.input is None),
-            "speech_seconds": round(speech.size / SAMPLE_RATE, 3),
-        },
-        "settings": settings_of(options),
-        "model": model,
+        **document_head(
+            SOAK_SCHEMA_VERSION, KIND, facts, bench_input, options, speech.size / SAMPLE_RATE, model
+        ),
         "server": {
             "options": {
                 "model": options.model,
