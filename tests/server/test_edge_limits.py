@@ -174,7 +174,9 @@ def test_json_websocket_message_over_the_cap_closes_1009_and_the_server_serves_o
         with pytest.raises((ConnectionClosed, OSError)):
             ws.send(full_chunk_json(MAX_JSON_REQUEST_BYTES + 1))  # refused from its frame header
             ws.recv(timeout=10)
-        assert ws.close_code in (1009, None)  # None: the reset came before the close frame was read
+        # 1009 when the client reads the server's close frame; 1006 or None when the server's close reached it
+        # as a reset while it was still writing the big message (timing: both seen on this machine)
+        assert ws.close_code in (1009, 1006, None)
     assert wait_for(lambda: oversize_count(server) == before + 1)
     with ws_connect(server.url) as ws:  # the next client is served
         ws.send(JSON.encode(request(4)))
