@@ -174,7 +174,7 @@ LIVE_SESSION: dict[str, Any] = {
     "error": OPT_STR,
 }
 
-LIVE_SCHEMA: dict[str, Any] = {
+DOCUMENT_HEAD_SCHEMA: dict[str, Any] = {
     "schema_version": int,
     "kind": str,
     "machine": RESULT_SCHEMA["machine"],
@@ -182,6 +182,11 @@ LIVE_SCHEMA: dict[str, Any] = {
     "input": {**RESULT_SCHEMA["input"], "speech_seconds": NUM},
     "settings": dict,
     "model": dict,
+}
+"""The sections every ``--live``/``--soak`` document starts with (``runner.document_head`` writes them)."""
+
+LIVE_SCHEMA: dict[str, Any] = {
+    **DOCUMENT_HEAD_SCHEMA,
     "server": {
         "options": dict,
         "capacity": dict,
@@ -238,13 +243,7 @@ OUTCOME_COUNTS = {"ok": int, "expected_error": int, "unexpected_error": int, "ti
 FRAME_LATENCY = {"count": int, "p50": OPT_NUM, "p99": OPT_NUM, "max": OPT_NUM}
 
 SOAK_SCHEMA: dict[str, Any] = {
-    "schema_version": int,
-    "kind": str,
-    "machine": RESULT_SCHEMA["machine"],
-    "load_average_after": list,
-    "input": {**RESULT_SCHEMA["input"], "speech_seconds": NUM},
-    "settings": dict,
-    "model": dict,
+    **DOCUMENT_HEAD_SCHEMA,
     "server": {
         "options": dict,
         "ready_rss_mb": NUM,

@@ -30,6 +30,7 @@ from lipsync_tools.bench.modes import ServerLaunch
 from lipsync_tools.bench.plot import write_plot
 from lipsync_tools.cli.main import app
 from lipsync_tools.errors import UsageError
+from tests.bench.conftest import MACHINE
 
 MODES = ("original", "preloaded", "preloaded-lean")  # binary = original with the other codec
 
@@ -225,17 +226,7 @@ def result_like() -> dict[str, Any]:
     }
     return {
         "schema_version": 3,
-        "machine": {
-            "cpu": "x",
-            "cores_logical": 2,
-            "cores_physical": None,
-            "memory_gb": 1.0,
-            "gpu": None,
-            "os": "linux",
-            "python": "3.11",
-            "libraries": {},
-            "load_average": [0.0, 0.0, 0.0],
-        },
+        "machine": MACHINE,
         "load_average_after": [0.0],
         "settings": {},
         "model": {},

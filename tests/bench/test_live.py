@@ -23,6 +23,7 @@ from lipsync_tools.bench import LIVE_SCHEMA, LiveOptions, SchemaError, check_res
 from lipsync_tools.bench.live import LiveLaunch, SessionRecord, _feed, _looped, lag_stats
 from lipsync_tools.cli.main import app
 from lipsync_tools.errors import UsageError
+from tests.bench.conftest import MACHINE
 
 
 @pytest.fixture(scope="module")
@@ -338,17 +339,7 @@ def live_like() -> dict[str, Any]:
     return {
         "schema_version": 1,
         "kind": "live",
-        "machine": {
-            "cpu": "x",
-            "cores_logical": 2,
-            "cores_physical": None,
-            "memory_gb": 1.0,
-            "gpu": None,
-            "os": "linux",
-            "python": "3.11",
-            "libraries": {},
-            "load_average": [0.0, 0.0, 0.0],
-        },
+        "machine": MACHINE,
         "load_average_after": [0.0],
         "input": {
             "video": None,
