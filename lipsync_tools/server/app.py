@@ -58,6 +58,7 @@ from lipsync_tools.server.config import (
     SessionLimits,
 )
 from lipsync_tools.server.demo import demo_routes
+from lipsync_tools.server.memory import HeapTrimmer
 from lipsync_tools.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lipsync_tools.server.metrics import Metrics
 from lipsync_tools.server.sessions import (
@@ -188,6 +189,7 @@ class ServerState:
             max_batch=config.max_batch, post_seconds=self._post_seconds,
         )
         self._client_sessions: dict[str, int] = {}  # live sessions by client address
+        self.heap = HeapTrimmer(self.metrics)  # free C heap memory back to the OS (server/memory.py)
         # Large JSON messages are encoded/decoded here, off the event loop. Its own pool, not asyncio's
         # default one, which catalog downloads and package loads may keep busy for minutes. The codecs hold
         # the GIL most of the time, so more threads than cores would only queue.
@@ -369,6 +371,7 @@ class ServerState:
                 await self._warm_up(engine)
                 seconds["warmup"] = time.perf_counter() - t
             seconds["total"] = time.perf_counter() - started
+            await self.trim_heap()  # what loading the model and the packages freed (imports, the export)
             self.ready = True
             self.metrics.set_gauge("lipsync_ready", 1)
             import psutil
@@ -386,6 +389,21 @@ class ServerState:
             self.startup_error = exc
             log.error("startup failed: %s", exc, exc_info=not isinstance(exc, LipsyncError))
             self.request_shutdown()
+
+    async def trim_heap(self) -> None:
+        """Hand free C heap memory back to the OS (a worker thread walks glibc's arenas)."""
+        if self.heap.available and self.config.heap_trim_seconds > 0:
+            await asyncio.to_thread(self.heap.trim)
+
+    async def trim_heap_periodically(self) -> None:
+        """Every ``heap_trim_seconds``, :meth:`trim_heap`: what packages, sessions and replies freed would
+        otherwise stay in glibc's arenas and grow RSS over hours (server/memory.py). Runs until cancelled."""
+        interval = self.config.heap_trim_seconds
+        if interval <= 0 or not self.heap.available:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await self.trim_heap()
 
     async def _warm_up(self, engine: ManagedEngine) -> None:
         """Run ``warmup_frames`` real (loud-noise, so not silent) frames through the whole path."""
@@ -802,6 +820,7 @@ class Endpoints:
             self.metrics.add_gauge("lipsync_packages_loaded", -1)
         except ProtocolError as exc:
             return self._api_error(exc)
+        await self.state.trim_heap()  # its frames go back to the OS, not only to malloc's free lists
         return JSONResponse({"unloaded": package_id})
 
     async def stream(self, websocket: WebSocket) -> None:
@@ -816,13 +835,15 @@ def create_app(state: ServerState) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(state.startup())
+        tasks = [asyncio.create_task(state.startup()), asyncio.create_task(state.trim_heap_periodically())]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.shutdown()
 
     app = Starlette(

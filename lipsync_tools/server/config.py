@@ -164,6 +164,8 @@ class ServerConfig:
     ``insecure``), ``package_dir`` (run-time loads by path only inside it; ``None``: none by path),
     ``allow_urls`` (run-time loads of ``{"id", "url", "sha256"}``), ``allow_runtime_loading`` (off: no
     run-time load or unload at all; catalog ids still load on demand).
+    Memory: ``heap_trim_seconds`` (how often free C heap memory is handed back to the OS, and after every
+    unload; 0 = never; :mod:`lipsync_tools.server.memory`).
     """
 
     packages: tuple[PackageSpec, ...] = ()
@@ -201,6 +203,7 @@ class ServerConfig:
     allow_runtime_loading: bool = True
     sessions: SessionLimits = field(default_factory=SessionLimits)
     warmup_frames: int = 2
+    heap_trim_seconds: float = 30.0
     log_level: str = "warning"
     access_log: bool = False
 
@@ -257,6 +260,10 @@ class ServerConfig:
             raise UsageError(f"max_connections must be in [1, 100000], got {self.max_connections}")
         if not 0 <= self.warmup_frames <= 1000:
             raise UsageError(f"warmup_frames must be in [0, 1000], got {self.warmup_frames}")
+        if not (self.heap_trim_seconds == 0 or 1 <= self.heap_trim_seconds <= 86_400):
+            raise UsageError(
+                f"heap_trim_seconds must be 0 (off) or in [1, 86400] seconds, got {self.heap_trim_seconds}"
+            )
         if self.log_level not in LOG_LEVELS:
             raise UsageError(f"log_level is {self.log_level!r}; expected one of {', '.join(LOG_LEVELS)}")
         if self.token is not None and not self.token.strip():

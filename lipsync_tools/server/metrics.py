@@ -128,6 +128,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec("lipsync_catalog_load_seconds", "histogram",
                "Time from a catalog id's first request to its package being loaded.",
                buckets=LATENCY_BUCKETS),
+    MetricSpec("lipsync_heap_trims_total", "counter",
+               "Times free C heap memory was handed back to the OS (malloc_trim: after an unload and every "
+               "heap_trim_seconds; never where the C library has no malloc_trim)."),
+    MetricSpec("lipsync_heap_released_bytes_total", "counter",
+               "Bytes the server's RSS fell by in those trims."),
+    MetricSpec("lipsync_heap_trim_seconds", "histogram", "Time one malloc_trim took, in seconds.",
+               buckets=LATENCY_BUCKETS),
     # scraped: set from the package and model stores when /metrics is read
     MetricSpec("lipsync_memory_used_bytes", "gauge",
                "Decoded frames and model weights held now (what the budget counts).", scraped=True),

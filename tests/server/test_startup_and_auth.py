@@ -245,6 +245,7 @@ def client_models(url: str) -> list[dict[str, object]]:
         ("log_level", "loud", "log_level is 'loud'"),
         ("min_session_fps", 0.0, "min_session_fps must be"),
         ("max_connections", 0, "max_connections must be"),
+        ("heap_trim_seconds", 0.5, "heap_trim_seconds must be 0 (off) or in [1, 86400]"),
     ],
 )
 def test_every_option_is_checked_by_one_rule_before_anything_loads(
