@@ -24,7 +24,7 @@ import numpy as np
 
 from .audio.mel import MEL_WINDOW_FRAMES, mel_window_starts, wav2lip_mel
 from .engine.engine import STAGES, Engine, EngineOptions
-from .engine.model_loader import AudioEncoderChoice, ModelInfo, PackageModelHints, load_model
+from .engine.model_loader import AudioEncoderChoice, ModelInfo, PackageModelHints, RuntimeChoice, load_model
 from .engine.pacing import pingpong_index
 from .engine.store import PackageStore
 from .errors import LipsyncError, ProtocolError, UsageError
@@ -91,6 +91,7 @@ def render_video(
     family: str | None = None,
     audio_encoder: str | Path | None = None,
     options: EngineOptions | None = None,
+    runtime: RuntimeChoice | None = None,
     server_url: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
@@ -102,7 +103,9 @@ def render_video(
     :func:`~lipsync_tools.engine.model_loader.load_model`: the family is the package's unless ``family``
     says otherwise; ``audio_encoder`` a path or ``"random"`` for AVE families, else the package's) and
     frames are rendered with
-    :meth:`Engine.process_batch_sync` in batches of ``options.max_batch``. ``on_model`` is called once the
+    :meth:`Engine.process_batch_sync` in batches of ``options.max_batch``; ``runtime``: the model's device
+    and precision (:class:`~lipsync_tools.engine.model_loader.RuntimeChoice`: int8 is calibrated on the
+    package's own frames). ``on_model`` is called once the
     model is loaded (the CLI prints the random-weights warning from it).
 
     With ``server_url`` the server's model renders: ``package_path`` is a package id the server has
@@ -121,11 +124,11 @@ def render_video(
     progress = progress or NullProgress()
     output = Path(output)
     check_output_path(output, force)
-    local_options = (model, checkpoint, backend, family, audio_encoder)
+    local_options = (model, checkpoint, backend, family, audio_encoder, runtime)
     if server_url is not None and any(option is not None for option in local_options):
         raise UsageError(
-            "--model, --checkpoint, --backend, --family and --audio-encoder choose the local model; a server "
-            "(--server) renders with its own model. Drop them, or drop --server"
+            "--model, --checkpoint, --backend, --family, --audio-encoder, --precision and --device choose "
+            "the local model; a server (--server) renders with its own model. Drop them, or drop --server"
         )
     pcm = load_audio(Path(audio_path), SAMPLE_RATE)
     mel = wav2lip_mel(pcm) if pcm.size else np.zeros((80, 0), np.float32)
@@ -135,7 +138,7 @@ def render_video(
     source: _FrameSource
     if server_url is None:
         source = _LocalSource(package_path, model, checkpoint, seed, backend, cache_dir, options, on_model,
-                              family, audio_encoder)
+                              family, audio_encoder, runtime)
     else:
         source = _ServerSource(server_url, package_path, options.max_batch, pcm)
     with source:
@@ -219,7 +222,7 @@ class _LocalSource(_FrameSource):
     def __init__(self, package_path: str | Path, model: str | None, checkpoint: Path | None, seed: int,
                  backend: str | None, cache_dir: Path | None, options: EngineOptions,
                  on_model: Callable[[ModelInfo], None] | None, family: str | None = None,
-                 audio_encoder: str | Path | None = None) -> None:
+                 audio_encoder: str | Path | None = None, runtime: RuntimeChoice | None = None) -> None:
         store = PackageStore()
         info = store.load(RENDER_PACKAGE_ID, Path(package_path))
         package = store.get(RENDER_PACKAGE_ID)
@@ -230,6 +233,7 @@ class _LocalSource(_FrameSource):
             hints=PackageModelHints.from_package(package.package, with_checkpoint=use_embedded,
                                                  label=str(package_path)),
             warmup_batches=(),  # the first batch is real work either way
+            runtime=runtime,
         )
         self.model = loaded.info
         if self.model.audio_mode != "mel" and loaded.audio_encoder is None:

@@ -32,6 +32,12 @@ Every session runs as tasks of one asyncio event loop in this process (a sender 
 On a small machine that process shares the CPU with the server: ``send_late_ms_max`` says how late the
 busiest sender was, so a starved client shows in the result instead of passing as server lag, and
 ``start_late_ms`` how late chunk 0 was (both clocks start with it: every lag of the session is short by that).
+
+A session **held** its rate on time (``held``) when it ended without error, delivered at least
+``target_fps`` frames per second of its audio (25, the issue's rate) and no delivered frame was later than the
+server's bound. ``runtime`` says which precision and device the server ran (an int8 model its quality gate
+refused runs fp32), and ``goals`` evaluates the issue's two live goals when the run is the one that measures
+them (:func:`goals`): two Wav2Lip sessions with int8, one SyncTalk_2D-328 session.
 """
 
 from __future__ import annotations
@@ -50,8 +56,8 @@ import numpy as np
 
 from ..errors import LipsyncError, ProtocolError, UsageError
 from .machine import machine_facts
-from .modes import ServerLaunch, ServerProcess
-from .report import LIVE_SCHEMA_VERSION
+from .modes import ServerLaunch, ServerProcess, check_runtime, runtime_of
+from .report import LIVE_SCHEMA_VERSION, goal
 
 KIND = "live"
 PACKAGE_ID = "avatar"
@@ -69,6 +75,9 @@ Progress = Callable[[str], None]
 
 LIVE_IMAGES = ("jpeg", "crop_jpeg")
 """Image formats ``bench --live`` sessions may ask for."""
+
+TARGET_FPS = 25.0
+"""The rate a live session must hold, every frame on time (issue 12's live goals)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +99,9 @@ class LiveOptions:
     ``min_session_fps``/``max_sessions``: passed to ``lipsync serve`` (``None``: the server's defaults,
     20 frames/s and 32 sessions). ``settle_seconds``: pause between points, after the server reports no
     session running. ``work_dir``: where the sample, package and server log go (``None``: a temporary
-    folder, removed afterwards).
+    folder, removed afterwards). ``precision``/``device``: the server's ``--precision``/``--device`` (the
+    document's ``runtime`` says what ran). ``target_fps``: the rate a session must deliver, every frame on
+    time, to count as held (the issue's 25 frames/s).
     """
 
     input: Path | None = None
@@ -111,6 +122,9 @@ class LiveOptions:
     settle_seconds: float = 1.0
     server_start_seconds: float = 180.0
     work_dir: Path | None = None
+    precision: str = "fp32"
+    device: str = "cpu"
+    target_fps: float = TARGET_FPS
 
     def __post_init__(self) -> None:
         counts = ",".join(map(str, self.sessions)) or "(none)"
@@ -140,6 +154,10 @@ class LiveOptions:
             raise UsageError(f"warmup_seconds is {self.warmup_seconds:g}; expected 0.5..60, or 0 for none")
         if not 0 <= self.settle_seconds <= 60:
             raise UsageError(f"settle_seconds is {self.settle_seconds:g}; expected 0..60")
+        if not 0 < self.target_fps <= 240:
+            raise UsageError(f"target_fps is {self.target_fps:g}; expected (0, 240] frames/s")
+        if (self.precision, self.device) != ("fp32", "cpu"):
+            check_runtime(self.precision, self.device, self.backend)
 
     @classmethod
     def quick(cls, **overrides: Any) -> LiveOptions:
@@ -244,9 +262,12 @@ def start_package_server(
     serve_options: tuple[str, ...] = (),
     runtime_loading: bool = False,
     timeout: float = 180.0,
+    precision: str = "fp32",
+    device: str = "cpu",
 ) -> ServerProcess:
     """One ``lipsync serve PKG --port 0 --json`` process serving ``bench_input``'s package as ``avatar``
-    (``--model model``, ``--max-batch 8``, logs and the ONNX cache under ``work``); the caller stops it."""
+    (``--model model``, ``--max-batch 8``, ``--precision``/``--device`` when not fp32/cpu, logs and the ONNX
+    cache under ``work``); the caller stops it."""
     launch = LiveLaunch(
         name=name,
         kind="package",
@@ -261,9 +282,16 @@ def start_package_server(
         model=model,
         serve_options=serve_options,
         runtime_loading=runtime_loading,
+        precision=precision,
+        device=device,
     )
-    say(f"server: starting lipsync serve {bench_input.package.name} (--model {model})")
-    return ServerProcess.start(launch, timeout=timeout)
+    say(f"server: starting lipsync serve {bench_input.package.name} (--model {model}, {precision} on "
+        f"{device})")
+    server = ServerProcess.start(launch, timeout=timeout)
+    ran = runtime_of(server.ready)
+    if ran["precision"] != precision:
+        say(f"server: asked for {precision}, it runs {ran['precision']} (the quality gate: see the notes)")
+    return server
 
 
 def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -290,6 +318,7 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
         server = start_package_server(
             bench_input, work, say, name="live", model=options.model, seed=options.seed,
             backend=options.backend, serve_options=tuple(serve_options), timeout=options.server_start_seconds,
+            precision=options.precision, device=options.device,
         )
         stack.callback(server.stop)
         model = {k: v for k, v in server.ready.get("model", {}).items() if k != "models"}
@@ -298,14 +327,17 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
         monitor = stack.enter_context(_rss_monitor({"live": server.pid}))
         measured = asyncio.run(_measure(options, server.url, speech, say))
         peak_rss = monitor.peaks().get("live", 0)
-    points = [_point_summary(p) for p in measured["points"]]
-    drift = None if measured["drift"] is None else _drift_summary(measured["drift"], options.drift_seconds)
+    target = options.target_fps
+    points = [_point_summary(p, target) for p in measured["points"]]
+    long_session = measured["drift"]
+    drift = None if long_session is None else _drift_summary(long_session, options.drift_seconds, target)
+    runtime = runtime_of(server.ready)
     records = [r for p in [*measured["points"], measured["drift"]] if p is not None for r in p.records]
     if options.image == "crop_jpeg":
         _check_images(records, bench_input.crop_size, bench_input.crop_size)
     else:
         _check_images(records, bench_input.width, bench_input.height)
-    notes = _notes(points, drift, model, facts)
+    notes = _notes(points, drift, model, facts) + _runtime_notes(options.precision, runtime)
     result: dict[str, Any] = {
         **document_head(
             LIVE_SCHEMA_VERSION, KIND, facts, bench_input, options, speech.size / SAMPLE_RATE, model
@@ -319,9 +351,11 @@ def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str
             "peak_rss_mb": round(peak_rss / 1e6, 1),
         },
         "points": points,
+        "runtime": runtime,
         "drift": drift,
         "notes": notes,
     }
+    result["goals"] = goals(result)
     result["duration_seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -566,8 +600,10 @@ def lag_stats(lags_ms: list[float] | np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _session_summary(record: SessionRecord) -> dict[str, Any]:
+def _session_summary(record: SessionRecord, target_fps: float = TARGET_FPS) -> dict[str, Any]:
     seconds = record.samples / SAMPLE_RATE
+    delivered = len(record.frames) / seconds if seconds > 0 else 0.0
+    over = int(sum(lag > record.max_lag_ms for lag in record.lags_ms))
     return {
         "session": record.index,
         "offset_seconds": round(record.offset_samples / SAMPLE_RATE, 3),
@@ -581,18 +617,31 @@ def _session_summary(record: SessionRecord) -> dict[str, Any]:
         "bytes_per_frame": round(float(np.mean(record.model_bytes)), 1) if record.model_bytes else None,
         "encode_ms": round(float(np.median(record.encode_us)) / 1000, 3) if record.encode_us else None,
         "timeline_errors": record.timeline_errors,
-        "delivered_fps": round(len(record.frames) / seconds, 3) if seconds > 0 else 0.0,
+        "delivered_fps": round(delivered, 3),
         "lag_ms": lag_stats(record.lags_ms),
-        "over_bound": int(sum(lag > record.max_lag_ms for lag in record.lags_ms)),
+        "over_bound": over,
         "max_lag_ms": record.max_lag_ms,
         "send_late_ms_max": round(record.send_late_max * 1000, 2),
         "start_late_ms": round(record.start_late * 1000, 2),
         "error": record.error,
+        "held": held(record.error, delivered, over, record.timeline_errors, target_fps),
     }
 
 
-def _point_summary(point: PointRecord) -> dict[str, Any]:
-    per_session = [_session_summary(r) for r in point.records]
+def held(error: str | None, delivered_fps: float, over_bound: int, timeline_errors: int,
+         target_fps: float = TARGET_FPS) -> bool:
+    """Whether a session held ``target_fps`` on time: no error, at least ``target_fps`` frames delivered per
+    second of its audio, no frame later than the server's bound, a clean timeline.
+
+    A package above the target rate (the 29.97 fps sample) may drop a few frames and still deliver 25 per
+    second; a 25 fps package may drop none. (``frames_expected = ceil(seconds * fps)``, so a session that lost
+    nothing delivers at least its package's rate.)
+    """
+    return error is None and delivered_fps >= target_fps - 1e-9 and over_bound == 0 and timeline_errors == 0
+
+
+def _point_summary(point: PointRecord, target_fps: float = TARGET_FPS) -> dict[str, Any]:
+    per_session = [_session_summary(r, target_fps) for r in point.records]
     lags = [lag for r in point.records for lag in r.lags_ms]
     bounds = [r.max_lag_ms for r in point.records]
     over = sum(s["over_bound"] for s in per_session)
@@ -613,13 +662,17 @@ def _point_summary(point: PointRecord) -> dict[str, Any]:
         "max_lag_ms": max(bounds) if bounds else None,
         "goal_met": over == 0 and all(s["error"] is None for s in per_session),
         "errors": sum(s["error"] is not None for s in per_session),
+        "held": sum(s["held"] for s in per_session),
+        # every session asked for was admitted and held the rate on time
+        "all_held": point.refused == 0 and len(per_session) == point.sessions
+        and all(s["held"] for s in per_session),
     }
 
 
-def _drift_summary(point: PointRecord, seconds: float) -> dict[str, Any]:
+def _drift_summary(point: PointRecord, seconds: float, target_fps: float = TARGET_FPS) -> dict[str, Any]:
     """The long session: counts against its audio's frame count, and its lag at the start and the end."""
     [record] = point.records
-    session = _session_summary(record)
+    session = _session_summary(record, target_fps)
     expected = record.frames_expected
     order = np.argsort(record.frames, kind="stable")
     lags = np.asarray(record.lags_ms, dtype=np.float64)[order]
@@ -644,6 +697,78 @@ def _drift_summary(point: PointRecord, seconds: float) -> dict[str, Any]:
             else round(last["median"] - first["median"], 2)
         ),
     }
+
+
+LIVE_GOALS: dict[str, tuple[str, float, str]] = {
+    "wav2lip_int8_two_sessions": ("two live Wav2Lip sessions held at 25 fps on time with int8 (on 2 cores)",
+                                  2.0, ">="),
+    "synctalk2d_328_one_session": ("one live SyncTalk_2D-328 session held at 25 fps on time (on 2 cores)",
+                                   1.0, ">="),
+}
+"""The issue's live goals (issue 12): key -> (the goal in words, sessions that must hold, comparison)."""
+
+
+def goals(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's two live goals, each evaluated when this run is one that measures it, else null with the
+    reason (schema ``report.GOAL``; ``measured``: the sessions of the point that held ``target_fps`` on time).
+
+    * ``wav2lip_int8_two_sessions``: a Wav2Lip package, int8 running (not refused by the gate), 2 sessions:
+      ``lipsync bench --live --precision int8 --sessions 2``;
+    * ``synctalk2d_328_one_session``: a SyncTalk_2D-328 package, 1 session, any precision:
+      ``lipsync bench --live --family synctalk2d-328 --audio-encoder random --sessions 1``.
+
+    The goals are stated for 2 cores; ``source`` names the cores this run had.
+    """
+    family, runtime = result["input"]["family"], result["runtime"]
+    points = {p["sessions"]: p for p in result["points"]}
+    cores = result["machine"].get("cores_logical")
+    model = result["settings"].get("model", "random")
+    target = result["settings"].get("target_fps", TARGET_FPS)
+
+    def evaluate(key: str, sessions: int, wanted_family: str, precision: str | None) -> dict[str, Any]:
+        if family != wanted_family:
+            return goal(key, reason=f"the package is {family}; needs a {wanted_family} one",
+                        limits=LIVE_GOALS)
+        if model != "random":
+            return goal(key, reason=f"--model {model} runs no network; needs --model random",
+                        limits=LIVE_GOALS)
+        if precision is not None and runtime["precision"] != precision:
+            quality = runtime.get("quality")
+            if runtime["precision_requested"] == precision and quality is not None:
+                why = (f"the quality gate refused {precision} (PSNR {quality.get('psnr_db')} dB < "
+                       f"{quality.get('threshold_db')} dB): {runtime['precision']} ran")
+            else:
+                why = f"{runtime['precision']} ran; needs --precision {precision}"
+            return goal(key, reason=why, limits=LIVE_GOALS)
+        if sessions not in points:
+            return goal(key, reason=f"needs a point of {sessions} session(s): --sessions ...,{sessions}",
+                        limits=LIVE_GOALS)
+        point = points[sessions]
+        entry = goal(
+            key, float(point["held"]),
+            source=f"{point['held']} of {sessions} session(s) held {target:g} fps on time ({family}, "
+            f"{runtime['precision']} on {runtime['device']}, {cores} logical cores)",
+            limits=LIVE_GOALS,
+        )
+        entry["met"] = bool(point["all_held"])
+        return entry
+
+    return {
+        "wav2lip_int8_two_sessions": evaluate("wav2lip_int8_two_sessions", 2, "wav2lip", "int8"),
+        "synctalk2d_328_one_session": evaluate("synctalk2d_328_one_session", 1, "synctalk2d-328", None),
+    }
+
+
+def _runtime_notes(asked: str, runtime: dict[str, Any]) -> list[str]:
+    """A note when the server ran another precision than asked (the int8 quality gate)."""
+    if runtime["precision"] == asked:
+        return []
+    quality = runtime.get("quality") or {}
+    return [
+        f"asked for {asked}, the server ran {runtime['precision']}"
+        + (f": int8 PSNR {quality.get('psnr_db')} dB on {quality.get('frames')} held-out frames is below the "
+           f"{quality.get('threshold_db')} dB gate" if quality else "")
+    ]
 
 
 def _notes(
@@ -674,11 +799,15 @@ def _notes(
 
 
 __all__ = [
+    "LIVE_GOALS",
     "LIVE_MODELS",
+    "TARGET_FPS",
     "LiveLaunch",
     "LiveOptions",
     "PointRecord",
     "SessionRecord",
+    "goals",
+    "held",
     "lag_stats",
     "run_live",
     "run_point",

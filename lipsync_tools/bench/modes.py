@@ -111,9 +111,15 @@ class ServerLaunch:
     log_dir: Path
     onnx_cache: Path | None = None  # shared by the servers: one ONNX export per run, not one per server
     runtime_loading: bool = False  # POST/DELETE /v1/packages (bench --soak loads and unloads packages)
+    precision: str = "fp32"  # fp32, int8 (calibrated on the package; the quality gate may refuse it), fp16
+    device: str = "cpu"  # --device: cpu, cuda or cuda:N
 
     def command(self) -> list[str]:
-        """The ``lipsync serve`` command line (run with this interpreter, so the same install)."""
+        """The ``lipsync serve`` command line (run with this interpreter, so the same install).
+
+        ``--precision`` and ``--device`` are passed only when they are not the defaults (fp32, cpu), so the
+        command stays what it was for a default run.
+        """
         cmd = [
             sys.executable,
             "-m",
@@ -135,6 +141,10 @@ class ServerLaunch:
             cmd += ["--backend", self.backend]
         if self.onnx_cache is not None:
             cmd += ["--onnx-cache", str(self.onnx_cache)]
+        if self.precision != "fp32":
+            cmd += ["--precision", self.precision]
+        if self.device != "cpu":
+            cmd += ["--device", self.device]
         if self.kind == "original" and self.family is not None:
             cmd += ["--family", self.family]
         if self.kind == "original" and self.audio_encoder is not None:
@@ -210,6 +220,49 @@ class ServerProcess:
         _terminate(self.process)
         for log in self._logs:
             log.close()
+
+
+def runtime_of(ready: dict[str, Any]) -> dict[str, Any]:
+    """What a server's ready event says runs (the result documents' ``runtime``, schema ``RUNTIME``).
+
+    ``precision`` is the one that ran: an int8 model the quality gate refused runs fp32 (and a server that
+    does not say runs fp32, the default); ``precision_requested`` the one asked; ``quality`` the int8 check
+    (``null`` when none ran); ``max_batch`` the engine's batch size; ``frames_per_second`` the model's
+    measured capacity by batch size (``GET /v1/models``' ``capacity``: the first model's), ``{}`` when the
+    server does not measure it (the ``original`` servers).
+    """
+    model = ready.get("model") or {}
+    models = model.get("models") or []
+    capacity = (models[0].get("capacity") if models else None) or model.get("capacity") or {}
+    batching = ready.get("batching") or {}
+    quality = model.get("quality")
+    ran = str(model.get("precision") or "fp32")
+    return {
+        "precision": ran,
+        "precision_requested": str(model.get("precision_requested") or ran),
+        "device": str(model.get("device") or "cpu"),
+        "quality": None if not isinstance(quality, dict) else {
+            "psnr_db": quality.get("psnr_db"),
+            "identical": bool(quality.get("identical", False)),
+            "frames": int(quality.get("frames", 0)),
+            "threshold_db": float(quality.get("threshold_db", 30.0)),
+            "passed": bool(quality.get("passed", False)),
+        },
+        "max_batch": int(batching["max_batch"]) if batching.get("max_batch") is not None else None,
+        "frames_per_second": {
+            str(b): float(fps) for b, fps in (capacity.get("frames_per_second") or {}).items()
+        },
+    }
+
+
+def check_runtime(precision: str, device: str, backend: str | None) -> None:
+    """Raise :class:`UsageError` for a precision or device the servers cannot run: an unknown one, fp16 on the
+    CPU, int8 with ``--backend torch`` (int8 runs on ONNX Runtime)."""
+    from ..models.devices import check_precision, parse_device
+
+    check_precision(precision, parse_device(device))
+    if precision == "int8" and backend == "torch":
+        raise UsageError("--precision int8 runs on ONNX Runtime: drop --backend torch")
 
 
 def _same_code_env() -> dict[str, str]:

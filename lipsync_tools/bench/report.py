@@ -19,12 +19,14 @@ OPT_INT = (int, type(None))
 OPT_STR = (str, type(None))
 STATS = {"median_ms": OPT_NUM, "p90_ms": OPT_NUM}
 
-COMPARE_SCHEMA_VERSION = 3
+COMPARE_SCHEMA_VERSION = 4
 """The ``--compare`` document's version (``schema_version``); :func:`check_result` refuses another one.
 
 2: ``input.family`` and the ``families`` section. 3: ``startup.audio_features_s`` renamed
 ``startup.feature_mapping_s`` (it is the server's ``feature_mapping`` phase: mapping and checking the
-package's hot arrays, not computing audio features).
+package's hot arrays, not computing audio features). 4 (issue 12): each mode's ``runtime`` (the precision and
+device its server ran, its measured capacity), the ``precision`` section (fp32 against int8 on the bench's
+package) and ``headline.goals``.
 """
 
 
@@ -33,6 +35,49 @@ class Nullable:
     """A schema node that may also be ``null`` (e.g. the live document's ``drift`` when it was skipped)."""
 
     schema: Any
+
+
+GOAL: dict[str, Any] = {
+    "goal": str,
+    "measured": OPT_NUM,
+    "limit": NUM,
+    "comparison": str,
+    "met": (bool, type(None)),
+    "reason": OPT_STR,
+    "source": OPT_STR,
+}
+"""One of the issue's goals as a run evaluated it: ``measured`` against ``limit`` (``comparison`` ``"<="`` or
+``">="``), ``met`` true or false; or ``met`` and ``measured`` null and ``reason`` saying what the run lacked
+(an option, a mode). ``source``: where the measured figure and the limit came from."""
+
+def goal(key: str, measured: float | None = None, *, limits: dict[str, tuple[str, float, str]],
+         reason: str | None = None, source: str | None = None) -> dict[str, Any]:
+    """One goal's entry (:data:`GOAL`): ``limits[key]`` is (the goal in words, its limit, ``"<="`` or
+    ``">="``); ``measured`` is compared with the limit, or, with a ``reason`` (what the run lacked),
+    ``measured`` and ``met`` are null."""
+    text, limit, comparison = limits[key]
+    met = None
+    if reason is None and measured is not None:
+        met = measured <= limit if comparison == "<=" else measured >= limit
+    return {"goal": text, "measured": None if reason else measured, "limit": limit, "comparison": comparison,
+            "met": None if reason else met, "reason": reason, "source": source}
+
+
+QUALITY = {"psnr_db": OPT_NUM, "identical": bool, "frames": int, "threshold_db": NUM, "passed": bool}
+"""The engine's int8 quality check (``engine.precision.QualityCheck.to_dict``): PSNR of int8 against fp32 on
+the package's held-out frames (``null`` and ``identical`` when the outputs are equal)."""
+
+RUNTIME: dict[str, Any] = {
+    "precision": str,
+    "precision_requested": str,
+    "device": str,
+    "quality": Nullable(QUALITY),
+    "max_batch": OPT_INT,
+    "frames_per_second": {"*": NUM},
+}
+"""What a server ran, from its ready event: the precision that ran (an int8 model the quality gate refused
+runs fp32) and the one asked, the device, the int8 quality check, the engine's batch size and the model's
+measured frames per second by batch size (empty when the server does not measure it)."""
 
 
 RESULT_SCHEMA: dict[str, Any] = {
@@ -84,6 +129,7 @@ RESULT_SCHEMA: dict[str, Any] = {
                 "server_total_s": NUM,
             },
             "memory": {"ready_rss_mb": NUM, "peak_rss_mb": NUM},
+            "runtime": RUNTIME,
         }
     },
     "scaling": {
@@ -119,6 +165,28 @@ RESULT_SCHEMA: dict[str, Any] = {
             "note": str,
         }
     ],
+    "precision": {
+        "device": str,
+        "backend": str,
+        "family": str,
+        "batch": int,
+        "fp32_load_s": NUM,
+        "int8_build_s": OPT_NUM,
+        "int8_cached_load_s": OPT_NUM,
+        "quality": Nullable(QUALITY),
+        "rows": [
+            {
+                "precision": str,
+                "batch": int,
+                "ms_per_frame_median": OPT_NUM,
+                "ms_per_frame_p90": OPT_NUM,
+                "over_fp32": OPT_NUM,
+                "psnr_db_vs_fp32": OPT_NUM,
+                "note": str,
+            }
+        ],
+        "notes": list,
+    },
     "cold_start": {
         "first_frame_ms": NUM,
         "warm_frame_ms": NUM,
@@ -137,10 +205,17 @@ RESULT_SCHEMA: dict[str, Any] = {
         "speedup_vs_original": dict,
         "goal_non_model_ratio": NUM,
         "goal_overhead_pct": NUM,
+        "goals": {
+            "crop_only_over_model": GOAL,
+            "hd_jpeg_over_model": GOAL,
+            "four_clients_over_ceiling": GOAL,
+            "int8_over_fp32": GOAL,
+            "int8_psnr_db": GOAL,
+        },
     },
     "duration_seconds": NUM,
 }
-"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 3
+"""The result of :func:`~lipsync_tools.bench.runner.run_compare` (and ``--json``), version 4
 (:data:`COMPARE_SCHEMA_VERSION`).
 
 A dict value is a nested object whose keys are all required (``"*"``: any key, each value of that shape);
@@ -148,8 +223,13 @@ a one-element list: a list whose items all have that shape; a type or tuple of t
 Times are milliseconds (``*_ms``) or seconds (``*_s``); memory in MB (10^6 bytes).
 """
 
-LIVE_SCHEMA_VERSION = 1
-"""The ``--live`` document's version (``schema_version``); :func:`check_result` refuses another one."""
+LIVE_SCHEMA_VERSION = 2
+"""The ``--live`` document's version (``schema_version``); :func:`check_result` refuses another one.
+
+2 (issue 12): ``runtime`` (the precision and device the server ran), ``held`` per session and ``held`` /
+``all_held`` per point (the session delivered at least ``settings.target_fps`` with every frame on time), and
+``goals``.
+"""
 
 LAG = {"median": OPT_NUM, "p90": OPT_NUM, "p99": OPT_NUM, "max": OPT_NUM}
 LIVE_SESSION: dict[str, Any] = {
@@ -172,6 +252,7 @@ LIVE_SESSION: dict[str, Any] = {
     "send_late_ms_max": NUM,
     "start_late_ms": NUM,
     "error": OPT_STR,
+    "held": bool,
 }
 
 DOCUMENT_HEAD_SCHEMA: dict[str, Any] = {
@@ -211,8 +292,12 @@ LIVE_SCHEMA: dict[str, Any] = {
             "max_lag_ms": OPT_INT,
             "goal_met": bool,
             "errors": int,
+            "held": int,
+            "all_held": bool,
         }
     ],
+    "runtime": RUNTIME,
+    "goals": {"wav2lip_int8_two_sessions": GOAL, "synctalk2d_328_one_session": GOAL},
     "drift": Nullable(
         {
             **LIVE_SESSION,
@@ -228,7 +313,7 @@ LIVE_SCHEMA: dict[str, Any] = {
     "notes": list,
     "duration_seconds": NUM,
 }
-"""The result of :func:`~lipsync_tools.bench.live.run_live` (``lipsync bench --live --json``), version 1.
+"""The result of :func:`~lipsync_tools.bench.live.run_live` (``lipsync bench --live --json``), version 2.
 
 Same notation as :data:`RESULT_SCHEMA` (:class:`Nullable`: that shape, or ``null``). ``kind`` is ``"live"``.
 Lags (``lag_ms``) are milliseconds from when a frame's audio plays to when the frame arrived; ``max_lag_ms``
@@ -435,6 +520,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
     rows.append(["speed-up vs original, end-to-end"] + [_x(speed[m]["end_to_end"]) for m in names])
     rows.append(["speed-up vs original, non-model"] + [_x(speed[m]["non_model"]) for m in names])
     rows.append(["frames measured (checked)"] + [str(modes[m]["frames"]) for m in names])
+    rows.append(["model precision that ran, device"] + [_ran(modes[m]["runtime"]) for m in names])
     out.append(
         Table(
             "Per component, one client (FrameReply.timings; transport = client minus server total)",
@@ -462,6 +548,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
             ],
         )
     )
+
+    out.append(goals_table(result["headline"]["goals"], "Issue 12's goals, as this run measured them"))
 
     scaling = result["scaling"]
     levels = sorted({p["clients"] for points in scaling.values() for p in points})
@@ -540,6 +628,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
             rows,
         )
     )
+    out.append(precision_table(result["precision"]))
     family_rows = [
         [f["family"], f["audio_mode"], f["backend"], str(f["batch"]), _ms(f["ms_per_frame_median"]),
          _ms(f["ms_per_frame_p90"]), f["note"]]
@@ -568,6 +657,79 @@ def tables(result: dict[str, Any]) -> list[Table]:
     return out
 
 
+def _ran(runtime: dict[str, Any]) -> str:
+    """``int8 on cpu``, or ``fp32 on cpu (int8 refused: 27.1 dB)`` when the quality gate refused int8."""
+    text = f"{runtime['precision']} on {runtime['device']}"
+    if runtime["precision_requested"] != runtime["precision"]:
+        quality = runtime.get("quality") or {}
+        psnr = quality.get("psnr_db")
+        shown = f": {psnr:.1f} dB" if psnr is not None else ""
+        text += f" ({runtime['precision_requested']} refused{shown})"
+    return text
+
+
+def _model_runtime(model: dict[str, Any]) -> str:
+    """A ready event's model (or a document's ``model``) as ``int8 on cpu (asked int8, PSNR 35.2 dB)``."""
+    ran = model.get("precision", "fp32")
+    asked = model.get("precision_requested", ran)
+    quality = model.get("quality") or {}
+    psnr = quality.get("psnr_db")
+    extra = [f"asked {asked}"] if asked != ran else []
+    if quality:
+        extra.append("int8 output equals fp32's" if psnr is None else f"int8 PSNR {psnr:.1f} dB vs fp32")
+    return f"{ran} on {model.get('device', 'cpu')}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _goal_measured(g: dict[str, Any]) -> str:
+    if g["met"] is None:
+        return "–"
+    if g["measured"] is None:
+        return "identical" if g["met"] else "–"
+    return f"{g['measured']:.3g}"
+
+
+def goals_table(goals: dict[str, dict[str, Any]], title: str) -> Table:
+    """The issue's goals (schema ``GOAL``): measured, limit, met (``–`` and the reason when not measured)."""
+    rows = [
+        [
+            g["goal"],
+            _goal_measured(g),
+            f"{g['comparison']} {g['limit']:g}",
+            "not measured" if g["met"] is None else _yes(g["met"]),
+            g["reason"] or g["source"] or "",
+        ]
+        for g in goals.values()
+    ]
+    return Table(title, ["goal", "measured", "limit", "met", "how measured / why not"], rows)
+
+
+def precision_table(section: dict[str, Any]) -> Table:
+    """The ``precision`` section: ms per frame of fp32, int8 (and fp16) at batch 1 and batched, their ratio to
+    fp32 and PSNR against it; the build and load times in the title."""
+    build, cached = section["int8_build_s"], section["int8_cached_load_s"]
+    times = f"fp32 load {section['fp32_load_s']:.1f} s (export included)"
+    if build is not None and cached is not None:
+        times += (f"; int8 first build {build:.1f} s (calibration + quantization + check), cached load "
+                  f"{cached:.1f} s")
+    quality = section["quality"]
+    gate = ""
+    if quality is not None:
+        gate = f"; quality gate ({quality['threshold_db']:g} dB on {quality['frames']} held-out frames): " + (
+            "passed" if quality["passed"] else "REFUSED (a server runs fp32)"
+        )
+    rows = [
+        [r["precision"], str(r["batch"]), _ms(r["ms_per_frame_median"]), _ms(r["ms_per_frame_p90"]),
+         _x(r["over_fp32"]), _ms(r["psnr_db_vs_fp32"], 1), r["note"]]
+        for r in section["rows"]
+    ]
+    return Table(
+        f"Precision: the package's {section['family']} model on ONNX Runtime ({section['device']}), ms per "
+        f"frame; {times}{gate}",
+        ["precision", "batch", "median", "p90", "over fp32", "PSNR vs fp32 dB", "note"],
+        rows,
+    )
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The lines above the tables: machine, load, input, model."""
     if is_live(result):
@@ -581,7 +743,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"machine: {hardware_line(machine)}",
         f"load average before / after: {machine['load_average']} / {result['load_average_after']}",
         f"input: {source}, {i['width']}x{i['height']}, {i['n_frames']} frames at {i['fps']:g} fps",
-        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}"
+        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}, "
+        f"{_model_runtime(model)}"
         + (" (random weights: the speed of the real network, the output is not lip-sync)"
            if model.get("is_random") else "")
         + f"; run took {result['duration_seconds']:.0f} s",
@@ -600,6 +763,7 @@ def _dropped(dropped: int, expected: int) -> str:
 def live_tables(result: dict[str, Any]) -> list[Table]:
     """The ``--live`` report's tables: the points, their sessions, the drift session, the model's capacity."""
     out: list[Table] = []
+    target = result["settings"].get("target_fps", 25.0)
     rows = []
     for p in result["points"]:
         rows.append(
@@ -610,6 +774,7 @@ def live_tables(result: dict[str, Any]) -> list[Table]:
                 _lag(p["lag_ms"]),
                 _ms(p["lag_ms"]["max"], 0),
                 _dropped(p["frames_dropped"], p["frames_expected"]),
+                f"{p['held']} / {p['sessions']}" + ("" if p["all_held"] else " (NOT all)"),
                 f"{p['over_bound']} (bound {p['max_lag_ms'] if p['max_lag_ms'] is not None else '–'} ms)",
             ]
         )
@@ -617,10 +782,14 @@ def live_tables(result: dict[str, Any]) -> list[Table]:
         Table(
             "Live sessions at the speed of speech (lag = arrival minus when the frame's audio plays)",
             ["sessions", "admitted / refused", "delivered fps (median session)", "lag median / p99 ms",
-             "lag max ms", "dropped", "over bound (SessionStarted.max_lag_ms)"],
+             "lag max ms", "dropped", f"held {target:g} fps on time",
+             "over bound (SessionStarted.max_lag_ms)"],
             rows,
         )
     )
+    title = (f"Issue 12's live goals (a session holds when it delivers at least {target:g} frames/s, every "
+             "frame within the server's bound)")
+    out.append(goals_table(result["goals"], title))
     rows = []
     for p in result["points"]:
         for s in p["per_session"]:
@@ -707,7 +876,8 @@ def live_summary_lines(result: dict[str, Any]) -> list[str]:
         f"input: {source}, {i['width']}x{i['height']} at {i['fps']:g} fps ({i['family']}); its "
         f"{i['speech_seconds']:.1f} s of speech, looped, is what every session says, in chunks of "
         f"{result['settings'].get('chunk_ms', 20):g} ms in real time",
-        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}"
+        f"model: {model.get('name', '?')} ({model.get('source', '?')}) on {model.get('backend', '?')}, "
+        f"{_ran(result['runtime'])}"
         + (" (random weights: the speed of the real network; they move pixels, they do not lip-sync)"
            if model.get("is_random") else ""),
         f"server: --min-session-fps {options.get('min_session_fps')}, --max-sessions "

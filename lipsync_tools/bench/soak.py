@@ -98,7 +98,7 @@ class SoakOptions:
     ``max_sessions`` ``None``: the server's 32). ``request_timeout``: the longest a client waits for one
     answer before it counts a timeout. ``probe_interval``: pause between two malformed messages.
     ``work_dir``: where the sample, the package, the catalog and the server log go (``None``: a temporary
-    folder, removed afterwards).
+    folder, removed afterwards). ``precision``/``device``: the server's ``--precision``/``--device``.
     """
 
     seconds: float
@@ -118,9 +118,15 @@ class SoakOptions:
     probe_interval: float = 0.05
     server_start_seconds: float = 180.0
     work_dir: Path | None = None
+    precision: str = "fp32"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         from .live import LIVE_MODELS
+        from .modes import check_runtime
+
+        if (self.precision, self.device) != ("fp32", "cpu"):
+            check_runtime(self.precision, self.device, self.backend)
 
         if not 5 <= self.seconds <= 7 * 86400:
             raise UsageError(f"--soak {self.seconds:g}: expected 5..604800 seconds, e.g. --soak 600")
@@ -201,6 +207,8 @@ def run_soak(options: SoakOptions, progress: Progress | None = None, ticker: Any
             serve_options=tuple(serve_options),
             runtime_loading=True,
             timeout=options.server_start_seconds,
+            precision=options.precision,
+            device=options.device,
         )
         stack.callback(server.stop)
         model = {k: v for k, v in server.ready.get("model", {}).items() if k != "models"}

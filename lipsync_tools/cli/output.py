@@ -56,6 +56,37 @@ class BlendName(StrEnum):
     hard = "hard"
 
 
+class PrecisionName(StrEnum):
+    """``--precision``: fp32, int8 (ONNX Runtime, calibrated on the package) or fp16 (GPU)."""
+
+    fp32 = "fp32"
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+PrecisionOpt = Annotated[
+    PrecisionName,
+    typer.Option(
+        "--precision",
+        help="Model precision: fp32; int8 (ONNX Runtime static quantization calibrated on the package's own "
+        "crops and audio, cached; served only if its output stays within 30 dB PSNR of fp32); fp16 (GPU).",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the model runs: cpu, cuda or cuda:N (torch on CUDA; ONNX Runtime's TensorRT/CUDA "
+        "providers when installed: pip install lipsync-tools[gpu]).",
+    ),
+]
+ForcePrecisionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force-precision",
+        help="Run int8 even when its output departs from fp32 by more than the quality gate (PSNR < 30 dB).",
+    ),
+]
 FamilyOpt = Annotated[
     ModelFamilyName | None,
     typer.Option(

@@ -13,8 +13,12 @@ from .output import (
     AudioEncoderOpt,
     BlendName,
     BlendOpt,
+    DeviceOpt,
     FamilyOpt,
+    ForcePrecisionOpt,
     InferenceBackendName,
+    PrecisionName,
+    PrecisionOpt,
     RichProgress,
     check_audio_encoder_path,
     interactive,
@@ -71,6 +75,9 @@ def render_cmd(
     family: FamilyOpt = None,
     audio_encoder: AudioEncoderOpt = None,
     blend: BlendOpt = BlendName.feather,
+    precision: PrecisionOpt = PrecisionName.fp32,
+    device: DeviceOpt = "cpu",
+    force_precision: ForcePrecisionOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
@@ -78,6 +85,7 @@ def render_cmd(
 ) -> None:
     """Render a lip-synced mp4 (speech muxed in) from a package and a speech file."""
     from ..engine.engine import EngineOptions
+    from ..engine.model_loader import RuntimeChoice
     from ..render import render_video
 
     def announce(info: ModelInfo) -> None:
@@ -96,6 +104,8 @@ def render_cmd(
             "backend": backend.value if backend is not None else None,
             "server_url": server,
             "options": EngineOptions(max_batch=batch, blend=blend.value),
+            "runtime": None if (precision, device, force_precision) == (PrecisionName.fp32, "cpu", False)
+            else RuntimeChoice(precision=precision.value, device=device, force_precision=force_precision),
             "force": force,
             "on_model": announce,
         }
@@ -109,7 +119,8 @@ def render_cmd(
             print_json(summary)
         elif not quiet:
             info = result.model
-            model_text = f"{info.family} {info.name} ({info.backend})" if info else "server"
+            model_text = f"{info.family} {info.name} ({info.backend}, {info.precision} on {info.device})" \
+                if info else "server"
             stderr.print(
                 f"[green]rendered[/] {result.output}: {result.frames} frames {result.width}x{result.height} "
                 f"@ {result.fps:.5g} fps, {result.video_seconds:.2f} s with {result.audio_seconds:.2f} s of "

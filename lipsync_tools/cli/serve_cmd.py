@@ -21,8 +21,12 @@ from .output import (
     AudioModeOpt,
     BlendName,
     BlendOpt,
+    DeviceOpt,
     FamilyOpt,
+    ForcePrecisionOpt,
     InferenceBackendName,
+    PrecisionName,
+    PrecisionOpt,
     optional_value,
     stderr,
 )
@@ -77,8 +81,13 @@ def serve_cmd(
         ),
     ] = None,
     max_batch: Annotated[
-        int, typer.Option("--max-batch", help="Most frames (from all clients) in one model call.")
-    ] = 8,
+        int | None,
+        typer.Option(
+            "--max-batch",
+            help="Most frames (from all clients) in one model call. Default: measured at startup, the "
+            "smallest batch within 10% of the model's best time per frame (docs/engine.md).",
+        ),
+    ] = None,
     max_models: Annotated[
         int,
         typer.Option(
@@ -88,8 +97,13 @@ def serve_cmd(
         ),
     ] = 8,
     max_wait_ms: Annotated[
-        float, typer.Option("--max-wait-ms", help="How long a batch waits for more frames, in milliseconds.")
-    ] = 4.0,
+        float | None,
+        typer.Option(
+            "--max-wait-ms",
+            help="How long a batch waits for more frames, in milliseconds. Default: measured at startup, a "
+            "quarter of one single-frame model call, at most 10 (0 when the batch is 1).",
+        ),
+    ] = None,
     queue_limit: Annotated[
         int,
         typer.Option("--queue-limit", help="Frames waiting for the model before requests get 'overloaded'."),
@@ -220,6 +234,9 @@ def serve_cmd(
     audio_mode: AudioModeOpt = None,
     audio_encoder: AudioEncoderOpt = None,
     blend: BlendOpt = BlendName.feather,
+    precision: PrecisionOpt = PrecisionName.fp32,
+    device: DeviceOpt = "cpu",
+    force_precision: ForcePrecisionOpt = False,
 ) -> None:
     """Serve lip-sync frames from preloaded packages over HTTP and WebSocket (docs/protocol.md)."""
     from ..server import PackageSpec, ServerConfig, SessionLimits, StartupReport, format_startup, run
@@ -280,6 +297,9 @@ def serve_cmd(
             audio_mode=optional_value(audio_mode),
             audio_encoder=audio_encoder,
             blend=blend.value,
+            precision=precision.value,
+            device=device,
+            force_precision=force_precision,
             log_level="debug" if debug else "warning",
         )
         components = original_components(audio) if original is not None else None

@@ -35,11 +35,13 @@ from ..models import (
 )
 from ..models.audio_features import AudioEncoderChoice
 from ..models.backends import IdentityNetwork
+from ..models.devices import PRECISIONS, parse_device
 
-__all__ = ["AudioEncoderChoice", "LoadedModel", "ModelInfo", "PackageModelHints", "load_inference_backend",
-           "load_model"]
+__all__ = ["PRECISIONS", "AudioEncoderChoice", "LoadedModel", "ModelInfo", "PackageModelHints",
+           "RuntimeChoice", "load_inference_backend", "load_model"]
 from ..models.families import get_family, load_network, random_network
 from .capacity import Capacity, measure_capacity
+from .precision import QualityCheck
 
 MODEL_NAMES: tuple[str, ...] = ("random", "wav2lip", "identity")
 
@@ -84,12 +86,19 @@ class ModelInfo:
     audio_encoder: str = "none"  # "none", a path, "embedded in PKG" or "random (seed N)"
     audio_encoder_is_random: bool = False
     weight_bytes: int = 0  # parameters and buffers of the network (and its AVE encoder), float32
+    precision: str = "fp32"  # what runs: fp32, int8 or fp16
+    precision_requested: str = "fp32"  # what was asked for (int8 falls back to fp32 below the quality gate)
+    device: str = "cpu"
+    quality: dict[str, Any] | None = None  # int8 against fp32 on the package's held-out frames (QualityCheck)
+    notes: tuple[str, ...] = ()  # further warnings of this load (an int8 model refused by the gate, ...)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name, "source": self.source, "is_random": self.is_random, "backend": self.backend,
             "family": self.family, "audio_mode": self.audio_mode, "audio_encoder": self.audio_encoder,
             "audio_encoder_is_random": self.audio_encoder_is_random, "weight_bytes": self.weight_bytes,
+            "precision": self.precision, "precision_requested": self.precision_requested,
+            "device": self.device, "quality": self.quality,
             "load_seconds": round(self.load_seconds, 6), "warmup_seconds": round(self.warmup_seconds, 6),
         }
 
@@ -106,7 +115,7 @@ class ModelInfo:
                 f"{self.audio_mode} features cannot be computed here (nothing is downloaded): only requests "
                 "that replay a package's own imported audio work"
             )
-        return out
+        return out + [note for note in self.notes if note not in out]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +128,7 @@ class PackageModelHints:
     audio_encoder: bytes | None = field(default=None, repr=False)
     audio_encoder_seed: int | None = None
     label: str = "the package"
+    package: Any | None = field(default=None, repr=False)  # the opened Package: int8 calibrates on its frames
 
     @classmethod
     def from_package(
@@ -140,7 +150,27 @@ class PackageModelHints:
             audio_encoder_seed=meta.audio_encoder_seed if meta is not None and meta.audio_encoder == "random"
             else None,
             label=label or str(package.path),
+            package=package,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeChoice:
+    """Where and how precisely the model runs (``--device``, ``--precision``, ``--force-precision``).
+
+    ``int8`` is ONNX Runtime static quantization calibrated on the package's own frames and checked against
+    fp32 on other frames of it (:mod:`lipsync_tools.engine.precision`): below the quality gate the model
+    runs fp32 with a warning unless ``force_precision``. ``fp16`` needs a GPU (``device="cuda[:N]"``).
+    """
+
+    precision: str = "fp32"
+    device: str = "cpu"
+    force_precision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision is {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        parse_device(self.device)  # UsageError for a malformed device
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +218,7 @@ def load_model(
     num_threads: int | None = None,
     warmup_batches: tuple[int, ...] = (1,),
     capacity_batches: tuple[int, ...] = (),
+    runtime: RuntimeChoice | None = None,
 ) -> LoadedModel:
     """Build the model the options ask for; see the module docstring for the precedence.
 
@@ -196,6 +227,8 @@ def load_model(
     before returning, so the first real frame does not pay for lazy initialisation (empty: no warm-up).
     ``capacity_batches``: batch sizes timed once each after a warm call (``LoadedModel.capacity``; the
     server's admission and session deadlines use it); those sizes need no separate warm-up.
+    ``runtime``: device and precision (:class:`RuntimeChoice`; default fp32 on the CPU). int8 needs
+    ``hints.package`` (its frames calibrate the model and check it: ``ModelInfo.quality``).
 
     Raises :class:`UsageError` (unknown model name, conflicting options, no weights at all),
     :class:`~lipsync_tools.errors.InputNotFoundError` / :class:`~lipsync_tools.errors.CheckpointError`
@@ -246,24 +279,74 @@ def load_model(
     encoder, encoder_label, encoder_random = _audio_encoder(mode.name, audio_encoder, hints)
     weight_bytes = _tensor_bytes(module) + (_tensor_bytes(encoder) if encoder is not None else 0)
     chosen = backend or DEFAULT_BACKEND
-    runtime_options = BackendOptions(num_threads=num_threads, onnx_cache_dir=cache_dir)
-    runtime = create_backend(chosen, module, runtime_options, fam)
+    choice = runtime or RuntimeChoice()
+    options = BackendOptions(num_threads=num_threads, onnx_cache_dir=cache_dir, device=choice.device,
+                             precision=choice.precision)
+    quality: QualityCheck | None = None
+    notes: tuple[str, ...] = ()
+    if choice.precision == "int8":
+        runtime_backend, quality, notes = _int8_backend(chosen, module, options, fam, mode, encoder, hints,
+                                                        choice.force_precision)
+    else:
+        runtime_backend = create_backend(chosen, module, options, fam)
     loaded = time.perf_counter()
-    size = int(runtime.crop_size)
+    size = int(runtime_backend.crop_size)
     for batch in warmup_batches:
         if batch in capacity_batches:
             continue  # measure_capacity warms it
-        runtime.infer(
+        runtime_backend.infer(
             np.zeros((batch, size, size, 3), np.uint8), np.zeros((batch, *mode.network_shape), np.float32)
         )
-    capacity = measure_capacity(runtime, capacity_batches)
+    capacity = measure_capacity(runtime_backend, capacity_batches)
     warm = time.perf_counter()
     info = ModelInfo(
-        name=name, source=source, is_random=name == "random", backend=runtime.name,
+        name=name, source=source, is_random=name == "random", backend=runtime_backend.name,
         load_seconds=loaded - started, warmup_seconds=warm - loaded, family=fam.name, audio_mode=mode.name,
         audio_encoder=encoder_label, audio_encoder_is_random=encoder_random, weight_bytes=weight_bytes,
+        precision=str(getattr(runtime_backend, "precision", "fp32")), precision_requested=choice.precision,
+        device=choice.device, quality=quality.to_dict() if quality is not None else None, notes=notes,
     )
-    return LoadedModel(backend=runtime, info=info, audio_encoder=encoder, capacity=capacity)
+    return LoadedModel(backend=runtime_backend, info=info, audio_encoder=encoder, capacity=capacity)
+
+
+def _int8_backend(
+    backend: str, module: Any, options: BackendOptions, family: Any, mode: Any, encoder: Any | None,
+    hints: PackageModelHints, force: bool,
+) -> tuple[InferenceBackend, QualityCheck, tuple[str, ...]]:
+    """The int8 backend calibrated on ``hints.package``'s frames, or fp32 when it fails the quality gate.
+
+    Both are built: the fp32 one is the reference int8 is checked against on held-out frames.
+    """
+    from dataclasses import replace
+
+    from .precision import compare_outputs, package_samples, split_frames
+
+    package = hints.package
+    if package is None:
+        raise UsageError(
+            "--precision int8 calibrates the model on a package's own crops and audio, and there is no "
+            "package to take them from: load one first (lipsync serve PACKAGE ..., render PACKAGE ...)"
+        )
+    calibration_frames, held_frames = split_frames(package.n_frames)
+    calibration = package_samples(package, family, mode, encoder, calibration_frames)
+    held = package_samples(package, family, mode, encoder, held_frames)
+    fp32 = create_backend(backend, module, replace(options, precision="fp32"), family)
+    int8 = create_backend(backend, module, replace(options, calibration=calibration.calibration(family)),
+                          family)
+    check = compare_outputs(fp32, int8, held)
+    if check.passed:
+        return int8, check, ()
+    shown = f"{check.psnr_db:.1f} dB"
+    if force:
+        return int8, check, (
+            f"WARNING: int8 output departs from fp32 on {hints.label} (PSNR {shown} on {check.frames} "
+            f"held-out frames, below {check.threshold_db:g} dB); running int8 anyway (--force-precision)",
+        )
+    return fp32, check, (
+        f"WARNING: int8 output departs from fp32 on {hints.label} (PSNR {shown} on {check.frames} held-out "
+        f"frames, below {check.threshold_db:g} dB): serving fp32 instead. Pass --force-precision to run int8 "
+        "anyway",
+    )
 
 
 def _tensor_bytes(module: Any) -> int:

@@ -38,6 +38,7 @@ from .model_loader import (
     LoadedModel,
     ModelInfo,
     PackageModelHints,
+    RuntimeChoice,
     load_model,
 )
 
@@ -52,7 +53,8 @@ class ModelDefaults:
     AVE families' encoder (path or ``"random"``); ``use_package_checkpoint``: whether embedded checkpoints
     may be used; ``max_models``: most models loaded at once; ``warmup_batches``: batch sizes each model
     runs once when loaded; ``capacity_batches``: batch sizes timed when a model loads (its
-    :class:`~lipsync_tools.engine.capacity.Capacity`, for admission and session deadlines).
+    :class:`~lipsync_tools.engine.capacity.Capacity`, for admission and session deadlines); ``runtime``:
+    device and precision of every model (int8 is calibrated on the package whose request loads the model).
     """
 
     model: str | None = None
@@ -66,6 +68,7 @@ class ModelDefaults:
     max_models: int = 8
     warmup_batches: tuple[int, ...] = (1,)
     capacity_batches: tuple[int, ...] = ()
+    runtime: RuntimeChoice | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_models <= 1024:
@@ -296,7 +299,7 @@ class ModelStore:
         loaded = load_model(
             recipe.model, recipe.checkpoint, d.seed, d.backend, d.cache_dir, family=package.family,
             audio_mode=package.audio_mode, audio_encoder=encoder, hints=hints,
-            warmup_batches=d.warmup_batches, capacity_batches=d.capacity_batches,
+            warmup_batches=d.warmup_batches, capacity_batches=d.capacity_batches, runtime=d.runtime,
         )
         served = ServedModel(
             key=key, loaded=loaded, features=_features(loaded), load_seconds=time.perf_counter() - started

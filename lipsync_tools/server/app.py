@@ -34,6 +34,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from lipsync_tools.engine.capacity import Batching, Capacity
 from lipsync_tools.errors import InputNotFoundError, LipsyncError, PackageFormatError, ProtocolError
 from lipsync_tools.protocol import (
     CODECS,
@@ -127,12 +128,17 @@ class Components:
     ``make_store()`` → an empty package store; ``load_model(config, store)`` → (model, model info), run
     in a worker thread after the startup packages are loaded (a package may carry the checkpoint);
     ``make_engine(store, model, config, observer)`` → an engine, started by the server (``model`` is
-    whatever ``load_model`` returned first: the server only hands it over).
+    whatever ``load_model`` returned first: the server only hands it over; ``config`` carries the batch
+    size and wait chosen at startup). ``startup_capacity(model, store)`` → the key and measured
+    :class:`~lipsync_tools.engine.capacity.Capacity` of the model the batch size is chosen from (``None``:
+    nothing measured, the defaults apply); without it (``None``) the engine does not batch by measurement
+    and the server reports no batching.
     """
 
     make_store: Callable[[], StoreLike]
     load_model: Callable[[ServerConfig, StoreLike], tuple[Any, ModelInfoLike]]
     make_engine: Callable[[StoreLike, Any, ServerConfig, Metrics], ManagedEngine]
+    startup_capacity: Callable[[Any, StoreLike], tuple[str, Capacity] | None] | None = None
 
 
 def default_components() -> Components:
@@ -144,7 +150,9 @@ def default_components() -> Components:
 
 @dataclass
 class StartupReport:
-    """What startup cost: seconds per phase, the model, the packages, and the process RSS afterwards."""
+    """What startup cost: seconds per phase, the model, the packages, and the process RSS afterwards;
+    ``batching``: the engine's batch size and wait, measured or given (``None``: an engine that does not
+    batch by measurement)."""
 
     url: str
     seconds: dict[str, float]
@@ -152,6 +160,7 @@ class StartupReport:
     packages: list[dict[str, Any]]
     rss_bytes: int
     warnings: list[str] = field(default_factory=list)
+    batching: Batching | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``lipsync serve --json`` prints it as the ``ready`` event)."""
@@ -162,6 +171,7 @@ class StartupReport:
             "packages": self.packages,
             "rss_bytes": self.rss_bytes,
             "warnings": self.warnings,
+            "batching": self.batching.to_dict() if self.batching is not None else None,
         }
 
 
@@ -175,6 +185,7 @@ class ServerState:
         self.store = self.components.make_store()
         self.engine: ManagedEngine | None = None
         self.model: ModelInfoLike | None = None
+        self.batching: Batching | None = None  # chosen at startup (engine/capacity.py: choose_batching)
         self.ready = False
         self.startup_error: BaseException | None = None
         self.startup_report: StartupReport | None = None
@@ -186,7 +197,8 @@ class ServerState:
         self._catalog_loads: dict[str, asyncio.Future[None]] = {}
         self.admission = Admission(
             min_session_fps=config.min_session_fps, max_sessions=config.max_sessions,
-            max_batch=config.max_batch, post_seconds=self._post_seconds,
+            # until startup chose the batch size (no session is admitted before ready)
+            max_batch=config.max_batch or 1, post_seconds=self._post_seconds,
         )
         self._client_sessions: dict[str, int] = {}  # live sessions by client address
         self.heap = HeapTrimmer(self.metrics)  # free C heap memory back to the OS (server/memory.py)
@@ -364,7 +376,17 @@ class ServerState:
                 if self.on_ready is None:  # with on_ready, the report carries the warnings
                     for warning in model.warnings:
                         log.warning(warning)
-                engine = self.components.make_engine(self.store, loaded, self.config, self.metrics)
+                config = self.config
+                if self.components.startup_capacity is not None:
+                    measured = self.components.startup_capacity(loaded, self.store)
+                    if measured is None:  # e.g. no startup package: nothing was measured
+                        self.batching = config.batching(None)
+                    else:
+                        self.batching = config.batching(measured[1], measured_on=measured[0])
+                    config = config.with_batching(self.batching)
+                    self.admission.max_batch = self.batching.max_batch
+                    log.info("batching: %s", self.batching.reason)
+                engine = self.components.make_engine(self.store, loaded, config, self.metrics)
                 t = time.perf_counter()
                 await engine.start()
                 self.engine = engine
@@ -379,7 +401,7 @@ class ServerState:
             self.startup_report = StartupReport(
                 url=self.url, seconds=seconds, model=model, packages=[i.to_dict() for i in infos],
                 rss_bytes=int(psutil.Process().memory_info().rss),
-                warnings=list(model.warnings),
+                warnings=list(model.warnings), batching=self.batching,
             )
             if self.on_ready is not None:
                 self.on_ready(self.startup_report)
@@ -693,14 +715,19 @@ class Endpoints:
         return JSONResponse({"packages": listed})
 
     async def list_models(self, request: Request) -> Response:
-        """``{"models": [info, ...]}``: every loaded model, the packages it serves and its counters."""
+        """``{"models": [info, ...], "batching": ...}``: every loaded model, the packages it serves and its
+        counters, and how the engine batches (one batch size and wait for every model: each model's entry
+        repeats the values and their sources; ``batching`` adds the curve they were chosen from)."""
         engine = self.state.engine
         models = getattr(engine, "models", None)
         if models is not None:
             listed = models.infos()
         else:  # the original path runs one model
             listed = [self.state.model.to_dict()] if self.state.model is not None else []
-        return JSONResponse({"models": listed})
+        batching = self.state.batching
+        if batching is not None:
+            listed = [{**info, "batching": batching.summary()} for info in listed]
+        return JSONResponse({"models": listed, "batching": batching.to_dict() if batching else None})
 
     async def load_package(self, request: Request) -> Response:
         """Load a package at run time (201 + its info). The body is one of (docs/protocol.md):

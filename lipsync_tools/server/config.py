@@ -7,9 +7,9 @@ loaded or bound, so a typo costs milliseconds, not a model load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from lipsync_tools.errors import InputNotFoundError, ProtocolError, UsageError
 from lipsync_tools.protocol import MAX_AUDIO_CHUNK_BYTES, check_package_id
@@ -17,6 +17,8 @@ from lipsync_tools.protocol.limits import MAX_CLIENT_BINARY_MESSAGE_BYTES, MAX_C
 
 if TYPE_CHECKING:
     from lipsync_tools.engine import EngineOptions
+    from lipsync_tools.engine.capacity import Batching, Capacity
+    from lipsync_tools.engine.model_loader import RuntimeChoice
     from lipsync_tools.engine.model_store import ModelDefaults
 
 MAX_BINARY_REQUEST_BYTES: Final = MAX_CLIENT_BINARY_MESSAGE_BYTES
@@ -149,9 +151,10 @@ class ServerConfig:
     ``max_memory`` (bytes of decoded frames plus model weights) and ``max_packages``: idle packages and models
     are unloaded, least recently used first, to make room; a load that cannot fit is refused. ``frames``:
     ``"none"`` loads packages for crop-only serving (full frames not decoded; a catalog entry may say so).
-    Engine: ``max_batch`` (frames per model call), ``max_wait_ms`` (how long a batch waits to fill),
-    ``queue_limit`` (pending frames before ``overloaded``), ``jpeg_quality`` (default for sessions),
-    ``silence_dbfs`` (RMS level below which a window is silence).
+    Engine: ``max_batch`` (frames per model call) and ``max_wait_ms`` (how long a batch waits to fill), each
+    ``None`` by default: chosen at startup from the startup model's measured speed (:meth:`batching`;
+    docs/engine.md, *Batch size by measurement*); ``queue_limit`` (pending frames before ``overloaded``),
+    ``jpeg_quality`` (default for sessions), ``silence_dbfs`` (RMS level below which a window is silence).
     Live sessions: ``min_session_fps`` (a session is refused when the admitted ones could no longer each get
     this many frames per second, or their package's fps if lower; docs/engine.md, *Live sessions*),
     ``max_sessions`` (most sessions at once), ``max_sessions_per_ip`` (most live sessions of one client
@@ -164,6 +167,9 @@ class ServerConfig:
     ``insecure``), ``package_dir`` (run-time loads by path only inside it; ``None``: none by path),
     ``allow_urls`` (run-time loads of ``{"id", "url", "sha256"}``), ``allow_runtime_loading`` (off: no
     run-time load or unload at all; catalog ids still load on demand).
+    Precision: ``precision`` (``fp32``; ``int8``: ONNX Runtime static quantization calibrated on each
+    package's own frames, served only above the quality gate unless ``force_precision``; ``fp16``: GPU),
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``).
     Memory: ``heap_trim_seconds`` (how often free C heap memory is handed back to the OS, and after every
     unload; 0 = never; :mod:`lipsync_tools.server.memory`).
     """
@@ -189,8 +195,8 @@ class ServerConfig:
     insecure: bool = False
     use_package_checkpoint: bool = True
     onnx_cache_dir: Path | None = None
-    max_batch: int = 8
-    max_wait_ms: float = 4.0
+    max_batch: int | None = None
+    max_wait_ms: float | None = None
     queue_limit: int = 64
     jpeg_quality: int = 90
     silence_dbfs: float = -50.0
@@ -202,6 +208,9 @@ class ServerConfig:
     package_dir: Path | None = None
     allow_runtime_loading: bool = True
     sessions: SessionLimits = field(default_factory=SessionLimits)
+    precision: str = "fp32"
+    device: str = "cpu"
+    force_precision: bool = False
     warmup_frames: int = 2
     heap_trim_seconds: float = 30.0
     log_level: str = "warning"
@@ -249,7 +258,7 @@ class ServerConfig:
         # The engine's and the model store's own rules, applied now rather than after a model has loaded:
         # one place checks each option (EngineOptions, ModelDefaults), whoever builds them.
         self.engine_options()
-        self.model_defaults()
+        self.model_defaults()  # also the runtime: precision and device
         if not 0 < self.min_session_fps <= 240:
             raise UsageError(f"min_session_fps must be in (0, 240] frames/s, got {self.min_session_fps}")
         if not 1 <= self.max_sessions <= 10_000:
@@ -275,25 +284,60 @@ class ServerConfig:
             )
         self.sessions.check()
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a GPU (``device`` cuda): there the batch sizes measured go up to 16."""
+        return self.device != "cpu"
+
+    def runtime(self) -> RuntimeChoice:
+        """The models' device and precision (raises :class:`UsageError` for a bad value)."""
+        from lipsync_tools.engine.model_loader import RuntimeChoice
+
+        return RuntimeChoice(precision=self.precision, device=self.device,
+                             force_precision=self.force_precision)
+
+    def batching(self, capacity: Capacity | None, measured_on: str | None = None) -> Batching:
+        """The batch size and wait the engine runs with: ``max_batch`` / ``max_wait_ms`` when given, else
+        chosen from ``capacity`` (the startup model's, ``measured_on`` its key) by
+        :func:`~lipsync_tools.engine.capacity.choose_batching`; the defaults when nothing was measured."""
+        from lipsync_tools.engine.capacity import Capacity, choose_batching
+
+        chosen = choose_batching(capacity or Capacity(), gpu=self.on_gpu, max_batch=self.max_batch,
+                                 max_wait_ms=self.max_wait_ms)
+        return replace(chosen, measured_on=measured_on) if chosen.batch_ms else chosen
+
+    def with_batching(self, batching: Batching) -> ServerConfig:
+        """These options with the batch size and wait of ``batching`` (what the engine is made from)."""
+        return replace(self, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms)
 
     def engine_options(self) -> EngineOptions:
-        """The engine's options from these (raises the engine's :class:`UsageError` for a bad value)."""
+        """The engine's options from these (raises the engine's :class:`UsageError` for a bad value).
+
+        ``max_batch`` / ``max_wait_ms`` left to measurement (``None``) take ``EngineOptions``' defaults here:
+        the server makes its engine from :meth:`with_batching`, after the startup model was measured.
+        """
         from lipsync_tools.engine import EngineOptions
 
+        batching: dict[str, Any] = {}
+        if self.max_batch is not None:
+            batching["max_batch"] = self.max_batch
+        if self.max_wait_ms is not None:
+            batching["max_wait_ms"] = self.max_wait_ms
         return EngineOptions(
-            max_batch=self.max_batch,
-            max_wait_ms=self.max_wait_ms,
             queue_limit=self.queue_limit,
             jpeg_quality=self.jpeg_quality,
             silence_dbfs=self.silence_dbfs,
             blend=self.blend,
+            **batching,
         )
 
     def model_defaults(self) -> ModelDefaults:
         """The model store's defaults from these (``--model``, ``--checkpoint``, ``--max-models``, ...)."""
-        from lipsync_tools.engine.capacity import capacity_batches
+        from lipsync_tools.engine.capacity import capacity_batches, measured_max_batch
         from lipsync_tools.engine.model_store import ModelDefaults
 
+        # Measured up to the largest size the batch may be chosen from (the measurement warms every size).
+        largest = measured_max_batch(self.on_gpu) if self.max_batch is None else self.max_batch
         return ModelDefaults(
             model=self.model,
             checkpoint=self.checkpoint,
@@ -304,8 +348,9 @@ class ServerConfig:
             audio_encoder=self.audio_encoder,
             use_package_checkpoint=self.use_package_checkpoint,
             max_models=self.max_models,
-            warmup_batches=tuple(sorted({1, self.max_batch})),
-            capacity_batches=capacity_batches(self.max_batch),
+            warmup_batches=tuple(sorted({1, largest})),
+            capacity_batches=capacity_batches(largest),
+            runtime=self.runtime(),
         )
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -22,13 +22,17 @@ from lipsync_tools.server.app import Components, ServerState, StartupReport, Sto
 from lipsync_tools.server.config import WS_MAX_MESSAGE_BYTES, ServerConfig
 from lipsync_tools.server.metrics import Metrics
 
+if TYPE_CHECKING:
+    from lipsync_tools.engine.capacity import Capacity
+
 
 def engine_components() -> Components:
     """The real engine parts: :class:`PackageStore`, a :class:`ModelStore` of many models, :class:`Engine`.
 
     Each package is served by its own model (docs/engine.md, *Models*): startup packages have theirs loaded
     and warmed before the server is ready; a package loaded later is admitted only when a model can serve
-    it, and that model loads with its first frame.
+    it, and that model loads with its first frame. The engine batches as the first startup package's model
+    was measured (``ServerConfig.batching``; docs/engine.md, *Batch size by measurement*).
     """
     from lipsync_tools.engine import Engine, PackageStore
     from lipsync_tools.engine.model_store import ModelStore
@@ -54,7 +58,14 @@ def engine_components() -> Components:
     def make_engine(store: StoreLike, models: Any, config: ServerConfig, metrics: Metrics) -> Any:
         return Engine(store, models, config.engine_options(), metrics)  # type: ignore[arg-type]
 
-    return Components(make_store=PackageStore, load_model=load, make_engine=make_engine)
+    def startup_capacity(models: Any, store: StoreLike) -> tuple[str, Capacity] | None:
+        # The first startup package's model: the batch size is chosen from its measured speed.
+        infos = store.infos()
+        served = models.get(models.key_of(infos[0].id) or "") if infos else None
+        return (served.key, served.capacity) if served is not None else None
+
+    return Components(make_store=PackageStore, load_model=load, make_engine=make_engine,
+                      startup_capacity=startup_capacity)
 
 
 def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
@@ -83,11 +94,17 @@ def original_components(audio: Path | None = None) -> Components:
     from lipsync_tools.engine.original import OriginalEngine, OriginalOptions, VideoStore
 
     def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
+        if config.precision == "int8":
+            raise UsageError(
+                "--precision int8 is calibrated on a package's own frames; the original path (--original) "
+                "serves a raw video and has none: use fp32 there, or serve a package"
+            )
         loaded = load_model(
             config.model, config.checkpoint, config.seed, config.backend, config.onnx_cache_dir,
             family=config.family, audio_mode=config.audio_mode,
             audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
-            warmup_batches=tuple(sorted({1, config.max_batch})),
+            warmup_batches=tuple(sorted({1, config.max_batch or 1})),  # it renders one frame per call
+            runtime=config.runtime(),
         )
         return loaded, loaded.info
 
@@ -233,6 +250,17 @@ def format_startup(report: StartupReport) -> str:
         lines += [bar, f"!!! {warning}", bar]
     lines.append(f"lipsync server ready on {report.url}")
     lines.append(f"  model     {model['name']} ({model['source']}) on {model['backend']}")
+    precision = model.get("precision", "fp32")
+    asked = model.get("precision_requested", precision)
+    if (precision, asked, model.get("device", "cpu")) != ("fp32", "fp32", "cpu"):
+        quality: dict[str, Any] = model.get("quality") or {}  # type: ignore[assignment]
+        gate = ""
+        if quality:
+            shown = "identical" if quality.get("identical") else f"PSNR {quality['psnr_db']} dB"
+            gate = (f"; int8 against fp32 on {quality['frames']} held-out frames: {shown} "
+                    f"({'passed' if quality['passed'] else 'below'} the {quality['threshold_db']:g} dB gate)")
+        ran = precision if asked == precision else f"{precision} (asked {asked})"
+        lines.append(f"  precision {ran} on {model.get('device', 'cpu')}{gate}")
     family = model.get("family", "wav2lip")
     if family != "wav2lip":
         lines.append(f"  family    {family}, {model.get('audio_mode')} audio, audio encoder "
@@ -246,6 +274,17 @@ def format_startup(report: StartupReport) -> str:
         f"feature mapping {s['feature_mapping']:.2f} s, package open {s['package_open']:.2f} s, warm-up "
         f"{s.get('warmup', 0):.2f} s; total {s['total']:.2f} s"
     )
+    batching = report.batching
+    if batching is not None:
+        lines.append(f"  batching  max batch {batching.max_batch} ({batching.max_batch_source}), max wait "
+                     f"{batching.max_wait_ms:g} ms ({batching.max_wait_source}), for every model")
+        if batching.batch_ms:
+            curve = ", ".join(f"{b}: {ms / b:.3g}" for b, ms in batching.batch_ms.items())
+            rounds = batching.measure_rounds
+            calls = f"median of {rounds} calls" if rounds > 1 else "one call"
+            lines.append(f"  measured  ms per frame by batch size {curve} ({calls} each, "
+                         f"{batching.measure_seconds:.2f} s)")
+        lines.append(f"            {batching.reason}")
     lines.append(f"  memory    {report.rss_bytes / 1e6:.0f} MB resident")
     lines.append(f"  demo      {report.url}/demo (live sessions in the browser; GET /v1/models: model speed)")
     return "\n".join(lines)

@@ -30,7 +30,6 @@ from lipsync_tools.bench.modes import ServerLaunch
 from lipsync_tools.bench.plot import write_plot
 from lipsync_tools.cli.main import app
 from lipsync_tools.errors import UsageError
-from tests.bench.conftest import MACHINE
 
 MODES = ("original", "preloaded", "preloaded-lean")  # binary = original with the other codec
 
@@ -95,13 +94,34 @@ def test_the_run_follows_the_schema_and_has_every_figure(result: dict[str, Any])
     headline = result["headline"]
     assert headline["non_model_ratio_original_over_preloaded"] > 0
     assert headline["preloaded_end_to_end_over_model"] > 1
+    # the precision section: fp32 and int8 side by side on the package, at batch 1 and the model batch; int8
+    # either measured (with its ratio and the engine's PSNR) or a row that says why it could not be built
+    precision = result["precision"]
+    assert precision["family"] == "wav2lip" and precision["fp32_load_s"] > 0
+    rows = {(r["precision"], r["batch"]): r for r in precision["rows"]}
+    assert set(rows) == {("fp32", 1), ("fp32", 2), ("int8", 1), ("int8", 2)}
+    assert all(rows[("fp32", b)]["ms_per_frame_median"] > 0 for b in (1, 2))
+    for b in (1, 2):
+        int8 = rows[("int8", b)]
+        if int8["ms_per_frame_median"] is None:
+            assert int8["note"] and precision["quality"] is None
+        else:
+            assert int8["over_fp32"] > 0 and precision["int8_build_s"] > 0
+            assert precision["quality"]["frames"] > 0
+    # every goal present: measured, or null with the reason (no preloaded-crop mode, 176x144, no 4 clients)
+    goals = headline["goals"]
+    assert goals["crop_only_over_model"]["met"] is None and goals["hd_jpeg_over_model"]["met"] is None
+    assert goals["four_clients_over_ceiling"]["met"] is None
+    for mode in result["modes"].values():
+        assert mode["runtime"]["precision"] == "fp32" and mode["runtime"]["device"] == "cpu"
+    assert result["modes"]["preloaded"]["runtime"]["frames_per_second"]  # the server measured its capacity
     assert result["machine"]["cores_logical"] >= 1 and result["machine"]["libraries"]["numpy"]
 
 
 @pytest.mark.slow
 def test_tables_markdown_and_plot_show_every_figure(result: dict[str, Any], tmp_path: Path):
     titles = [t.title for t in tables(result)]
-    assert len(titles) == 7
+    assert len(titles) == 9
     markdown = to_markdown(result)
     for needle in (
         "feature mapping",
@@ -115,6 +135,9 @@ def test_tables_markdown_and_plot_show_every_figure(result: dict[str, Any], tmp_
         "onnxruntime",
         "torch eager",
         "original / preloaded",
+        "Precision: the package's wav2lip model",
+        "Issue 12's goals",
+        "needs the preloaded-crop mode",
     ):
         assert needle in markdown
     png = write_plot(result, tmp_path / "plot.png")
@@ -178,124 +201,24 @@ def test_schema_errors_name_the_place(result_like: dict[str, Any]):
         check_result(broken)
 
 
-def test_a_version_2_document_is_refused_with_the_rename(result_like: dict[str, Any]):
-    """Schema 3 renamed startup.audio_features_s to feature_mapping_s: a reader of 3 refuses a 2 by its
-    version, not by a missing key."""
+def test_older_documents_are_refused_by_their_version(result_like: dict[str, Any]):
+    """Schema 3 renamed startup.audio_features_s to feature_mapping_s, schema 4 added the precision section,
+    each mode's runtime and the headline's goals: a reader of 4 refuses a 2 or a 3 by its version, not by a
+    missing key."""
     from lipsync_tools.bench import COMPARE_SCHEMA_VERSION
 
-    assert COMPARE_SCHEMA_VERSION == 3
+    assert COMPARE_SCHEMA_VERSION == 4
     old = copy.deepcopy(result_like)
     old["schema_version"] = 2
     startup = old["modes"]["preloaded"]["startup"]
     startup["audio_features_s"] = startup.pop("feature_mapping_s")
-    with pytest.raises(SchemaError, match=r"a --compare document of another version; .* reads version 3"):
+    with pytest.raises(SchemaError, match=r"a --compare document of another version; .* reads version 4"):
         check_result(old)
-
-
-@pytest.fixture
-def result_like() -> dict[str, Any]:
-    """A minimal document in the schema's shape (no run needed)."""
-
-    def stats() -> dict[str, float]:
-        return {"median_ms": 1.0, "p90_ms": 2.0}
-
-    mode = {
-        "description": "",
-        "server": "package",
-        "protocol": "binary",
-        "image": "jpeg",
-        "frames": 1,
-        "stages": {"model inference": stats()},
-        "server_total": stats(),
-        "end_to_end": stats(),
-        "fps": 1.0,
-        "non_model": stats(),
-        "startup": dict.fromkeys(
-            (
-                "process_to_ready_s",
-                "model_load_s",
-                "frame_preload_s",
-                "feature_mapping_s",
-                "package_open_s",
-                "warmup_s",
-                "server_total_s",
-            ),
-            0.1,
-        ),
-        "memory": {"ready_rss_mb": 1.0, "peak_rss_mb": 2.0},
-    }
-    return {
-        "schema_version": 3,
-        "machine": MACHINE,
-        "load_average_after": [0.0],
-        "settings": {},
-        "model": {},
-        "components": ["model inference"],
-        "input": {
-            "video": None,
-            "package": "p",
-            "width": 176,
-            "height": 144,
-            "n_frames": 1,
-            "fps": 25.0,
-            "sample": False,
-            "family": "wav2lip",
-        },
-        "modes": {"preloaded": mode},
-        "scaling": {
-            "preloaded": [
-                {
-                    "clients": 1,
-                    "frames": 1,
-                    "total_fps": 1.0,
-                    "per_client_fps": 1.0,
-                    "latency_median_ms": 1.0,
-                    "latency_p90_ms": None,
-                }
-            ]
-        },
-        "backends": [
-            {
-                "backend": "onnxruntime",
-                "batch": 1,
-                "ms_per_frame_median": 1.0,
-                "ms_per_frame_p90": 1.0,
-                "prepare_ms": 0.1,
-                "note": "",
-            }
-        ],
-        "cold_start": {
-            "first_frame_ms": 900.0,
-            "warm_frame_ms": 50.0,
-            "rss_before_mb": 500.0,
-            "rss_after_mb": 520.0,
-            "first_load_rss_mb": 20.0,
-            "package_rss_mb": 20.0,
-            "decoded_frames_mb": 9.0,
-            "rss_over_decoded": 2.2,
-        },
-        "families": [
-            {
-                "family": "synctalk2d-328",
-                "audio_mode": "ave",
-                "backend": "onnx",
-                "batch": 1,
-                "ms_per_frame_median": 50.0,
-                "ms_per_frame_p90": 55.0,
-                "note": "",
-            }
-        ],
-        "notes": [],
-        "headline": {
-            "non_model_ratio_original_over_preloaded": None,
-            "preloaded_end_to_end_over_model": 1.0,
-            "preloaded_overhead_pct": 0.0,
-            "speedup_vs_original": {},
-            "goal_non_model_ratio": 20.0,
-            "goal_overhead_pct": 2.0,
-        },
-        "duration_seconds": 1.0,
-    }
+    old = copy.deepcopy(result_like)
+    old["schema_version"] = 3
+    del old["precision"], old["headline"]["goals"], old["modes"]["preloaded"]["runtime"]
+    with pytest.raises(SchemaError, match=r"result.schema_version is 3: .* reads version 4"):
+        check_result(old)
 
 
 def test_options_and_modes_are_checked():

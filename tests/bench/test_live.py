@@ -23,7 +23,6 @@ from lipsync_tools.bench import LIVE_SCHEMA, LiveOptions, SchemaError, check_res
 from lipsync_tools.bench.live import LiveLaunch, SessionRecord, _feed, _looped, lag_stats
 from lipsync_tools.cli.main import app
 from lipsync_tools.errors import UsageError
-from tests.bench.conftest import MACHINE
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +57,12 @@ def test_the_run_follows_the_schema_and_every_frame_is_accounted_for(result: dic
     json.loads(json.dumps(result))  # JSON-ready, no NumPy scalars
     assert result["kind"] == "live" and result["input"]["fps"] > 0 and result["input"]["speech_seconds"] > 0
     assert result["server"]["capacity"]["batch_ms"] and result["server"]["options"]["max_sessions"] == 32
+    assert result["runtime"]["precision"] == "fp32" and result["runtime"]["device"] == "cpu"
+    # --model identity runs no network: neither live goal is measured by this run
+    goals = result["goals"]
+    assert all(g["met"] is None for g in goals.values())
+    assert "--model identity runs no network" in goals["wav2lip_int8_two_sessions"]["reason"]
+    assert "needs a synctalk2d-328 one" in goals["synctalk2d_328_one_session"]["reason"]
     assert [p["sessions"] for p in result["points"]] == [1, 2]
     fps = result["input"]["fps"]
     for point in result["points"]:
@@ -71,9 +76,11 @@ def test_the_run_follows_the_schema_and_every_frame_is_accounted_for(result: dic
             assert s["frames_received"] == s["frames_sent"] > 0
             assert s["max_lag_ms"] > 0 and 0 <= s["over_bound"] <= s["frames_received"]
             assert s["lag_ms"]["median"] is not None and s["lag_ms"]["max"] >= s["lag_ms"]["median"]
+            assert s["held"] == (s["over_bound"] == 0 and s["delivered_fps"] >= 25)
         offsets = [s["offset_seconds"] for s in point["per_session"]]
         assert len(set(offsets)) == len(offsets)  # each session says another part of the speech
         assert point["over_bound"] == sum(s["over_bound"] for s in point["per_session"])
+        assert point["held"] == sum(s["held"] for s in point["per_session"])
     drift = result["drift"]
     assert drift["seconds"] == 5.0 and drift["error"] is None and drift["timeline_errors"] == 0
     assert drift["drift_frames"] == 0
@@ -302,85 +309,10 @@ def test_live_schema_errors_name_the_place(live_like: dict[str, Any]):
     with pytest.raises(SchemaError, match=r"result.drift lacks"):
         check_result(broken)
     broken = copy.deepcopy(live_like)
-    broken["schema_version"] = 2
-    with pytest.raises(SchemaError, match=r"result.schema_version is 2: .* reads version 1"):
+    broken["schema_version"] = 1
+    with pytest.raises(SchemaError, match=r"result.schema_version is 1: .* reads version 2"):
         check_result(broken)
     broken = copy.deepcopy(live_like)
     broken["points"][0]["admitted"] = True
     with pytest.raises(SchemaError, match=r"points\[0\].admitted is a bool, expected int"):
         check_result(broken)
-
-
-@pytest.fixture
-def live_like() -> dict[str, Any]:
-    """A minimal ``--live`` document (no run needed): one point of one session, no drift run."""
-    lag = {"median": 200.0, "p90": 210.0, "p99": 220.0, "max": 230.0}
-    session = {
-        "session": 0,
-        "offset_seconds": 0.0,
-        "audio_seconds": 2.0,
-        "fps": 25.0,
-        "frames_expected": 50,
-        "frames_received": 50,
-        "frames_sent": 50,
-        "frames_dropped": 0,
-        "silent_frames": 3,
-        "bytes_per_frame": 17630.1,
-        "encode_ms": 0.41,
-        "timeline_errors": 0,
-        "delivered_fps": 25.0,
-        "lag_ms": lag,
-        "over_bound": 0,
-        "max_lag_ms": 290,
-        "send_late_ms_max": 1.0,
-        "start_late_ms": 0.5,
-        "error": None,
-    }
-    return {
-        "schema_version": 1,
-        "kind": "live",
-        "machine": MACHINE,
-        "load_average_after": [0.0],
-        "input": {
-            "video": None,
-            "package": "p",
-            "width": 176,
-            "height": 144,
-            "n_frames": 120,
-            "fps": 25.0,
-            "sample": True,
-            "family": "wav2lip",
-            "speech_seconds": 4.2,
-        },
-        "settings": {"chunk_ms": 20.0},
-        "model": {"name": "random", "source": "seed 0", "is_random": True, "backend": "onnx"},
-        "server": {
-            "options": {"min_session_fps": 20.0, "max_sessions": 32, "max_batch": 8},
-            "capacity": {"batch_ms": {"1": 35.0}, "frames_per_second": {"1": 28.6}},
-            "capacity_after": {},
-            "sessions_after": {"refused": 0},
-            "ready_rss_mb": 1000.0,
-            "peak_rss_mb": 1100.0,
-        },
-        "points": [
-            {
-                "sessions": 1,
-                "admitted": 1,
-                "refused": 0,
-                "refusal": None,
-                "per_session": [session],
-                "frames_expected": 50,
-                "frames_received": 50,
-                "frames_dropped": 0,
-                "delivered_fps": 25.0,
-                "lag_ms": lag,
-                "over_bound": 0,
-                "max_lag_ms": 290,
-                "goal_met": True,
-                "errors": 0,
-            }
-        ],
-        "drift": None,
-        "notes": [],
-        "duration_seconds": 10.0,
-    }

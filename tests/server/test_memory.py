@@ -57,7 +57,8 @@ def test_glibc_keeps_freed_memory_until_a_trim_gives_it_back() -> None:
         released = HeapTrimmer().trim()
         print(before, freed, rss(), released)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    command = [sys.executable, "-c", script]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
     before, freed, after, released = (int(v) for v in out.stdout.split())
     mb = 2**20
     assert before - freed < 50 * mb, "free() alone gave the memory back: nothing for a trim to do"

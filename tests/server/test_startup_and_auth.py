@@ -160,6 +160,9 @@ def test_lipsync_serve_runs_as_a_process(avatar_package: Path) -> None:
         assert event["url"].startswith("http://127.0.0.1:")
         assert set(event["seconds"]) >= {"model_load", "frame_preload", "feature_mapping", "total"}
         assert event["model"]["name"] == "identity" and event["rss_bytes"] > 0
+        batching = event["batching"]  # no --max-batch / --max-wait-ms: both chosen from the measured curve
+        assert (batching["max_batch_source"], batching["max_wait_source"]) == ("measured", "measured")
+        assert list(batching["batch_ms"]) == ["1", "2", "4", "8"]
         with LipsyncClient(event["url"], token="from-env") as client:
             assert client.ready() and [p["id"] for p in client.packages()] == [PACKAGE_ID]
     finally:
