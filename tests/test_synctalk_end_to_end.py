@@ -218,3 +218,16 @@ def test_a_session_and_an_offline_render_give_the_model_the_same_input(
     assert [f.session_frame for f in frames] == list(range(result.frames))
     for k, (live, offline) in enumerate(zip(rows, rendered, strict=True)):
         np.testing.assert_allclose(live, offline, atol=1e-4, err_msg=f"frame {k}")
+
+
+def test_int8_of_the_avatars_own_unet_is_calibrated_on_its_stored_ave_rows(
+    synctalk_package: Path, tmp_path: Path
+):
+    """SyncTalk_2D-328 with its embedded UNet and AVE encoder: ``models quantize`` makes its int8 model
+    from the package's own crops and stored AVE rows, and reports its PSNR against fp32."""
+    result = runner.invoke(app, ["models", "quantize", str(synctalk_package), "--onnx-cache", str(tmp_path),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["family"] == "synctalk2d-328" and summary["source"].startswith("embedded in")
+    assert summary["quality"]["frames"] >= 1 and Path(summary["model_path"]).is_file()

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
-from .output import AudioModeOpt, FamilyOpt, optional_value, print_json, stderr
+from .output import AudioEncoderOpt, AudioModeOpt, FamilyOpt, optional_value, print_json, stderr
 
 models_app = typer.Typer(
-    name="models", help="Model tools: export a checkpoint to ONNX.", no_args_is_help=True
+    name="models", help="Model tools: export a checkpoint to ONNX, quantize a package's model to int8.",
+    no_args_is_help=True,
 )
 app.add_typer(models_app)
 
@@ -62,5 +63,65 @@ def export_cmd(
             )
             if result.is_random:
                 stderr.print("[bold yellow]WARNING: random weights: NOT lip-sync[/]", highlight=False)
+
+    run_command(debug, json_output, action)
+
+
+@models_app.command("quantize")
+def quantize_cmd(
+    package: Annotated[Path, typer.Argument(help="The package whose model to quantize.", show_default=False)],
+    onnx_cache: Annotated[
+        Path,
+        typer.Option(
+            "--onnx-cache",
+            help="The ONNX cache folder the server is given (--onnx-cache): the int8 model is written there, "
+            "and found there by every later start.",
+            show_default=False,
+        ),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Network weights (default: the package's embedded checkpoint)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="random: deterministic random weights from --seed (NOT lip-sync), as lipsync serve --model "
+            "random. Default: --checkpoint, else the package's embedded weights.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --model random.")] = 0,
+    audio_encoder: AudioEncoderOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Make a package's int8 model (ONNX Runtime static quantization calibrated on its own crops and audio)
+    ahead of serving, and report its PSNR against fp32 on held-out frames."""
+    from ..engine.int8 import quantize_package
+
+    def action() -> None:
+        result = quantize_package(package, onnx_cache, model=model, checkpoint=checkpoint, seed=seed,
+                                  audio_encoder=audio_encoder)
+        if json_output:
+            print_json(result.summary())
+            return
+        if quiet:
+            return
+        q = result.quality
+        shown = "identical" if q["identical"] else f"PSNR {q['psnr_db']} dB"
+        verdict = "[green]passes[/]" if result.passed else "[bold yellow]is below[/]"
+        stderr.print(
+            f"[green]int8[/] {result.model_path} ({result.family}, {result.source}): {shown} against fp32 "
+            f"on {q['frames']} held-out frames; {verdict} the {q['threshold_db']:g} dB gate "
+            f"({result.seconds:.1f} s)",
+            highlight=False, soft_wrap=True,
+        )
+        if not result.passed:
+            stderr.print("a server serves fp32 for this package unless started with --force-precision",
+                         highlight=False)
+        if result.is_random:
+            stderr.print("[bold yellow]WARNING: random weights: NOT lip-sync[/]", highlight=False)
 
     run_command(debug, json_output, action)
