@@ -9,7 +9,9 @@ without an event loop (``render``, benchmarks).
 
 The model call and the work after it overlap: a batch's compositing and encoding run in a small pool of
 worker threads (``EngineOptions.post_workers``; OpenCV and libjpeg release the GIL) while the next batch's
-model call runs. A silent session frame is sent from the package's stored JPEG bytes, without encoding.
+model call runs; each of those threads composites into its own reused frame buffer (a raw reply gets a new
+array: its payload is a view of it). A silent session frame is sent from the package's stored JPEG bytes,
+without encoding.
 
 Each reply carries ``timings`` in microseconds, in this order (names in :data:`STAGES`):
 ``features`` (this request's mel window), ``queue`` (arrival until its batch started), ``inference`` (the
@@ -35,7 +37,7 @@ from ..models.backends import InferenceBackend
 from ..protocol import limits
 from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat, Payload
 from .batcher import Batcher
-from .compositor import composite_crop, composite_frame, encode_frame_image
+from .compositor import CompositeScratch, encode_frame_image, paste_crop
 from .features import StreamAudio
 from .model_loader import LoadedModel, ModelInfo
 from .model_store import ModelStore, ServedModel
@@ -158,6 +160,7 @@ class Engine:
         self._compute_lock = threading.Lock()  # one model call at a time (the batch buffers are shared)
         self._post: ThreadPoolExecutor | None = None  # compositing + encoding pool, while serving
         self.post_seconds = 0.0  # moving average of composite + encode seconds per model frame
+        self._local = threading.local()  # each thread that composites keeps its own CompositeScratch
         self._batcher: Batcher[_Job, FrameReply] = Batcher(
             self._run_jobs,
             max_batch=self.options.max_batch,
@@ -534,17 +537,35 @@ class Engine:
                 ErrorCode.INTERNAL, f"compositing failed: {type(exc).__name__}: {exc}"
             ) from exc
 
+    def _scratch(self) -> CompositeScratch:
+        """This thread's reusable compositing buffers (made on its first frame)."""
+        scratch: CompositeScratch | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = CompositeScratch()
+        return scratch
+
     def _finish(self, job: _Job, generated: np.ndarray) -> FrameReply:
+        """Composite and encode one generated crop (a post worker, or the model's thread)."""
         request, package = job.request, job.package
         index = request.frame_index
         t0 = time.perf_counter()
+        feather = self.options.blend == "feather"
+        scratch = self._scratch()
         rect: tuple[int, int, int, int] | None = None
-        mask = package.blend_masks[index] if self.options.blend == "feather" else None
         if request.image.is_crop:
-            image = composite_crop(package.crops[index], generated, mask)
+            source = package.crops[index]
+            side = int(source.shape[0])
+            paste_rect, mask = (0, 0, side, side), package.crop_masks[index] if feather else None
             rect = package.rects[index]
         else:
-            image = composite_frame(package.frames[index], generated, mask, package.rects[index])
+            source = package.frames[index]
+            paste_rect, mask = package.rects[index], package.rect_masks[index] if feather else None
+        if request.image in (ImageFormat.RAW_BGR, ImageFormat.CROP_ONLY):
+            image = np.empty(source.shape, np.uint8)  # the payload is a view of it: never a reused buffer
+        else:
+            image = scratch.frame(source.shape)  # JPEG and PNG bytes are new: the buffer is free again after
+        np.copyto(image, source)
+        paste_crop(image, generated, paste_rect, mask, scratch)
         t1 = time.perf_counter()
         payload = encode_frame_image(image, request.image, request.jpeg_quality)
         t2 = time.perf_counter()

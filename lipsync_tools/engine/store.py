@@ -2,8 +2,9 @@
 
 Everything per-frame code needs is prepared here at load time, so a frame costs no disk read, no metadata
 parsing and no validation beyond an index check: full frames are decoded BGR arrays (read-only), the crop
-rectangles are Python int tuples, and the memory-mapped arrays (crops, blend masks, mel, mel index) have
-had their pages touched once so the first frames do not fault them in from disk.
+rectangles are Python int tuples, each frame's blend mask is resized to its rectangle and cut to where it is
+not 0 (:func:`~lipsync_tools.engine.compositor.prepare_mask`), and the memory-mapped arrays (crops, blend
+masks, mel, mel index) have had their pages touched once so the first frames do not fault them in from disk.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..audio.mel import MEL_WINDOW_FRAMES
 from ..errors import LipsyncError, PackageFormatError, ProtocolError, UsageError
 from ..package.reader import Package, open_package
 from ..protocol.messages import ErrorCode, check_package_id
+from .compositor import BlendMask, prepare_mask
 
 _PAGE = 4096
 
@@ -32,9 +34,10 @@ class PackageInfo:
     """What a loaded package is and what loading it cost.
 
     ``load_seconds`` has the keys ``open`` (manifest, shapes, memory maps), ``frame_preload`` (decoding
-    every full frame into RAM), ``feature_mapping`` (checks and page-touching of the mapped arrays) and
-    ``total``. ``ram_bytes`` is what the package holds in process memory (decoded frames and any arrays
-    that could not be mapped); ``mapped_bytes`` is the size of the memory-mapped arrays (page cache).
+    every full frame into RAM), ``feature_mapping`` (checks and page-touching of the mapped arrays, and the
+    blend masks resized to their rectangles) and ``total``. ``ram_bytes`` is what the package holds in
+    process memory (decoded frames, their stored bytes, the resized blend masks and any arrays that could
+    not be mapped); ``mapped_bytes`` is the size of the memory-mapped arrays (page cache).
     """
 
     id: str
@@ -95,6 +98,10 @@ class LoadedPackage:
     ``blend_masks`` uint8 ``(N, S, S)``, ``mel`` float32 ``(80, T)``: memory-mapped, read-only.
     ``rects``: N ``(x0, y0, x1, y1)`` int tuples (half-open, square, inside the frame). ``mel_starts``: N
     ints, the first mel column of each frame's window (every window lies inside ``mel``).
+    ``rect_masks``: N :class:`~lipsync_tools.engine.compositor.BlendMask`, frame i's blend mask resized to
+    its rectangle's side and cut to its non-zero box (uint8, in RAM; consecutive frames with the same mask
+    and side share one); empty for a package loaded with ``frames="none"``. ``crop_masks``: N, the masks at
+    crop size cut to their box (views of the mapped ``blend_masks``), for crop replies.
     ``encoded_frames``: the package's own stored full frames (``frame_codec`` ``"jpeg"`` or ``"png"`` bytes,
     about a tenth of the decoded size): silent session frames are sent from them without re-encoding, and
     ``GET /v1/packages/{id}/frames`` serves them to clients that composite crops themselves. Empty for a
@@ -109,6 +116,8 @@ class LoadedPackage:
     mel: np.ndarray = field(repr=False)
     rects: list[tuple[int, int, int, int]] = field(repr=False)
     mel_starts: list[int] = field(repr=False)
+    rect_masks: list[BlendMask] = field(repr=False)
+    crop_masks: list[BlendMask] = field(repr=False)
     encoded_frames: list[bytes] = field(default_factory=list, repr=False)
     frame_codec: str = "jpeg"
     usage: PackageUsage = field(default_factory=PackageUsage, repr=False)
@@ -275,11 +284,15 @@ class PackageStore(IdRegistry[LoadedPackage]):
     @staticmethod
     def estimate_bytes(package: Package, frames: str = "all") -> int:
         """What ``package``'s frames will hold: N x H x W x 3 decoded plus the stored bytes kept beside them
-        (0 for ``frames="none"``)."""
+        and at most one rectangle-sized blend mask per frame (0 for ``frames="none"``)."""
         if frames == "none":
             return 0
         v = package.manifest.video
-        return int(v.frame_count) * int(v.width) * int(v.height) * 3 + sum(map(len, package.encoded_frames))
+        rects = np.asarray(package.rects, dtype=np.int64).reshape(-1, 4)  # not checked yet: clip the sides
+        sides = np.clip(rects[:, 2] - rects[:, 0], 0, max(int(v.width), int(v.height)))
+        masks = int((sides * sides).sum())
+        frames_bytes = int(v.frame_count) * int(v.width) * int(v.height) * 3
+        return frames_bytes + sum(map(len, package.encoded_frames)) + masks
 
     def _make_room(self, package_id: str, package: Package, path: Path, frames: str = "all") -> None:
         """Evict idle packages (least recently used first) and idle models until ``package`` fits the
@@ -360,6 +373,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
         preloaded = time.perf_counter()
 
         rects, mel_starts = self._check_and_map(package, path)
+        rect_masks, crop_masks, mask_bytes = _prepare_masks(package.blend_masks, rects, frames_mode == "all")
         mapped = time.perf_counter()
         load_seconds = {
             "open": opened - started,
@@ -376,13 +390,14 @@ class PackageStore(IdRegistry[LoadedPackage]):
             width=m.video.width, height=m.video.height, crop_size=package.crop_size,
             has_checkpoint=package.has_checkpoint, load_seconds=load_seconds,
             family=package.family, audio_mode=package.audio_mode, frames=frames_mode,
-            ram_bytes=sum(int(f.nbytes) for f in frames) + sum(len(b) for b in encoded) + in_ram,
+            ram_bytes=sum(int(f.nbytes) for f in frames) + sum(len(b) for b in encoded) + mask_bytes + in_ram,
             mapped_bytes=mapped_bytes,
             warnings=tuple(m.warnings()),
         )
         return LoadedPackage(
             info=info, package=package, frames=frames, crops=package.crops, blend_masks=package.blend_masks,
-            mel=package.mel, rects=rects, mel_starts=mel_starts, encoded_frames=encoded,
+            mel=package.mel, rects=rects, mel_starts=mel_starts, rect_masks=rect_masks, crop_masks=crop_masks,
+            encoded_frames=encoded,
             frame_codec=m.frames.codec,
         )
 
@@ -430,6 +445,37 @@ class PackageStore(IdRegistry[LoadedPackage]):
                 int(flat[::_PAGE].sum())
         rects = [(int(a), int(b), int(c), int(d)) for a, b, c, d in rects_array]
         return rects, [int(v) for v in starts]
+
+
+def _prepare_masks(
+    blend_masks: np.ndarray, rects: list[tuple[int, int, int, int]], with_frames: bool
+) -> tuple[list[BlendMask], list[BlendMask], int]:
+    """Every frame's blend mask prepared for pasting: ``(rect_masks, crop_masks, bytes held in RAM)``.
+
+    ``rect_masks`` (only ``with_frames``): resized to the frame's rectangle side, as the per-reply resize
+    did, so a reply does no mask work but a table look-up. A run of frames with the same mask (an imported
+    package's one mask, a still face) shares one array per side. ``crop_masks``: views of the mapped masks.
+    """
+    rect_masks: list[BlendMask] = []
+    crop_masks: list[BlendMask] = []
+    held = 0
+    previous: np.ndarray | None = None
+    by_side: dict[int, BlendMask] = {}
+    crop_mask: BlendMask | None = None
+    for index, (x0, _, x1, _) in enumerate(rects):
+        mask = blend_masks[index]
+        if crop_mask is None or previous is None or not np.array_equal(mask, previous):
+            previous, by_side = mask, {}
+            crop_mask = prepare_mask(mask, mask.shape[0], copy=False)
+        crop_masks.append(crop_mask)
+        if with_frames:
+            side = x1 - x0
+            rect_mask = by_side.get(side)
+            if rect_mask is None:
+                rect_mask = by_side[side] = prepare_mask(mask, side)
+                held += rect_mask.nbytes
+            rect_masks.append(rect_mask)
+    return rect_masks, crop_masks, held
 
 
 def unknown_package(package_id: str) -> ProtocolError:

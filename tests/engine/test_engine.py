@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lipsync_tools.engine import STAGES, Engine, EngineOptions, PackageStore
+from lipsync_tools.engine import STAGES, Engine, EngineOptions, PackageStore, composite_crop, composite_frame
 from lipsync_tools.errors import ProtocolError
-from lipsync_tools.media.images import decode_image
+from lipsync_tools.media.images import decode_image, encode_image
 from lipsync_tools.models import InferenceBackend
 from lipsync_tools.protocol.messages import AudioFormat, FrameReply, FrameRequest, ImageFormat
 
@@ -93,6 +93,70 @@ def test_crop_only_reply(engine: Engine, store: PackageStore):
     crop = reply.image_array()
     # identity model: the blended crop is the package's crop (blendLinear rounds to +-1 level)
     assert np.abs(crop.astype(int) - package.crops[10].astype(int)).max() <= 1
+
+
+class InvertingBackend(SlowBackend):
+    """Answers ``255 - crop``, a generated crop unlike the package's (so the blend has work everywhere), and
+    keeps what it answered."""
+
+    def __init__(self, inner: InferenceBackend) -> None:
+        super().__init__(inner)
+        self.generated: list[np.ndarray] = []
+
+    def infer(self, crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        out = 255 - np.asarray(super().infer(crops, mels))
+        self.generated.extend(np.array(row) for row in out)
+        return out
+
+
+@pytest.mark.parametrize("blend", ["feather", "hard"])
+def test_replies_are_the_bytes_of_the_one_shot_composite(
+    store: PackageStore, identity_backend: InferenceBackend, blend: str
+):
+    """Load-time masks and reused frame buffers (per post worker) change no byte of any format against the
+    one-shot ``composite_frame``/``composite_crop``; a raw reply is never a reused buffer (later frames would
+    overwrite it); and every pixel is within 1 grey level of the compositor before issue 12 part 3."""
+    from .test_compositor import reference_composite_crop, reference_composite_frame
+
+    package = store.get(PACKAGE_ID)
+    formats = [ImageFormat.JPEG, ImageFormat.RAW_BGR, ImageFormat.PNG, ImageFormat.CROP_JPEG,
+               ImageFormat.CROP_ONLY]
+    requests = [request(i, image, request_id=k)
+                for k, (i, image) in enumerate((i, image) for i in (0, 5, 77, 119) for image in formats)]
+
+    def expected(req: FrameRequest, generated: np.ndarray) -> bytes:
+        i = req.frame_index
+        mask = package.blend_masks[i] if blend == "feather" else None
+        if req.image.is_crop:
+            image = composite_crop(package.crops[i], generated, mask)
+            old = reference_composite_crop(package.crops[i], generated, mask)
+        else:
+            image = composite_frame(package.frames[i], generated, mask, package.rects[i])
+            old = reference_composite_frame(package.frames[i], generated, mask, package.rects[i])
+        assert np.abs(image.astype(np.int16) - old).max() <= (1 if mask is not None else 0)
+        if req.image in (ImageFormat.JPEG, ImageFormat.CROP_JPEG):
+            return encode_image(image, "jpeg", req.jpeg_quality)
+        if req.image is ImageFormat.PNG:
+            return encode_image(image, "png", png_compression=1)
+        return image.tobytes()
+
+    backend = InvertingBackend(identity_backend)
+    replies = Engine(store, backend, EngineOptions(max_batch=4, blend=blend)).process_batch_sync(requests)
+    for req, reply, generated in zip(requests, replies, backend.generated, strict=True):
+        assert bytes(reply.payload) == expected(req, generated), (req.frame_index, req.image)
+
+    pooled = InvertingBackend(identity_backend)
+    engine = Engine(store, pooled, EngineOptions(max_batch=3, max_wait_ms=20.0, blend=blend, post_workers=2))
+
+    async def scenario() -> list[FrameReply]:
+        await engine.start()
+        try:
+            return list(await asyncio.gather(*(engine.process(r) for r in requests)))
+        finally:
+            await engine.stop()
+
+    for reply in asyncio.run(scenario()):  # the pool's workers: the same bytes (the network is per crop)
+        assert bytes(reply.payload) == bytes(replies[reply.request_id].payload)
 
 
 def test_audio_kinds_give_the_same_frame_for_the_same_window(engine: Engine, store: PackageStore):

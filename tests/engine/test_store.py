@@ -104,3 +104,44 @@ def test_a_package_with_many_filled_frames_carries_its_warning(head_package: Pat
         url="http://x", seconds=seconds, model=Model(), packages=[info.to_dict()], rss_bytes=0
     )
     assert f"  warning   filled: {info.warnings[0]}" in format_startup(report).splitlines()
+
+
+def test_blend_masks_are_resized_to_their_rectangles_at_load(head_package: Path):
+    """Each frame's mask at its rectangle's side, cut to its non-zero box, counted in ram_bytes; crop masks
+    are views of the mapped array; a crop-only load prepares no rectangle masks."""
+    from lipsync_tools.engine.compositor import prepare_mask
+
+    store = PackageStore()
+    info = store.load("alice", head_package)
+    loaded = store.get("alice")
+    assert len(loaded.rect_masks) == len(loaded.crop_masks) == 120
+    for i in (0, 64, 119):
+        x0, _, x1, _ = loaded.rects[i]
+        expected = prepare_mask(np.asarray(loaded.blend_masks[i]), x1 - x0)
+        got = loaded.rect_masks[i]
+        assert (got.top, got.left) == (expected.top, expected.left)
+        assert np.array_equal(got.weights, expected.weights) and got.weights.dtype == np.uint8
+        assert np.shares_memory(loaded.crop_masks[i].weights, loaded.blend_masks)
+    unique = {id(m.weights): m.nbytes for m in loaded.rect_masks}
+    assert 0 < sum(unique.values()) < 120 * 96 * 96  # boxes of masks smaller than the crops
+    lean = PackageStore()
+    lean_info = lean.load("lean", head_package, frames="none")
+    assert lean.get("lean").rect_masks == [] and len(lean.get("lean").crop_masks) == 120
+    frames = sum(f.nbytes for f in loaded.frames) + sum(map(len, loaded.encoded_frames))
+    assert info.ram_bytes - lean_info.ram_bytes == frames + sum(unique.values())
+
+
+def test_frames_with_the_same_mask_share_it_per_side():
+    """An imported package's one mask (or a still face) costs one array per rectangle side, not per frame."""
+    from lipsync_tools.engine.store import _prepare_masks
+
+    mask = np.zeros((96, 96), np.uint8)
+    mask[50:80, 20:76] = 255
+    masks = np.stack([mask] * 6 + [255 - mask])
+    rects = [(0, 0, side, side) for side in (200, 200, 210, 200, 210, 96, 200)]
+    rect_masks, crop_masks, held = _prepare_masks(masks, rects, True)
+    assert rect_masks[0] is rect_masks[1] is rect_masks[3] and rect_masks[2] is rect_masks[4]
+    assert rect_masks[6] is not rect_masks[0]  # another mask: prepared again
+    assert held == sum({id(m): m.nbytes for m in rect_masks}.values())
+    assert crop_masks[0] is crop_masks[5] and crop_masks[6] is not crop_masks[0]
+    assert _prepare_masks(masks, rects, False)[0] == []
