@@ -137,16 +137,35 @@ class ModelFamily:
         return mask
 
     # -- network input / output ---------------------------------------------------------------------
-    def network_input(self, crops: np.ndarray) -> np.ndarray:
-        """uint8 ``(B, S, S, 3)`` crops -> float32 ``(B, 6, n, n)`` in ``[0, 1]`` (see class docstring)."""
+    def network_input(self, crops: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``(B, S, S, 3)`` crops -> float32 ``(B, 6, n, n)`` in ``[0, 1]`` (see class docstring).
+
+        ``out``: a float32 ``(B, 6, n, n)`` array (any strides) to fill and return instead of a new one; the
+        backends pass a buffer they reuse across calls. The values are the same bits either way. Raises
+        :class:`UsageError` for an ``out`` of another shape or dtype.
+        """
         s, m = self.crop_size, self.inner_margin
         inner = crops[:, m : s - m, m : s - m]
         b, n = inner.shape[0], self.network_size
-        faces = np.empty((b, 6, n, n), np.float32)
-        ref, masked = (slice(0, 3), slice(3, 6)) if self.reference_first else (slice(3, 6), slice(0, 3))
-        np.multiply(inner.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=faces[:, ref], dtype=np.float32)
-        np.multiply(faces[:, ref], self.visible_mask()[None, None].astype(np.float32), out=faces[:, masked])
-        return faces
+        if out is None:
+            out = np.empty((b, 6, n, n), np.float32)
+        elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (b, 6, n, n):
+            raise UsageError(
+                f"network_input's out must be a float32 ({b}, 6, {n}, {n}) array, got {_describe(out)}"
+            )
+        ref, masked = (out[:, 0:3], out[:, 3:6]) if self.reference_first else (out[:, 3:6], out[:, 0:3])
+        np.multiply(inner.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=ref, dtype=np.float32)
+        # The masked copy is the reference with one rectangle blacked out. Copying the visible strips and
+        # zeroing the rectangle gives the same bits as multiplying by the 0/1 mask (x * 1 == x, and
+        # x * 0 == +0 for the x >= 0 here) at a fraction of the cost.
+        x, y, w, h = self.hidden_rect if self.hidden_rect is not None else (0, n // 2, n, n - n // 2)
+        x0, y0, x1, y1 = min(x, n), min(y, n), min(x + w, n), min(y + h, n)
+        masked[:, :, :y0] = ref[:, :, :y0]
+        masked[:, :, y1:] = ref[:, :, y1:]
+        masked[:, :, y0:y1, :x0] = ref[:, :, y0:y1, :x0]
+        masked[:, :, y0:y1, x1:] = ref[:, :, y0:y1, x1:]
+        masked[:, :, y0:y1, x0:x1] = 0.0
+        return out
 
     def paste(self, crops: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Put uint8 ``(B, n, n, 3)`` predictions into copies of ``crops`` ``(B, S, S, 3)``.
@@ -172,12 +191,34 @@ class ModelFamily:
         raise UsageError(f"the {self.name} family takes audio features {known}; got {wanted!r}")
 
 
-def pixels_from_prediction(predicted: np.ndarray) -> np.ndarray:
-    """float32 ``(B, 3, n, n)`` in ``[0, 1]`` -> uint8 ``(B, n, n, 3)``, rounded to nearest.
+def pixels_from_prediction(predicted: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 ``(B, 3, n, n)`` in ``[0, 1]`` -> uint8 ``(B, n, n, 3)``, rounded to nearest (ties to even),
+    clipped to ``0..255``.
+
+    ``predicted`` may have any strides (a channels_last network's output is NHWC in memory, which makes the
+    final transpose a plain copy). ``out``: a uint8 ``(B, n, n, 3)`` array, of any strides, to write into and
+    return instead of a new C-contiguous one: a backend passes the inner region of the crops it returns, so
+    the pixels land in place. One float temporary of ``predicted``'s size remains. Raises
+    :class:`UsageError` for an ``out`` of another shape or dtype.
 
     The public scripts truncate (``np.array(x * 255, dtype=np.uint8)``); rounding is closer to the network's
     output and keeps runtimes within one grey level of each other.
     """
-    pixels = np.rint(predicted * np.float32(255.0))
+    b, _, n, _ = predicted.shape
+    if out is None:
+        out = np.empty((b, n, n, 3), np.uint8)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (b, n, n, 3):
+        raise UsageError(
+            f"pixels_from_prediction's out must be a uint8 ({b}, {n}, {n}, 3) array, got {_describe(out)}"
+        )
+    pixels = np.multiply(predicted, np.float32(255.0))  # keeps predicted's memory order
+    np.rint(pixels, out=pixels)
     np.clip(pixels, 0.0, 255.0, out=pixels)
-    return pixels.transpose(0, 2, 3, 1).astype(np.uint8, order="C")
+    np.copyto(out, pixels.transpose(0, 2, 3, 1), casting="unsafe")
+    return out
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return type(value).__name__

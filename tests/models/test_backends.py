@@ -15,12 +15,17 @@ from lipsync_tools.models import (
     BackendOptions,
     IdentityModel,
     InferenceBackend,
+    ModelFamily,
     Wav2Lip,
     create_backend,
+    crops_with_prediction,
+    family_names,
+    get_family,
     network_input_nhwc,
     onnx_backend,
     random_wav2lip,
 )
+from lipsync_tools.models.family import pixels_from_prediction
 
 KINDS = ["torch-eager", "torch-channels-last", "onnx"]
 
@@ -164,3 +169,106 @@ def test_onnx_cache_is_reused(
 def test_weights_digest_depends_on_weights(random_model: Wav2Lip) -> None:
     assert onnx_backend.weights_digest(random_model) == onnx_backend.weights_digest(random_wav2lip(0))
     assert onnx_backend.weights_digest(random_model) != onnx_backend.weights_digest(random_wav2lip(1))
+
+
+# -- the non-model floor: reused input buffers, predictions written in place (issue 12) ----------------------
+def _old_network_input(family: ModelFamily, crops: np.ndarray) -> np.ndarray:
+    """``ModelFamily.network_input`` before ``out`` existed, verbatim: what the new one must match."""
+    s, m = family.crop_size, family.inner_margin
+    inner = crops[:, m : s - m, m : s - m]
+    b, n = inner.shape[0], family.network_size
+    faces = np.empty((b, 6, n, n), np.float32)
+    ref, masked = (slice(0, 3), slice(3, 6)) if family.reference_first else (slice(3, 6), slice(0, 3))
+    np.multiply(inner.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=faces[:, ref], dtype=np.float32)
+    np.multiply(faces[:, ref], family.visible_mask()[None, None].astype(np.float32), out=faces[:, masked])
+    return faces
+
+
+def _old_pixels(predicted: np.ndarray) -> np.ndarray:
+    """``pixels_from_prediction`` before ``out`` existed, verbatim."""
+    pixels = np.rint(predicted * np.float32(255.0))
+    np.clip(pixels, 0.0, 255.0, out=pixels)
+    return pixels.transpose(0, 2, 3, 1).astype(np.uint8, order="C")
+
+
+def _random_crops(family: ModelFamily, batch: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, family.crop_size, family.crop_size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", family_names())
+def test_network_input_out_is_bit_identical(name: str) -> None:
+    family = get_family(name)
+    crops = _random_crops(family, 3, 0)
+    crops[0] = 255  # the extremes too
+    crops[1, :, :, 0] = 0
+    expected = _old_network_input(family, crops)
+    n = family.network_size
+    assert _old_network_input(family, crops).tobytes() == expected.tobytes()
+    assert family.network_input(crops).tobytes() == expected.tobytes()
+    out = np.full((3, 6, n, n), np.nan, np.float32)  # stale contents must be overwritten everywhere
+    assert family.network_input(crops, out=out) is out
+    assert out.tobytes() == expected.tobytes()
+    nhwc = np.full((3, n, n, 6), np.nan, np.float32)  # a channels_last buffer seen as NCHW
+    family.network_input(crops, out=nhwc.transpose(0, 3, 1, 2))
+    assert np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)).tobytes() == expected.tobytes()
+    every_other = np.zeros((6, *crops.shape[1:]), np.uint8)
+    every_other[::2] = crops  # a non-contiguous view of the same pixels, as a sliced memory map gives
+    assert family.network_input(every_other[::2]).tobytes() == expected.tobytes()
+
+
+def test_network_input_rejects_a_wrong_out() -> None:
+    family = get_family("wav2lip")
+    with pytest.raises(UsageError) as info:
+        family.network_input(_random_crops(family, 2, 0), out=np.empty((2, 6, 96, 96), np.float64))
+    assert str(info.value) == (
+        "network_input's out must be a float32 (2, 6, 96, 96) array, got float64 array of shape "
+        "(2, 6, 96, 96)"
+    )
+
+
+def test_pixels_from_prediction_out_is_bit_identical() -> None:
+    rng = np.random.default_rng(3)
+    predicted = rng.uniform(-0.2, 1.2, (4, 3, 16, 16)).astype(np.float32)  # beyond [0, 1]: clipped
+    ties = (np.arange(16 * 16 * 3, dtype=np.float32) % 256 + np.float32(0.5)) / np.float32(255.0)
+    predicted[0] = ties.reshape(3, 16, 16)  # k + 0.5 after scaling: round half to even
+    predicted[1, 0, 0, :4] = [0.0, 1.0, -0.0, np.float32(0.5 / 255)]
+    expected = _old_pixels(predicted)
+    assert pixels_from_prediction(predicted).tobytes() == expected.tobytes()
+    out = np.full((4, 16, 16, 3), 7, np.uint8)
+    assert pixels_from_prediction(predicted, out=out) is out and out.tobytes() == expected.tobytes()
+    nhwc = np.ascontiguousarray(predicted.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # channels last
+    assert pixels_from_prediction(nhwc).tobytes() == expected.tobytes()
+    region = np.zeros((4, 20, 20, 3), np.uint8)  # writing into the inner region of bigger crops
+    pixels_from_prediction(predicted, out=region[:, 2:18, 2:18])
+    assert np.ascontiguousarray(region[:, 2:18, 2:18]).tobytes() == expected.tobytes()
+    assert not region[:, :2].any() and not region[:, 18:].any()
+    with pytest.raises(UsageError, match=r"out must be a uint8 \(4, 16, 16, 3\) array, got uint8 array"):
+        pixels_from_prediction(predicted, out=out[:2])
+
+
+@pytest.mark.parametrize("name", family_names())
+def test_crops_with_prediction_is_paste(name: str) -> None:
+    family = get_family(name)
+    crops = _random_crops(family, 2, 1)
+    n = family.network_size
+    predicted = np.random.default_rng(2).uniform(-0.1, 1.1, (2, 3, n, n)).astype(np.float32)
+    out = crops_with_prediction(family, crops, predicted)
+    expected = family.paste(crops, _old_pixels(predicted))
+    assert out.flags.c_contiguous and out.tobytes() == expected.tobytes()
+    assert out is not crops
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reused_buffers_across_batch_sizes(
+    kind: str, random_model: Wav2Lip, onnx_cache: Path, batch8: tuple[np.ndarray, np.ndarray]
+) -> None:
+    backend = _build(kind, random_model, onnx_cache)
+    crops, mels = batch8
+    first = backend.infer(crops[:2], mels[:2])
+    kept = first.copy()
+    whole = backend.infer(crops, mels)  # grows the buffers
+    again = backend.infer(crops[:2], mels[:2])  # reuses the bigger buffers
+    np.testing.assert_array_equal(first, kept)  # a returned array is never reused
+    np.testing.assert_array_equal(again, first)
+    assert np.abs(whole[:2].astype(int) - first).max() <= 1
