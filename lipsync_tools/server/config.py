@@ -212,7 +212,7 @@ class ServerConfig:
     device: str = "cpu"
     force_precision: bool = False
     warmup_frames: int = 2
-    heap_trim_seconds: float = 30.0
+    heap_trim_seconds: float = 10.0
     log_level: str = "warning"
     access_log: bool = False
 
