@@ -20,10 +20,28 @@ _COLOURS = (
 )
 
 
+def check_plotting() -> None:
+    """Raise :class:`~lipsync_tools.errors.BackendUnavailableError` when matplotlib (the ``plot`` extra) is
+    missing: called before a run of minutes, not after it."""
+    _matplotlib()
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError as error:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            f"--plot draws with matplotlib, which cannot be imported ({error}); install the extra: "
+            "pip install 'lipsync-tools[plot]', or drop --plot (--json and --markdown need nothing more)"
+        ) from error
+    return matplotlib
+
+
 def write_plot(result: dict[str, Any], path: Path) -> Path:
     """Draw ``result`` into ``path`` (PNG, ~100 KB) with matplotlib's Agg backend; returns ``path``."""
-    import matplotlib
-
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")  # no display needed; must precede pyplot's import
     import matplotlib.pyplot as plt
 

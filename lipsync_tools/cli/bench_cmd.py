@@ -2,7 +2,7 @@
 :func:`lipsync_tools.bench.run_compare`, :func:`~lipsync_tools.bench.run_live` or
 :func:`~lipsync_tools.bench.run_soak`, print the report and write the outputs (each file atomically).
 
-Importing this module registers the command on :data:`lipsync_tools.cli.main.app`.
+Importing this module registers the command on :data:`lipsync_tools.cli.app.app`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .main import ForceOpt, app, run_command
+from .app import ForceOpt, app, run_command
 from .output import (
     AudioEncoderOpt,
     FamilyOpt,
@@ -297,6 +297,10 @@ def bench_cmd(
         # Every output is checked before a run of minutes; each is written atomically after it.
         check_outputs({"--json": json_out, "--markdown": markdown_out, "--plot": plot_out}, force=force,
                       source=source)
+        if plot_out is not None:
+            from ..bench.plot import check_plotting
+
+            check_plotting()  # the plot extra, before the run
         to_stdout = json_out is not None and str(json_out) == "-"
 
         def say(message: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
+from .app import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
 from .output import (
     AudioEncoderOpt,
     AudioModeOpt,

@@ -1,4 +1,4 @@
-"""``lipsync models ...``: model tools (registered by ``cli/main.py``)."""
+"""``lipsync models ...``: model tools (registered when ``cli/main.py`` imports it)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
+from .app import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
 from .output import AudioEncoderOpt, AudioModeOpt, FamilyOpt, optional_value, print_json, stderr
 
 models_app = typer.Typer(

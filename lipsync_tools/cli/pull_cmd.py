@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ..remote.pull import DEFAULT_TIMEOUT_S, PullResult
-from .main import DebugOpt, JsonOpt, QuietOpt, app, run_command
+from .app import DebugOpt, JsonOpt, QuietOpt, app, run_command
 from .output import interactive, print_json, stderr
 
 

@@ -1,4 +1,5 @@
-"""``lipsync render``: a lip-synced mp4 from a package and a speech file (registered by ``cli/main.py``)."""
+"""``lipsync render``: a lip-synced mp4 from a package and a speech file (registered when ``cli/main.py``
+imports it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .main import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
+from .app import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, run_command
 from .output import (
     AudioEncoderOpt,
     BlendName,

@@ -1,6 +1,6 @@
 """``lipsync serve``: parse options, build a :class:`~lipsync_tools.server.ServerConfig`, call ``run``.
 
-Importing this module registers the command on :data:`lipsync_tools.cli.main.app` (main imports it at its
+Importing this module registers the command on :data:`lipsync_tools.cli.app.app` (main imports it at its
 "commands that live in their own modules" line).
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from .main import app, run_command
+from .app import app, run_command
 from .output import (
     AudioEncoderOpt,
     AudioModeOpt,
@@ -255,7 +255,7 @@ def serve_cmd(
     def action() -> None:
         from ..errors import UsageError
         from ..remote import parse_size
-        from ..server.run import original_components
+        from ..server.components import original_components
 
         if original is not None and packages:
             raise UsageError("--original serves one raw video; give it without package arguments")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from lipsync_tools._quiet import native_stderr_silenced
+from lipsync_tools.errors import BackendUnavailableError, UsageError
 
 
 @dataclass(frozen=True)
@@ -76,3 +79,51 @@ class FaceBackend(Protocol):
     def close(self) -> None:
         """Release native resources; the backend is unusable afterwards."""
         ...
+
+
+# --- helpers the backends share (backends never import each other: ARCHITECTURE.md) ----------------------
+
+MEDIAPIPE_PIP_HINT = "pip install mediapipe==0.10.21"
+
+
+def import_mediapipe(backend: str, debug: bool) -> Any:
+    """Import and return the ``mediapipe`` module with its native log lines silenced.
+
+    Raises:
+        BackendUnavailableError: mediapipe is not installed (the message says what to pip install).
+    """
+    try:
+        with native_stderr_silenced(not debug):
+            import mediapipe
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"the {backend!r} face backend needs mediapipe, which cannot be imported ({error}); "
+            f"install it with: {MEDIAPIPE_PIP_HINT}"
+        ) from error
+    return mediapipe
+
+
+def frame_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
+    """Check that ``frame_bgr`` is an ``(H, W, 3)`` uint8 BGR frame and return it as contiguous RGB.
+
+    Raises:
+        UsageError: the array has another shape or dtype.
+    """
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        raise UsageError(
+            f"face backends take (H, W, 3) uint8 BGR frames, got shape {frame_bgr.shape} "
+            f"dtype {frame_bgr.dtype}; convert the frame with cv2.cvtColor/astype first"
+        )
+    return np.ascontiguousarray(frame_bgr[:, :, ::-1])
+
+
+def check_options(options: FaceOptions) -> None:
+    """Reject option values no backend can use.
+
+    Raises:
+        UsageError: ``max_faces`` < 1 or ``min_confidence`` outside [0, 1].
+    """
+    if options.max_faces < 1:
+        raise UsageError(f"max_faces must be at least 1, got {options.max_faces}")
+    if not 0.0 <= options.min_confidence <= 1.0:
+        raise UsageError(f"min_confidence must be between 0 and 1, got {options.min_confidence}")

@@ -15,8 +15,14 @@ import numpy as np
 
 from lipsync_tools._quiet import native_stderr_silenced
 from lipsync_tools.errors import BackendUnavailableError, CheckpointError, MissingWeightsError, UsageError
-from lipsync_tools.faces.base import FaceObservation, FaceOptions, LandmarkScheme
-from lipsync_tools.faces.mediapipe_backend import check_options, frame_to_rgb, import_mediapipe
+from lipsync_tools.faces.base import (
+    FaceObservation,
+    FaceOptions,
+    LandmarkScheme,
+    check_options,
+    frame_to_rgb,
+    import_mediapipe,
+)
 from lipsync_tools.faces.schemes import IBUG_68
 
 FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"
@@ -117,7 +123,8 @@ class FanFaceAligner:
         except ImportError as error:
             raise BackendUnavailableError(
                 f"the 'fan' face backend needs face-alignment and torch, which cannot be imported ({error}); "
-                "install them with: pip install face-alignment torch"
+                "install the extra: pip install 'lipsync-tools[fan]' (or use --face-backend mediapipe, the "
+                "default)"
             ) from error
         self._torch: Any = torch
         self._crop = crop

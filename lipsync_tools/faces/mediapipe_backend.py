@@ -11,46 +11,20 @@ from typing import Any
 import numpy as np
 
 from lipsync_tools._quiet import native_stderr_silenced
-from lipsync_tools.errors import BackendUnavailableError, UsageError
-from lipsync_tools.faces.base import FaceObservation, FaceOptions, LandmarkScheme
+from lipsync_tools.errors import UsageError
+from lipsync_tools.faces.base import (
+    FaceObservation,
+    FaceOptions,
+    LandmarkScheme,
+    check_options,
+    frame_to_rgb,
+    import_mediapipe,
+)
 from lipsync_tools.faces.schemes import MEDIAPIPE_468
-
-MEDIAPIPE_PIP_HINT = "pip install mediapipe==0.10.21"
 
 # FaceMesh reports no per-face confidence; every face it returns passed ``min_detection_confidence`` (or
 # is being tracked), so it is reported with this score and ties are broken by face size.
 FACE_MESH_SCORE = 1.0
-
-
-def import_mediapipe(backend: str, debug: bool) -> Any:
-    """Import and return the ``mediapipe`` module with its native log lines silenced.
-
-    Raises:
-        BackendUnavailableError: mediapipe is not installed (the message says what to pip install).
-    """
-    try:
-        with native_stderr_silenced(not debug):
-            import mediapipe
-    except ImportError as error:
-        raise BackendUnavailableError(
-            f"the {backend!r} face backend needs mediapipe, which cannot be imported ({error}); "
-            f"install it with: {MEDIAPIPE_PIP_HINT}"
-        ) from error
-    return mediapipe
-
-
-def frame_to_rgb(frame_bgr: np.ndarray) -> np.ndarray:
-    """Check that ``frame_bgr`` is an ``(H, W, 3)`` uint8 BGR frame and return it as contiguous RGB.
-
-    Raises:
-        UsageError: the array has another shape or dtype.
-    """
-    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-        raise UsageError(
-            f"face backends take (H, W, 3) uint8 BGR frames, got shape {frame_bgr.shape} "
-            f"dtype {frame_bgr.dtype}; convert the frame with cv2.cvtColor/astype first"
-        )
-    return np.ascontiguousarray(frame_bgr[:, :, ::-1])
 
 
 class MediaPipeFaceMesh:
@@ -122,15 +96,3 @@ class MediaPipeFaceMesh:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def check_options(options: FaceOptions) -> None:
-    """Reject option values no backend can use.
-
-    Raises:
-        UsageError: ``max_faces`` < 1 or ``min_confidence`` outside [0, 1].
-    """
-    if options.max_faces < 1:
-        raise UsageError(f"max_faces must be at least 1, got {options.max_faces}")
-    if not 0.0 <= options.min_confidence <= 1.0:
-        raise UsageError(f"min_confidence must be between 0 and 1, got {options.min_confidence}")

@@ -21,11 +21,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from lipsync_tools.engine.capacity import Capacity
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from lipsync_tools.engine.capacity import Capacity
 
 RETRY_AFTER_SECONDS: Final = 5
 """What a refusal tells a client to wait before trying again (sessions end when their audio ends)."""

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -34,7 +34,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from lipsync_tools.engine.capacity import Batching, Capacity
 from lipsync_tools.errors import InputNotFoundError, LipsyncError, PackageFormatError, ProtocolError
 from lipsync_tools.protocol import (
     CODECS,
@@ -51,6 +50,12 @@ from lipsync_tools.protocol import (
     codec_for_content_type,
 )
 from lipsync_tools.server.admission import Admission
+from lipsync_tools.server.components import (
+    Components,
+    ManagedEngine,
+    ModelInfoLike,
+    default_components,
+)
 from lipsync_tools.server.config import (
     MAX_BINARY_REQUEST_BYTES,
     MAX_JSON_REQUEST_BYTES,
@@ -59,7 +64,7 @@ from lipsync_tools.server.config import (
     SessionLimits,
 )
 from lipsync_tools.server.demo import demo_routes
-from lipsync_tools.server.memory import HeapTrimmer
+from lipsync_tools.server.memory import HeapTrimmer, freeze_startup_objects
 from lipsync_tools.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lipsync_tools.server.metrics import Metrics
 from lipsync_tools.server.sessions import (
@@ -71,6 +76,9 @@ from lipsync_tools.server.sessions import (
     encode_body,
 )
 
+if TYPE_CHECKING:
+    from lipsync_tools.engine.capacity import Batching
+
 log = logging.getLogger("lipsync.server")
 
 # Error codes of the package API beside the protocol's (new codes are allowed; docs/protocol.md lists them).
@@ -79,73 +87,6 @@ FORBIDDEN = "forbidden"
 CONFLICT = "conflict"
 BAD_PACKAGE = "bad_package"
 API_STATUS = {NOT_FOUND: 404, FORBIDDEN: 403, CONFLICT: 409, BAD_PACKAGE: 422}
-
-
-class StoreLike(Protocol):
-    """What the server needs from :class:`lipsync_tools.engine.PackageStore`."""
-
-    def load(self, package_id: str, path: str | Path) -> PackageInfoLike: ...
-
-    def unload(self, package_id: str) -> None: ...
-
-    def get(self, package_id: str) -> Any: ...
-
-    def infos(self) -> list[Any]: ...
-
-    def __contains__(self, package_id: object) -> bool: ...
-
-
-class ManagedEngine(EngineLike, Protocol):
-    """An engine with a lifecycle (:class:`lipsync_tools.engine.Engine`)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class ModelInfoLike(Protocol):
-    """What the server reads of :class:`lipsync_tools.engine.ModelInfo`."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def is_random(self) -> bool: ...
-
-    @property
-    def warnings(self) -> list[str]: ...
-
-    @property
-    def load_seconds(self) -> float: ...
-
-    def to_dict(self) -> dict[str, object]: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class Components:
-    """How the server makes its engine parts (the real ones by default; tests may pass fakes).
-
-    ``make_store()`` → an empty package store; ``load_model(config, store)`` → (model, model info), run
-    in a worker thread after the startup packages are loaded (a package may carry the checkpoint);
-    ``make_engine(store, model, config, observer)`` → an engine, started by the server (``model`` is
-    whatever ``load_model`` returned first: the server only hands it over; ``config`` carries the batch
-    size and wait chosen at startup). ``startup_capacity(model, store)`` → the key and measured
-    :class:`~lipsync_tools.engine.capacity.Capacity` of the model the batch size is chosen from (``None``:
-    nothing measured, the defaults apply); without it (``None``) the engine does not batch by measurement
-    and the server reports no batching.
-    """
-
-    make_store: Callable[[], StoreLike]
-    load_model: Callable[[ServerConfig, StoreLike], tuple[Any, ModelInfoLike]]
-    make_engine: Callable[[StoreLike, Any, ServerConfig, Metrics], ManagedEngine]
-    startup_capacity: Callable[[Any, StoreLike], tuple[str, Capacity] | None] | None = None
-
-
-def default_components() -> Components:
-    """The real engine (imported here, not at module import, so ``lipsync --help`` stays fast)."""
-    from lipsync_tools.server.run import engine_components
-
-    return engine_components()
 
 
 @dataclass
@@ -393,6 +334,7 @@ class ServerState:
                 await self._warm_up(engine)
                 seconds["warmup"] = time.perf_counter() - t
             seconds["total"] = time.perf_counter() - started
+            freeze_startup_objects()
             await self.trim_heap()  # what loading the model and the packages freed (imports, the export)
             self.ready = True
             self.metrics.set_gauge("lipsync_ready", 1)

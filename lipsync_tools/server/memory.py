@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -44,6 +45,23 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 MALLOC_TRIM = _find_malloc_trim()
 """This process's ``malloc_trim``; ``None`` where the C library has none."""
+
+
+def freeze_startup_objects() -> int:
+    """Collect, then move every object alive now (torch, the model families, the packages loaded at
+    startup: about a million) out of the garbage collector's reach (``gc.freeze``); returns how many.
+
+    Why: CPython runs a full collection only when the objects that survived younger ones reach 25 % of
+    the long-lived objects. With a million long-lived objects from startup that takes minutes of serving,
+    and meanwhile the reference cycles a finished session or a dropped connection leaves (a session, its
+    1.6 MB streaming spectrogram, a transport and its buffers, an exception's frames) stay in memory: the
+    soak's RSS rose about 25 MB a minute and fell back by 80 MB every few minutes. Frozen, the startup
+    objects no longer count, so cycles are collected soon after they form, and each full collection no
+    longer walks a million objects that never die.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _rss_bytes() -> int:

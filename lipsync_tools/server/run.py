@@ -12,108 +12,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from lipsync_tools.errors import LipsyncError, UsageError
-from lipsync_tools.server.app import Components, ServerState, StartupReport, StoreLike, create_app
+from lipsync_tools.errors import LipsyncError
+from lipsync_tools.server.app import ServerState, StartupReport, create_app
+from lipsync_tools.server.components import Components
 from lipsync_tools.server.config import WS_MAX_MESSAGE_BYTES, ServerConfig
-from lipsync_tools.server.metrics import Metrics
 
 if TYPE_CHECKING:
-    from lipsync_tools.engine.capacity import Capacity
-
-
-def engine_components() -> Components:
-    """The real engine parts: :class:`PackageStore`, a :class:`ModelStore` of many models, :class:`Engine`.
-
-    Each package is served by its own model (docs/engine.md, *Models*): startup packages have theirs loaded
-    and warmed before the server is ready; a package loaded later is admitted only when a model can serve
-    it, and that model loads with its first frame. The engine batches as the first startup package's model
-    was measured (``ServerConfig.batching``; docs/engine.md, *Batch size by measurement*).
-    """
-    from lipsync_tools.engine import Engine, PackageStore
-    from lipsync_tools.engine.model_store import ModelStore
-    from lipsync_tools.engine.store import MemoryBudget
-
-    def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        models = ModelStore(config.model_defaults())
-        if isinstance(store, PackageStore):
-            store.budget = MemoryBudget(max_bytes=config.max_memory, max_packages=config.max_packages)
-            store.model_bytes = models.weight_bytes
-            store.model_need = models.need_bytes
-            store.free_models = models.free_idle
-            check_startup_budget(store, models, config)
-            for info in store.infos():  # loaded before the models: check them now
-                models.register(info.id, store.get(info.id).package)
-            # From now on a run-time load is admitted only when a model can serve the package.
-            store.admit = models.register
-            store.on_unload = models.forget
-            for info in store.infos():
-                models.ensure(info.id, store.get(info.id).package)  # load and warm every startup model
-        return models, models.summary()
-
-    def make_engine(store: StoreLike, models: Any, config: ServerConfig, metrics: Metrics) -> Any:
-        return Engine(store, models, config.engine_options(), metrics)  # type: ignore[arg-type]
-
-    def startup_capacity(models: Any, store: StoreLike) -> tuple[str, Capacity] | None:
-        # The first startup package's model: the batch size is chosen from its measured speed.
-        infos = store.infos()
-        served = models.get(models.key_of(infos[0].id) or "") if infos else None
-        return (served.key, served.capacity) if served is not None else None
-
-    return Components(make_store=PackageStore, load_model=load, make_engine=make_engine,
-                      startup_capacity=startup_capacity)
-
-
-def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
-    """The startup packages load before the budget applies: refuse to start when they exceed it."""
-    if config.max_packages is not None and len(store) > config.max_packages:
-        raise UsageError(f"{len(store)} startup packages but --max-packages {config.max_packages}")
-    if config.max_memory is not None:
-        need = store.frames_bytes() + sum(
-            models.need_bytes(info.id, store.get(info.id).package) for info in store.infos()
-        )
-        if need > config.max_memory:
-            raise UsageError(
-                f"the startup packages need about {need / 2**20:.0f} MiB (decoded frames and models), more "
-                f"than --max-memory {config.max_memory / 2**20:.0f} MiB; raise it or start with fewer"
-            )
-
-
-def original_components(audio: Path | None = None) -> Components:
-    """The original per-frame path: startup "packages" are raw videos, every stage runs per request.
-
-    ``lipsync serve --original VIDEO`` and ``lipsync bench --compare`` use it (same endpoints and codecs;
-    see :mod:`lipsync_tools.engine.original`). ``audio``: the file replay requests are cut from. One model
-    renders every video: ``--model``/``--checkpoint`` of ``--family`` (default Wav2Lip).
-    """
-    from lipsync_tools.engine.model_loader import AudioEncoderChoice, load_model
-    from lipsync_tools.engine.original import OriginalEngine, OriginalOptions, VideoStore
-
-    def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        if config.precision == "int8":
-            raise UsageError(
-                "--precision int8 is calibrated on a package's own frames; the original path (--original) "
-                "serves a raw video and has none: use fp32 there, or serve a package"
-            )
-        loaded = load_model(
-            config.model, config.checkpoint, config.seed, config.backend, config.onnx_cache_dir,
-            family=config.family, audio_mode=config.audio_mode,
-            audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
-            warmup_batches=tuple(sorted({1, config.max_batch or 1})),  # it renders one frame per call
-            runtime=config.runtime(),
-        )
-        return loaded, loaded.info
-
-    def make_engine(store: StoreLike, loaded: Any, config: ServerConfig, metrics: Metrics) -> Any:
-        options = OriginalOptions(jpeg_quality=config.jpeg_quality, silence_dbfs=config.silence_dbfs)
-        return OriginalEngine(store, loaded.backend, options, metrics,  # type: ignore[arg-type]
-                              audio_encoder=loaded.audio_encoder)
-
-    return Components(make_store=lambda: VideoStore(audio=audio), load_model=load, make_engine=make_engine)
+    pass
 
 
 class LipsyncServer:

@@ -16,7 +16,7 @@ from lipsync_tools.client import LipsyncClient
 from lipsync_tools.engine.original import ORIGINAL_STAGES
 from lipsync_tools.protocol import AudioFormat, FrameRequest, ImageFormat, Pacing
 from lipsync_tools.server import LipsyncServer, PackageSpec, ServerConfig
-from lipsync_tools.server.run import original_components
+from lipsync_tools.server.components import original_components
 
 runner = CliRunner()
 

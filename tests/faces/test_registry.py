@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -41,7 +42,7 @@ def test_missing_mediapipe_says_what_to_install(monkeypatch: pytest.MonkeyPatch)
 def test_missing_face_alignment_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "face_alignment", None)
     monkeypatch.setitem(sys.modules, "face_alignment.models", None)
-    with pytest.raises(BackendUnavailableError, match="pip install face-alignment"):
+    with pytest.raises(BackendUnavailableError, match=re.escape("pip install 'lipsync-tools[fan]'")):
         create_backend("fan", FaceOptions())
 
 
