@@ -49,15 +49,15 @@ MALLOC_TRIM = _find_malloc_trim()
 
 def freeze_startup_objects() -> int:
     """Collect, then move every object alive now (torch, the model families, the packages loaded at
-    startup: about a million) out of the garbage collector's reach (``gc.freeze``); returns how many.
+    startup: about 300,000) out of the garbage collector's reach (``gc.freeze``); returns how many.
 
     Why: CPython runs a full collection only when the objects that survived younger ones reach 25 % of
-    the long-lived objects. With a million long-lived objects from startup that takes minutes of serving,
+    the long-lived objects. With ~300,000 long-lived objects from startup that takes minutes of serving,
     and meanwhile the reference cycles a finished session or a dropped connection leaves (a session, its
     1.6 MB streaming spectrogram, a transport and its buffers, an exception's frames) stay in memory: the
     soak's RSS rose about 25 MB a minute and fell back by 80 MB every few minutes. Frozen, the startup
     objects no longer count, so cycles are collected soon after they form, and each full collection no
-    longer walks a million objects that never die.
+    longer walks objects that never die.
     """
     gc.collect()
     gc.freeze()
