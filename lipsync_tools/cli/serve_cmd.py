@@ -300,6 +300,7 @@ def serve_cmd(
             precision=precision.value,
             device=device,
             force_precision=force_precision,
+            freeze_startup_objects=True,  # this process is the server's alone
             log_level="debug" if debug else "warning",
         )
         components = original_components(audio) if original is not None else None

@@ -334,7 +334,8 @@ class ServerState:
                 await self._warm_up(engine)
                 seconds["warmup"] = time.perf_counter() - t
             seconds["total"] = time.perf_counter() - started
-            freeze_startup_objects()
+            if self.config.freeze_startup_objects:
+                freeze_startup_objects()
             await self.trim_heap()  # what loading the model and the packages freed (imports, the export)
             self.ready = True
             self.metrics.set_gauge("lipsync_ready", 1)

@@ -171,7 +171,9 @@ class ServerConfig:
     package's own frames, served only above the quality gate unless ``force_precision``; ``fp16``: GPU),
     ``device`` (``cpu``, ``cuda``, ``cuda:N``).
     Memory: ``heap_trim_seconds`` (how often free C heap memory is handed back to the OS, and after every
-    unload; 0 = never; :mod:`lipsync_tools.server.memory`).
+    unload; 0 = never; :mod:`lipsync_tools.server.memory`), ``freeze_startup_objects`` (``gc.freeze()`` what
+    startup made, so the garbage collector collects sessions' reference cycles promptly: for a server that
+    owns its process, ``lipsync serve``; off by default, as it would freeze an embedding program's objects).
     """
 
     packages: tuple[PackageSpec, ...] = ()
@@ -213,6 +215,7 @@ class ServerConfig:
     force_precision: bool = False
     warmup_frames: int = 2
     heap_trim_seconds: float = 10.0
+    freeze_startup_objects: bool = False
     log_level: str = "warning"
     access_log: bool = False
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lipsync_tools.server import app as app_module
 from lipsync_tools.server.memory import MALLOC_TRIM, HeapTrimmer
 from lipsync_tools.server.metrics import Metrics
 from tests.server.servers import random_model_config, running_server
@@ -67,10 +68,15 @@ def test_glibc_keeps_freed_memory_until_a_trim_gives_it_back() -> None:
 
 @needs_glibc
 @pytest.mark.slow
-def test_the_server_trims_after_an_unload_and_periodically(avatar_package: Path, onnx_cache: Path) -> None:
+def test_the_server_trims_after_an_unload_and_periodically(
+    avatar_package: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen: list[bool] = []  # lipsync serve freezes its startup objects: recorded here, not done
+    monkeypatch.setattr(app_module, "freeze_startup_objects", lambda: frozen.append(True) or 0)
     config = random_model_config(avatar_package, onnx_cache, package_dir=avatar_package.parent,
-                                 heap_trim_seconds=1.0)
+                                 heap_trim_seconds=1.0, freeze_startup_objects=True)
     with running_server(config) as server:
+        assert frozen == [True]
         def trims() -> float:
             text = httpx.get(f"{server.url}/metrics", timeout=10).text
             line = next(line for line in text.splitlines() if line.startswith("lipsync_heap_trims_total "))
@@ -87,4 +93,18 @@ def test_the_server_trims_after_an_unload_and_periodically(avatar_package: Path,
         assert trims() >= at_ready + 2
     off = random_model_config(avatar_package, onnx_cache, heap_trim_seconds=0)
     with running_server(off) as server:
+        assert frozen == [True]  # not asked: an embedding program's objects are left alone
         assert "lipsync_heap_trims_total 0.0" in httpx.get(f"{server.url}/metrics", timeout=10).text
+
+
+def test_freezing_moves_what_is_alive_out_of_the_collector_in_a_child_process() -> None:
+    script = textwrap.dedent("""
+        import gc
+        from lipsync_tools.server.memory import freeze_startup_objects
+        kept = [[i] for i in range(10_000)]
+        print(freeze_startup_objects() >= 10_000, gc.get_freeze_count() > 0)
+    """)
+    command = [sys.executable, "-c", script]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
