@@ -59,14 +59,14 @@ def test_atomic_output_fsyncs_the_file_renames_then_fsyncs_the_folder(
 
 def test_failure_in_the_middle_leaves_no_temporary_file_and_no_destination(tmp_path: Path):
     dest = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError, match="disk on fire"), atomic_output(dest) as tmp:
+    with pytest.raises(RuntimeError, match="disk on fire"), atomic_output(dest) as tmp:  # noqa: PT012
         tmp.write_bytes(b"half")
         raise RuntimeError("disk on fire")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupt_leaves_no_temporary_file(tmp_path: Path):
-    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "out.bin") as tmp:
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "out.bin") as tmp:  # noqa: PT012
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
@@ -76,7 +76,7 @@ def test_an_existing_destination_is_untouched_on_failure(tmp_path: Path):
     """What ``--force`` replaces stays whole until the new file is complete."""
     dest = tmp_path / "out.bin"
     dest.write_bytes(b"the old, good file")
-    with pytest.raises(RuntimeError), atomic_output(dest) as tmp:
+    with pytest.raises(RuntimeError), atomic_output(dest) as tmp:  # noqa: PT012
         tmp.write_bytes(b"new but unfinished")
         raise RuntimeError("failed")
     assert dest.read_bytes() == b"the old, good file"

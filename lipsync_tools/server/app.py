@@ -352,7 +352,8 @@ class ServerState:
             raise
         except BaseException as exc:
             self.startup_error = exc
-            log.error("startup failed: %s", exc, exc_info=not isinstance(exc, LipsyncError))
+            # our own errors are clear in one line; only an unexpected one gets its traceback
+            log.error("startup failed: %s", exc, exc_info=not isinstance(exc, LipsyncError))  # noqa: TRY400
             self.request_shutdown()
 
     async def trim_heap(self) -> None:

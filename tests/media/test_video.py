@@ -123,7 +123,7 @@ def test_folder_is_not_a_video(tmp_path: Path) -> None:
 
 def test_truncated_video_fails_part_way(truncated_mp4: Path) -> None:
     seen = 0
-    with pytest.raises(CorruptMediaError, match=r"decoded (\d+) frames, then the stream ended") as caught:
+    with pytest.raises(CorruptMediaError, match=r"decoded (\d+) frames, then the stream ended") as caught:  # noqa: PT012
         for _ in iter_frames(truncated_mp4):
             seen += 1
     assert 0 < seen < 50 and f"decoded {seen} frames" in str(caught.value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +51,8 @@ def eager(random_model: Wav2Lip) -> InferenceBackend:
 @pytest.fixture(scope="module", params=KINDS)
 def backend(
     request: pytest.FixtureRequest, random_model: Wav2Lip, onnx_cache: Path
-) -> Iterator[InferenceBackend]:
-    yield _build(request.param, random_model, onnx_cache)
+) -> InferenceBackend:
+    return _build(request.param, random_model, onnx_cache)
 
 
 def test_infer_contract(backend: InferenceBackend, batch8: tuple[np.ndarray, np.ndarray]) -> None:

@@ -170,8 +170,8 @@ def _calibration() -> CalibrationSet:
 
 
 def test_torch_refuses_int8() -> None:
+    options = BackendOptions(precision="int8", calibration=_calibration())
     with pytest.raises(UsageError) as info:
-        options = BackendOptions(precision="int8", calibration=_calibration())
         create_backend("torch", IdentityModel(), options)
     assert str(info.value) == "int8 runs on ONNX Runtime: use --backend onnx (the default)"
 

@@ -274,8 +274,8 @@ def test_onnx_int8_needs_a_fitting_calibration(tiny_calibration: CalibrationSet)
         "when it loads a package); without one use --precision fp32"
     )
     wav2lip = get_family("wav2lip")
+    options = BackendOptions(precision="int8", calibration=tiny_calibration)
     with pytest.raises(UsageError, match=r"the wav2lip network takes \(6, 96, 96\)"):
-        options = BackendOptions(precision="int8", calibration=tiny_calibration)
         create_backend("onnx", random_network(wav2lip, None, 0).module, options, wav2lip)
 
 

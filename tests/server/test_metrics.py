@@ -60,7 +60,7 @@ def test_counters_increase_with_labels() -> None:
     assert m.value("lipsync_session_frames_dropped_total", reason="late") == 3
     assert m.value("lipsync_session_frames_dropped_total", reason="socket") == 0  # never set
     assert 'lipsync_frames_total{silence="false",source="http"} 2' in m.render()  # labels sorted, as before
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-negative"):
         m.inc("lipsync_sessions_total", -1)
 
 

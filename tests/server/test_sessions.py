@@ -137,7 +137,7 @@ def test_a_client_that_stops_reading_is_dropped_as_too_slow(url: str, pacing: Pa
             time.sleep(0.1)  # not reading
         assert metric(url, too_slow) == before + 1
         received: list[object] = []
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed):  # noqa: PT012 (the close ends the loop)
             for _ in range(400):
                 received.append(binary.decode(ws.recv(timeout=20)))
     frames = [m for m in received if isinstance(m, FrameReply)]
