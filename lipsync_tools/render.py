@@ -226,12 +226,10 @@ class _LocalSource(_FrameSource):
         store = PackageStore()
         info = store.load(RENDER_PACKAGE_ID, Path(package_path))
         package = store.get(RENDER_PACKAGE_ID)
-        use_embedded = checkpoint is None and model in (None, "wav2lip")
         loaded = load_model(
             model, checkpoint, seed, backend, cache_dir, family=family,
             audio_encoder=AudioEncoderChoice.parse(audio_encoder, seed),
-            hints=PackageModelHints.from_package(package.package, with_checkpoint=use_embedded,
-                                                 label=str(package_path)),
+            hints=PackageModelHints.for_weights(package.package, model, checkpoint, str(package_path)),
             warmup_batches=(),  # the first batch is real work either way
             runtime=runtime,
         )

@@ -31,6 +31,7 @@ from ..audio.mel import mel_from_pcm_window
 from ..errors import ProtocolError
 from ..models.audio_features import ave_rows, package_ave_features, padded_row_frame
 from ..models.family import AudioMode, ModelFamily
+from ..package.reader import Package
 from ..protocol.messages import AudioFormat, ErrorCode, FrameRequest
 from .store import LoadedPackage
 
@@ -146,19 +147,20 @@ class FeatureComputer:
         return ave_rows(self.encoder, mel_windows)
 
     def _replay_rows(self, package: LoadedPackage) -> np.ndarray:
-        features = package.package.features
-        if features is not None:
-            return features.reshape(features.shape[0], *self.mode.row_shape)
+        if package.package.features is not None:
+            stored = package_rows(package.package, self.mode, None)
+            assert stored is not None
+            return stored
         with self._lock:
             rows = self._package_rows.get(package)
             if rows is None:
-                if self.encoder is None:
+                rows = package_rows(package.package, self.mode, self.encoder)
+                if rows is None:
                     raise ProtocolError(
                         ErrorCode.BAD_AUDIO,
                         f"package {package.info.id!r} stores no {self.mode.name} features and this server "
                         "has no audio encoder to compute them; start it with --audio-encoder",
                     )
-                rows = package_ave_features(self.encoder, package.mel, np.asarray(package.mel_starts))
                 self._package_rows[package] = rows
         return rows
 
@@ -187,6 +189,18 @@ class FeatureComputer:
         return self._ave(mels)
 
 
+def package_rows(package: Package, mode: AudioMode, encoder: Any | None) -> np.ndarray | None:
+    """A package's own padded feature rows (``mode``'s row shape): the ones it stores, else AVE rows
+    computed from its mel with ``encoder``; ``None`` when it stores none and there is no encoder. Replay
+    requests and int8 calibration (:mod:`.precision`) take their audio from here."""
+    features = package.features
+    if features is not None:
+        return features.reshape(features.shape[0], *mode.row_shape)
+    if encoder is None:
+        return None
+    return package_ave_features(encoder, package.mel, np.asarray(package.mel_index))
+
+
 def _mel_window(request: FrameRequest, package: LoadedPackage) -> np.ndarray:
     """The ``(80, 16)`` float32 mel window of one request (replay: the package's own)."""
     return request_mel_window(request, lambda: package.mel_window(request.frame_index))
@@ -208,4 +222,4 @@ def request_mel_window(request: FrameRequest, replay: Callable[[], np.ndarray]) 
     return mel_from_pcm_window(pcm)
 
 
-__all__ = ["FeatureComputer", "StreamAudio", "request_mel_window"]
+__all__ = ["FeatureComputer", "StreamAudio", "package_rows", "request_mel_window"]

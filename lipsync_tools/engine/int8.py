@@ -66,11 +66,10 @@ def quantize_package(
         )
     started = time.perf_counter()
     package = open_package(package_path, mmap=True, load_frames=False)
-    use_embedded = checkpoint is None and model in (None, "wav2lip")
     loaded = load_model(
         model, checkpoint, seed, "onnx", cache_dir, family=package.family, audio_mode=package.audio_mode,
         audio_encoder=AudioEncoderChoice.parse(audio_encoder, seed) if package.audio_mode == "ave" else None,
-        hints=PackageModelHints.from_package(package, with_checkpoint=use_embedded, label=str(package_path)),
+        hints=PackageModelHints.for_weights(package, model, checkpoint, str(package_path)),
         runtime=RuntimeChoice(precision="int8", force_precision=True), warmup_batches=(),
     )
     info = loaded.info

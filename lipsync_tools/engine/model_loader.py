@@ -153,6 +153,16 @@ class PackageModelHints:
             package=package,
         )
 
+    @classmethod
+    def for_weights(
+        cls, package: Any, model: str | None, checkpoint: Path | None, label: str
+    ) -> PackageModelHints:
+        """:meth:`from_package`, reading the embedded checkpoint only when :func:`load_model` will use it
+        (no ``checkpoint`` given and ``model`` is ``None`` or ``"wav2lip"``): ``render`` and
+        ``models quantize`` choose their weights as a server does."""
+        use_embedded = checkpoint is None and model in (None, "wav2lip")
+        return cls.from_package(package, with_checkpoint=use_embedded, label=label)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RuntimeChoice:

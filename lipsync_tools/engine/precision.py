@@ -21,17 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from ..models.audio_features import package_ave_features
+from ..audio.mel import MEL_WINDOW_FRAMES
 from ..models.family import AudioMode, ModelFamily
 from ..models.quantize import INT8_MIN_PSNR_DB, CalibrationSet, psnr
+from .features import package_rows
 
 CALIBRATION_FRAMES = 32
 """Frames of the package that calibrate int8 (fewer when the package is short)."""
 
 HELD_OUT_FRAMES = 16
 """Other frames on which int8 is compared with fp32 (fewer when the package is short)."""
-
-MEL_WINDOW_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class PrecisionSamples:
 
     def calibration(self, family: ModelFamily) -> CalibrationSet:
         """These frames as network inputs (what ONNX Runtime's calibration feeds the fp32 model)."""
-        return CalibrationSet(faces=family.network_input(self.crops), audio=self.audio)
+        return CalibrationSet.from_crops(family, self.crops, self.audio, size=len(self.frames))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,14 +95,9 @@ def package_samples(package: Any, family: ModelFamily, mode: AudioMode, encoder:
         windows = [mel[:, int(starts[f]) : int(starts[f]) + MEL_WINDOW_FRAMES] for f in frames]
         audio = np.stack(windows).astype(np.float32).reshape(len(frames), *mode.network_shape)
     else:
-        features = getattr(package, "features", None)
-        if features is not None:
-            rows = np.asarray(features, np.float32).reshape(features.shape[0], *mode.row_shape)
-        elif encoder is not None:
-            rows = package_ave_features(encoder, np.asarray(package.mel), np.asarray(package.mel_index))
-            rows = rows.reshape(rows.shape[0], *mode.row_shape)
-        else:
-            rows = np.zeros((package.n_frames + 2, *mode.row_shape), np.float32)  # no audio at all: silence
+        rows = package_rows(package, mode, encoder)
+        if rows is None:  # no rows stored and no encoder: calibrate on silence, as replay would have none
+            rows = np.zeros((package.n_frames + 2, *mode.row_shape), np.float32)
         audio = np.stack([mode.window(rows, f) for f in frames]).astype(np.float32)
     return PrecisionSamples(crops=crops, audio=np.ascontiguousarray(audio), frames=tuple(frames))
 
