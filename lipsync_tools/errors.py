@@ -112,6 +112,21 @@ class ProtocolError(LipsyncError, ValueError):
         self.code = code
 
 
+class RequestError(LipsyncError, ValueError):
+    """The engine refused, or could not render, one frame request (an unknown package, a frame out of range,
+    unusable audio, a full queue...).
+
+    ``reason`` is a stable token of :class:`lipsync_tools.engine.requests.Reason`; the server maps it to its
+    wire error code (a client then sees a :class:`ProtocolError`). A local ``lipsync render`` exits with it.
+    """
+
+    exit_code = 22
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class BuildFailedError(LipsyncError):
     """One or more packages of a batch build failed (the others were still built)."""
 

@@ -14,7 +14,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -22,20 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from .audio.mel import MEL_WINDOW_FRAMES, mel_window_starts, wav2lip_mel
+from .audio.mel import MEL_WINDOW_FRAMES, MelOptions, mel_window, mel_window_starts, wav2lip_mel
 from .engine.engine import STAGES, Engine, EngineOptions
 from .engine.model_loader import AudioEncoderChoice, ModelInfo, PackageModelHints, RuntimeChoice, load_model
 from .engine.pacing import pingpong_index
+from .engine.requests import AudioKind, EngineRequest, EngineResult, ImageKind
 from .engine.store import PackageStore
-from .errors import LipsyncError, ProtocolError, UsageError
+from .errors import LipsyncError, RequestError, UsageError
 from .media.audio import load_audio
 from .media.writer import write_video
 from .package.writer import check_output_path
-from .pipeline.progress import NullProgress, Progress
-from .protocol.limits import SAMPLE_RATE
-from .protocol.messages import FrameReply, FrameRequest, ImageFormat
+from .progress import NullProgress, Progress
+from .protocol.messages import FrameRequest, ImageFormat, Pacing
 
 RENDER_PACKAGE_ID = "avatar"
+SAMPLE_RATE = MelOptions().sample_rate  # 16 kHz: the speech is read at the rate the mel takes
 
 
 @dataclass(kw_only=True)
@@ -117,7 +118,8 @@ def render_video(
     :class:`~lipsync_tools.errors.InputNotFoundError`, :class:`~lipsync_tools.errors.NoAudioError`,
     :class:`UsageError` (audio shorter than one 0.2 s window, model options, model options given with a
     server, an unreachable server or unknown package), :class:`~lipsync_tools.errors.PackageFormatError`,
-    model loading errors and the server's :class:`~lipsync_tools.errors.ProtocolError`.
+    model loading errors, the engine's :class:`~lipsync_tools.errors.RequestError` and the server's
+    :class:`~lipsync_tools.errors.ProtocolError`.
     """
     started = time.perf_counter()
     options = options or EngineOptions()
@@ -151,20 +153,16 @@ def render_video(
         def frames() -> Iterator[np.ndarray]:
             progress.start("Rendering frames", n_out)
             for first in range(0, n_out, options.max_batch):
-                requests = [
-                    FrameRequest.from_mel(
-                        np.ascontiguousarray(mel[:, int(starts[k]) : int(starts[k]) + MEL_WINDOW_FRAMES]),
-                        request_id=k, package_id=source.package_id,
-                        frame_index=pingpong_index(k, source.n_frames), image=source.image_format,
-                        jpeg_quality=source.jpeg_quality,
-                    )
+                asks = [
+                    _Ask(k, pingpong_index(k, source.n_frames), mel_window(mel, int(starts[k])))
                     for k in range(first, min(first + options.max_batch, n_out))
                 ]
-                replies = source.render(requests, mel, starts)
-                for reply in replies:
-                    _collect(timings, reply)
-                    yield _pixels(reply)
-                progress.advance(len(replies))
+                rendered = source.render(asks, mel, starts)
+                for pixels, stage_micros in rendered:
+                    for stage, us in stage_micros.items():
+                        timings.setdefault(stage, []).append(us)
+                    yield pixels
+                progress.advance(len(rendered))
             progress.finish()
 
         written = write_video(output, frames(), source.frame_rate, audio=pcm if pcm.size else None,
@@ -179,12 +177,17 @@ def render_video(
     )
 
 
-def _pixels(reply: FrameReply) -> np.ndarray:
-    if reply.image is ImageFormat.RAW_BGR:
-        return reply.image_array()
-    from .media.images import decode_image
+@dataclass(frozen=True)
+class _Ask:
+    """One output frame to render: its number, the package frame shown, and its mel window."""
 
-    return decode_image(reply.payload)
+    number: int
+    frame_index: int
+    mel: np.ndarray
+
+
+Rendered = tuple[np.ndarray, Mapping[str, int]]
+"""One rendered frame: BGR pixels and its stage timings (microseconds)."""
 
 
 RENDER_JPEG_QUALITY = 95
@@ -201,8 +204,6 @@ class _FrameSource:
     frame_rate: Fraction
     width: int
     height: int
-    image_format: ImageFormat = ImageFormat.RAW_BGR
-    jpeg_quality: int = RENDER_JPEG_QUALITY  # used when image_format is JPEG (a server on another host)
     model: ModelInfo | None = None
 
     def __enter__(self) -> _FrameSource:
@@ -211,8 +212,8 @@ class _FrameSource:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
-        """Replies to ``requests`` (request ids are output frame numbers; ``mel``/``starts``: the clip's)."""
+    def render(self, asks: list[_Ask], mel: np.ndarray, starts: np.ndarray) -> list[Rendered]:
+        """The frames ``asks`` ask for, in order (``mel``/``starts``: the clip's spectrogram and windows)."""
         raise NotImplementedError
 
 
@@ -245,7 +246,7 @@ class _LocalSource(_FrameSource):
         self.engine = Engine(store, loaded.backend, options, audio_encoder=loaded.audio_encoder)
         try:
             self.stream = self.engine.open_stream_sync(RENDER_PACKAGE_ID)  # refuses another family's package
-        except ProtocolError as exc:
+        except RequestError as exc:
             raise UsageError(str(exc)) from None
         self.windows_added = 0  # output frames whose mel window the stream has
         self.package_id, self.n_frames, self.fps = RENDER_PACKAGE_ID, info.n_frames, info.fps
@@ -254,12 +255,17 @@ class _LocalSource(_FrameSource):
         self.frame_rate = Fraction(video.fps_num, video.fps_den) if video.fps_num > 0 and video.fps_den > 0 \
             else Fraction(info.fps).limit_denominator(1001 * 1000)
 
-    def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
+    def render(self, asks: list[_Ask], mel: np.ndarray, starts: np.ndarray) -> list[Rendered]:
+        requests = [
+            EngineRequest(package_id=self.package_id, frame_index=ask.frame_index, audio=AudioKind.MEL,
+                          samples=ask.mel, image=ImageKind.RAW_BGR)
+            for ask in asks
+        ]
         stream = self.stream
         if stream is None:
-            return self.engine.process_batch_sync(requests)
+            return [_raw_pixels(r) for r in self.engine.process_batch_sync(requests)]
         # Families whose audio window spans several frames (AVE) get every output frame's mel window.
-        frames = [r.request_id for r in requests]
+        frames = [ask.number for ask in asks]
         if stream.total is None:
             stream.end(len(starts))
         # Each output frame's window is added once, look_ahead frames before the frame that needs it.
@@ -268,7 +274,13 @@ class _LocalSource(_FrameSource):
             start = int(starts[k])
             stream.add(k, np.ascontiguousarray(mel[:, start : start + MEL_WINDOW_FRAMES]))
         self.windows_added = max(self.windows_added, last + 1)
-        return self.engine.process_batch_sync(requests, stream=stream, stream_frames=frames)
+        results = self.engine.process_batch_sync(requests, stream=stream, stream_frames=frames)
+        return [_raw_pixels(r) for r in results]
+
+
+def _raw_pixels(result: EngineResult) -> Rendered:
+    pixels = np.frombuffer(result.payload, np.uint8).reshape(result.height, result.width, 3)
+    return pixels, result.timings
 
 
 class _ServerSource(_FrameSource):
@@ -296,6 +308,7 @@ class _ServerSource(_FrameSource):
         host = (urlsplit(url if "://" in url else f"http://{url}").hostname or "").lower()
         local = host in ("localhost", "127.0.0.1", "::1")
         self.image_format = ImageFormat.RAW_BGR if local else ImageFormat.JPEG
+        self.jpeg_quality = RENDER_JPEG_QUALITY  # used when image_format is JPEG (a server on another host)
         import httpx
 
         try:
@@ -314,11 +327,10 @@ class _ServerSource(_FrameSource):
         self.width, self.height = int(info["width"]), int(info["height"])
         self.frame_rate = Fraction(self.fps).limit_denominator(1001 * 1000)
         self.session: Any = None
-        self.session_frames: Iterator[FrameReply] | None = None
+        self.session_frames: Iterator[Any] | None = None
         self.stream: Any = None
         if str(info.get("audio_mode", "mel")) != "mel":
             from .media.audio import pcm16_from_float
-            from .protocol.messages import Pacing
 
             self.session = self.client.session(
                 self.package_id,
@@ -351,22 +363,31 @@ class _ServerSource(_FrameSource):
         self.loaded_here = package_id
         return info
 
-    def render(self, requests: list[FrameRequest], mel: np.ndarray, starts: np.ndarray) -> list[FrameReply]:
+    def render(self, asks: list[_Ask], mel: np.ndarray, starts: np.ndarray) -> list[Rendered]:
         if self.session_frames is not None:
-            replies: list[FrameReply] = []
-            for request in requests:
+            replies = []
+            for ask in asks:
                 reply = next(self.session_frames, None)
                 if reply is None:
                     raise UsageError(
-                        f"the server's session ended after {request.request_id} frames; "
-                        f"{len(starts)} were expected"
+                        f"the server's session ended after {ask.number} frames; {len(starts)} were expected"
                     )
                 replies.append(reply)
-            return replies
-        for request in requests:
-            self.stream.send(request)
-        by_id = {reply.request_id: reply for reply in (self.stream.recv_frame() for _ in requests)}
-        return [by_id[request.request_id] for request in requests]
+            return [self._pixels(reply) for reply in replies]
+        for ask in asks:
+            self.stream.send(FrameRequest.from_mel(
+                np.ascontiguousarray(ask.mel), request_id=ask.number, package_id=self.package_id,
+                frame_index=ask.frame_index, image=self.image_format, jpeg_quality=self.jpeg_quality,
+            ))
+        by_id = {reply.request_id: reply for reply in (self.stream.recv_frame() for _ in asks)}
+        return [self._pixels(by_id[ask.number]) for ask in asks]
+
+    def _pixels(self, reply: Any) -> Rendered:
+        if reply.image is ImageFormat.RAW_BGR:
+            return reply.image_array(), reply.timings
+        from .media.images import decode_image
+
+        return decode_image(reply.payload), reply.timings
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -380,7 +401,3 @@ class _ServerSource(_FrameSource):
         finally:
             self.client.close()
 
-
-def _collect(timings: dict[str, list[int]], reply: FrameReply) -> None:
-    for stage, micros in reply.timings.items():
-        timings.setdefault(stage, []).append(micros)

@@ -40,10 +40,11 @@ def test_the_snippets_run_in_order(talking_head_mp4: Path, speech_wav: Path, tmp
     shutil.copy(speech_wav, tmp_path / "speech.wav")
     monkeypatch.chdir(tmp_path)
     blocks = snippets()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict[str, object] = {}
     for block in blocks:
         exec(compile(block, str(API_DOC), "exec"), namespace)
     assert (tmp_path / "avatar.sanders").is_file() and (tmp_path / "out.mp4").is_file()
     printed = capsys.readouterr().out
     assert "bytes of JPEG" in printed and "fps" in printed
+    assert "(176, 144, " in printed  # the engine snippet's two frames, at the package's size

@@ -296,7 +296,7 @@ def start_package_server(
 
 def run_live(options: LiveOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the live benchmark (see the module docstring) and return its result document
-    (:data:`lipsync_tools.bench.report.LIVE_SCHEMA`).
+    (``lipsync_tools/bench/schemas/live.schema.json``).
 
     Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input, a server that does not
     start, or a session whose frames are not images of the package's size.
@@ -710,7 +710,8 @@ LIVE_GOALS: dict[str, tuple[str, float, str]] = {
 
 def goals(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The issue's two live goals, each evaluated when this run is one that measures it, else null with the
-    reason (schema ``report.GOAL``; ``measured``: the sessions of the point that held ``target_fps`` on time).
+    reason (``$defs/goal`` of the schema; ``measured``: the sessions of the point that held ``target_fps``
+    on time).
 
     * ``wav2lip_int8_two_sessions``: a Wav2Lip package, int8 running (not refused by the gate), 2 sessions:
       ``lipsync bench --live --precision int8 --sessions 2``;

@@ -223,7 +223,7 @@ class ServerProcess:
 
 
 def runtime_of(ready: dict[str, Any]) -> dict[str, Any]:
-    """What a server's ready event says runs (the result documents' ``runtime``, schema ``RUNTIME``).
+    """What a server's ready event says runs (the result documents' ``runtime``, ``$defs/runtime``).
 
     ``precision`` is the one that ran: an int8 model the quality gate refused runs fp32 (and a server that
     does not say runs fp32, the default); ``precision_requested`` the one asked; ``quality`` the int8 check
@@ -271,9 +271,7 @@ def _same_code_env() -> dict[str, str]:
     The servers must run the code the benchmark runs: an interpreter whose editable install points at
     another checkout would otherwise serve that checkout's code.
     """
-    import lipsync_tools
-
-    root = str(Path(lipsync_tools.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding this lipsync_tools
     rest = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + rest if rest else "")}
 

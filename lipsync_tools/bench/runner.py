@@ -26,7 +26,7 @@
 Every server runs ``--precision``/``--device`` as asked (``CompareOptions.precision``/``device``); each mode's
 ``runtime`` says what its server actually ran. The headline evaluates the issue's goals this run can measure
 (:func:`goals`). The result is one JSON-ready dict, documented (and checked) by
-:data:`lipsync_tools.bench.report.RESULT_SCHEMA`.
+``lipsync_tools/bench/schemas/compare.schema.json``.
 """
 
 from __future__ import annotations

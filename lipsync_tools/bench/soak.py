@@ -164,10 +164,10 @@ class SoakOptions:
 
 def run_soak(options: SoakOptions, progress: Progress | None = None, ticker: Any = None) -> dict[str, Any]:
     """Run the soak (see the module docstring) and return its result document
-    (:data:`lipsync_tools.bench.report.SOAK_SCHEMA`).
+    (``lipsync_tools/bench/schemas/soak.schema.json``).
 
     ``progress`` gets one line per phase and one a minute; ``ticker`` (a
-    :class:`lipsync_tools.pipeline.progress.Progress`, e.g. the CLI's Rich bar) advances once a second.
+    :class:`lipsync_tools.progress.Progress`, e.g. the CLI's Rich bar) advances once a second.
     Raises :class:`~lipsync_tools.errors.LipsyncError` subclasses for a bad input or a server that does not
     start; a server that crashes during the soak is reported in the result, not raised.
     """

@@ -139,7 +139,7 @@ def interactive(json_output: bool, quiet: bool) -> bool:
 
 
 class RichProgress:
-    """A :class:`lipsync_tools.pipeline.progress.Progress` drawing one Rich bar per stage."""
+    """A :class:`lipsync_tools.progress.Progress` drawing one Rich bar per stage."""
 
     def __init__(self) -> None:
         self._progress = Progress(

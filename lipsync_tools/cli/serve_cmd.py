@@ -253,9 +253,9 @@ def serve_cmd(
         sys.stderr.flush()
 
     def action() -> None:
+        from ..bench.original_server import original_components
         from ..errors import UsageError
         from ..remote import parse_size
-        from ..server.components import original_components
 
         if original is not None and packages:
             raise UsageError("--original serves one raw video; give it without package arguments")

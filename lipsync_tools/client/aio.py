@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -23,48 +23,49 @@ from websockets.exceptions import ConnectionClosed
 
 from lipsync_tools.client._common import (
     DEFAULT_CHUNK_SECONDS,
-    WS_MAX_SIZE,
-    api_json,
-    audio_chunks,
-    auth_headers,
-    decode_frame_response,
+    DEFAULT_TIMEOUT,
+    READY_INTERVAL,
+    REPLY_TIMEOUT,
+    ClientOptions,
+    HttpCall,
+    SessionState,
+    SessionView,
     decode_wire,
     expect_frame,
-    http_base,
+    frame_call,
+    health_call,
+    load_package_call,
+    metrics_call,
+    paced_chunks,
+    packages_call,
     pcm_bytes,
-    pick_codec,
-    session_play_time,
-    ws_url,
+    ready_call,
+    ready_delay,
+    unload_package_call,
 )
-from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
     DEFAULT_JPEG_QUALITY,
-    SAMPLE_RATE,
-    AudioChunk,
     Codec,
-    ErrorCode,
-    ErrorReply,
     FrameReply,
     FrameRequest,
     ImageFormat,
     Message,
     Pacing,
-    SessionEnd,
     SessionStart,
     SessionStarted,
 )
+
+T = TypeVar("T")
 
 
 class AsyncLipsyncClient:
     """Async client of the server at ``url``; see :class:`lipsync_tools.client.LipsyncClient` for the API."""
 
     def __init__(self, url: str, protocol: str = "binary", token: str | None = None,
-                 timeout: float = 30.0) -> None:
-        self.url = http_base(url)
-        self.codec: Codec = pick_codec(protocol)
-        self.token = token
-        self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(token), timeout=timeout)
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._options = options = ClientOptions.parse(url, protocol, token, timeout)
+        self.url, self.codec, self.token, self.timeout = options.url, options.codec, token, timeout
+        self._http = httpx.AsyncClient(base_url=self.url, headers=options.headers, timeout=timeout)
 
     async def __aenter__(self) -> AsyncLipsyncClient:
         return self
@@ -75,67 +76,53 @@ class AsyncLipsyncClient:
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def _call(self, call: HttpCall[T]) -> T:
+        r = await self._http.request(call.method, call.path, content=call.content, headers=call.headers)
+        return call.read(r.status_code, r.headers.get("content-type"), r.content)
+
     async def frame(self, request: FrameRequest) -> FrameReply:
         """``POST /v1/frame``; raises ProtocolError with the server's code on an error reply."""
-        data = self.codec.encode(request)
-        body = data.encode("ascii") if isinstance(data, str) else data
-        r = await self._http.post("/v1/frame", content=body,
-                                  headers={"Content-Type": self.codec.content_type})
-        return decode_frame_response(r.status_code, r.headers.get("content-type"), r.content)
+        return await self._call(frame_call(self.codec, request))
 
     async def packages(self) -> list[dict[str, Any]]:
         """``GET /v1/packages``."""
-        r = await self._http.get("/v1/packages")
-        packages: list[dict[str, Any]] = api_json(r.status_code, r.content)["packages"]
-        return packages
+        return await self._call(packages_call())
 
     async def load_package(self, package_id: str, path: str) -> dict[str, Any]:
         """``POST /v1/packages``; returns the loaded package's info."""
-        r = await self._http.post("/v1/packages", json={"id": package_id, "path": str(path)})
-        info: dict[str, Any] = api_json(r.status_code, r.content)
-        return info
+        return await self._call(load_package_call(package_id, path))
 
     async def unload_package(self, package_id: str) -> None:
         """``DELETE /v1/packages/{id}``."""
-        r = await self._http.delete(f"/v1/packages/{package_id}")
-        api_json(r.status_code, r.content)
+        await self._call(unload_package_call(package_id))
 
     async def health(self) -> bool:
         """True when ``/healthz`` answers 200."""
         try:
-            return (await self._http.get("/healthz")).status_code == 200
+            return await self._call(health_call())
         except httpx.TransportError:
             return False
 
-    async def ready(self, wait_seconds: float = 0.0, interval: float = 0.05) -> bool:
+    async def ready(self, wait_seconds: float = 0.0, interval: float = READY_INTERVAL) -> bool:
         """True once ``/readyz`` answers 200, polling up to ``wait_seconds``; raises if startup failed."""
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
-                r = await self._http.get("/readyz")
-                if r.status_code == 200:
+                if await self._call(ready_call()):
                     return True
-                if r.status_code == 401:
-                    api_json(r.status_code, r.content)
-                reason = str((api_json(200, r.content) or {}).get("reason", ""))
-                if reason.startswith("startup failed"):
-                    raise ProtocolError(ErrorCode.INTERNAL, f"server {reason}")
             except httpx.TransportError:
                 pass
-            if time.monotonic() >= deadline:
+            delay = ready_delay(deadline, interval, time.monotonic())
+            if delay is None:
                 return False
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
 
     async def metrics(self) -> str:
         """``GET /metrics``."""
-        r = await self._http.get("/metrics")
-        if r.status_code != 200:
-            api_json(r.status_code, r.content)
-        return r.text
+        return await self._call(metrics_call())
 
     async def _connect(self) -> ClientConnection:
-        return await connect(ws_url(self.url), additional_headers=auth_headers(self.token),
-                             max_size=WS_MAX_SIZE, compression=None, open_timeout=self.timeout)
+        return await connect(self._options.ws_url, **self._options.ws_options())
 
     async def stream(self) -> AsyncFrameStream:
         """A persistent WebSocket for ``frame_request`` round trips."""
@@ -183,75 +170,56 @@ class _AsyncSocket:
 class AsyncFrameStream(_AsyncSocket):
     """Request/response frames over one WebSocket."""
 
-    async def frame(self, request: FrameRequest, timeout: float | None = 60.0) -> FrameReply:
+    async def frame(self, request: FrameRequest, timeout: float | None = REPLY_TIMEOUT) -> FrameReply:
         """One round trip; ProtocolError for an error reply."""
         await self.send(request)
         return await self.recv_frame(timeout)
 
-    async def recv_frame(self, timeout: float | None = 60.0) -> FrameReply:
+    async def recv_frame(self, timeout: float | None = REPLY_TIMEOUT) -> FrameReply:
         return expect_frame(await self.recv(timeout))
 
 
-class AsyncSession(_AsyncSocket):
-    """A running session (see :class:`lipsync_tools.client.sync.Session`)."""
+class AsyncSession(SessionView, _AsyncSocket):
+    """A running session (see :class:`lipsync_tools.client.sync.Session`); :meth:`begin` starts it."""
 
     def __init__(self, ws: ClientConnection, codec: Codec, start: SessionStart,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = REPLY_TIMEOUT) -> None:
         super().__init__(ws, codec)
-        self.start = start
-        self.timeout = timeout
-        self.finished = False
-        self._sequence = 0
-        self.summary: SessionEnd | None = None  # the server's session_end: frames sent and dropped
-        self.audio_started: float | None = None  # time.monotonic() when the first audio chunk was sent
-        self.started: SessionStarted | None = None
+        self._state = SessionState(start, timeout)
+
+    @property
+    def started(self) -> SessionStarted | None:
+        """The server's SessionStarted; None before :meth:`begin`."""
+        return self._state.started
 
     async def begin(self) -> SessionStarted:
         """Send ``session_start`` and wait for ``session_started`` (ProtocolError if refused)."""
-        await self.send(self.start)
-        answer = await self.recv(self.timeout)
-        if isinstance(answer, ErrorReply):
-            raise answer.to_error()
-        if not isinstance(answer, SessionStarted):
-            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
-                                f"expected session_started, got {answer.TYPE.wire_name}")
-        self.started = answer
-        return answer
+        await self.send(self._state.start_message())
+        return self._state.receive_started(await self.recv(self.timeout))
 
     async def send_audio(self, pcm: np.ndarray | bytes | memoryview,
                          chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> None:
         """Send PCM16 mono 16 kHz as ``audio_chunk`` messages of ``chunk_seconds``."""
-        for chunk in audio_chunks(pcm_bytes(pcm), chunk_seconds):
-            self._sequence = (self._sequence + 1) & 0xFFFF_FFFF
-            if self.audio_started is None:
-                self.audio_started = time.monotonic()
-            await self.send(AudioChunk(request_id=self._sequence, payload=chunk))
+        for message in self._state.audio_messages(pcm, chunk_seconds, time.monotonic()):
+            await self.send(message)
 
     async def end(self) -> None:
         """No more audio."""
-        await self.send(SessionEnd(request_id=self.start.request_id))
+        await self.send(self._state.end_message())
 
     async def next_frame(self, timeout: float | None = None) -> FrameReply | None:
         """The next frame, or None after the server's ``session_end``."""
-        if self.finished:
+        if self._state.finished:
             return None
         try:
-            message = await self.recv(self.timeout if timeout is None else timeout)
+            message = await self.recv(self._state.frame_timeout(timeout))
         except ConnectionClosed:
-            self.finished = True
+            self._state.connection_closed()
             return None
-        if isinstance(message, SessionEnd):
-            self.finished = True
-            self.summary = message
-            return None
-        return expect_frame(message)
+        return self._state.receive_frame(message)
 
     def __aiter__(self) -> AsyncIterator[FrameReply]:
         return self._frames()
-
-    def play_time(self, frame: FrameReply) -> float | None:
-        """See :meth:`lipsync_tools.client.sync.Session.play_time`."""
-        return session_play_time(self.audio_started, frame)
 
     async def _frames(self) -> AsyncIterator[FrameReply]:
         while (frame := await self.next_frame()) is not None:
@@ -264,14 +232,11 @@ class AsyncSession(_AsyncSocket):
         data = pcm_bytes(pcm)
 
         async def feed() -> None:
-            started = time.monotonic()
-            sent = 0
             with contextlib.suppress(ConnectionClosed):
-                for chunk in audio_chunks(data, chunk_seconds):
-                    if realtime:
-                        await asyncio.sleep(max(0.0, started + sent / (2 * SAMPLE_RATE) - time.monotonic()))
+                for delay, chunk in paced_chunks(data, chunk_seconds, realtime, time.monotonic):
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                     await self.send_audio(chunk, chunk_seconds)
-                    sent += len(chunk)
                 await self.end()
 
         sender = asyncio.create_task(feed())

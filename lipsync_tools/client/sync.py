@@ -9,6 +9,7 @@
 ...             ...
 
 Every error reply from the server is raised as :class:`~lipsync_tools.errors.ProtocolError` with its code.
+A thin I/O shell: what to send and what an answer means is decided in :mod:`._common`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -26,36 +27,39 @@ from websockets.sync.client import ClientConnection, connect
 
 from lipsync_tools.client._common import (
     DEFAULT_CHUNK_SECONDS,
-    WS_MAX_SIZE,
-    api_json,
-    audio_chunks,
-    auth_headers,
-    decode_frame_response,
+    DEFAULT_TIMEOUT,
+    READY_INTERVAL,
+    REPLY_TIMEOUT,
+    ClientOptions,
+    HttpCall,
+    SessionState,
+    SessionView,
     decode_wire,
     expect_frame,
-    http_base,
+    frame_call,
+    health_call,
+    load_package_call,
+    metrics_call,
+    paced_chunks,
+    packages_call,
     pcm_bytes,
-    pick_codec,
-    session_play_time,
-    ws_url,
+    ready_call,
+    ready_delay,
+    unload_package_call,
 )
-from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import (
     DEFAULT_JPEG_QUALITY,
-    SAMPLE_RATE,
-    AudioChunk,
     Codec,
-    ErrorCode,
-    ErrorReply,
     FrameReply,
     FrameRequest,
     ImageFormat,
     Message,
     Pacing,
-    SessionEnd,
     SessionStart,
     SessionStarted,
 )
+
+T = TypeVar("T")
 
 
 class LipsyncClient:
@@ -66,12 +70,10 @@ class LipsyncClient:
     """
 
     def __init__(self, url: str, protocol: str = "binary", token: str | None = None,
-                 timeout: float = 30.0) -> None:
-        self.url = http_base(url)
-        self.codec: Codec = pick_codec(protocol)
-        self.token = token
-        self.timeout = timeout
-        self._http = httpx.Client(base_url=self.url, headers=auth_headers(token), timeout=timeout)
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._options = options = ClientOptions.parse(url, protocol, token, timeout)
+        self.url, self.codec, self.token, self.timeout = options.url, options.codec, token, timeout
+        self._http = httpx.Client(base_url=self.url, headers=options.headers, timeout=timeout)
 
     def __enter__(self) -> LipsyncClient:
         return self
@@ -85,38 +87,34 @@ class LipsyncClient:
 
     # --- HTTP ---------------------------------------------------------------------------------------------
 
+    def _call(self, call: HttpCall[T]) -> T:
+        r = self._http.request(call.method, call.path, content=call.content, headers=call.headers)
+        return call.read(r.status_code, r.headers.get("content-type"), r.content)
+
     def frame(self, request: FrameRequest) -> FrameReply:
         """``POST /v1/frame``: one frame. Raises ProtocolError with the server's code on an error reply."""
-        data = self.codec.encode(request)
-        body = data.encode("ascii") if isinstance(data, str) else data
-        r = self._http.post("/v1/frame", content=body, headers={"Content-Type": self.codec.content_type})
-        return decode_frame_response(r.status_code, r.headers.get("content-type"), r.content)
+        return self._call(frame_call(self.codec, request))
 
     def packages(self) -> list[dict[str, Any]]:
         """``GET /v1/packages``: each loaded package's info (id, path, n_frames, fps, size, load times)."""
-        r = self._http.get("/v1/packages")
-        packages: list[dict[str, Any]] = api_json(r.status_code, r.content)["packages"]
-        return packages
+        return self._call(packages_call())
 
     def load_package(self, package_id: str, path: str) -> dict[str, Any]:
         """``POST /v1/packages``: load the server-side file ``path`` as ``package_id``; returns its info."""
-        r = self._http.post("/v1/packages", json={"id": package_id, "path": str(path)})
-        info: dict[str, Any] = api_json(r.status_code, r.content)
-        return info
+        return self._call(load_package_call(package_id, path))
 
     def unload_package(self, package_id: str) -> None:
         """``DELETE /v1/packages/{id}``; ProtocolError(unknown_package) when it is not loaded."""
-        r = self._http.delete(f"/v1/packages/{package_id}")
-        api_json(r.status_code, r.content)
+        self._call(unload_package_call(package_id))
 
     def health(self) -> bool:
         """True when ``/healthz`` answers 200 (False when the server cannot be reached)."""
         try:
-            return self._http.get("/healthz").status_code == 200
+            return self._call(health_call())
         except httpx.TransportError:
             return False
 
-    def ready(self, wait_seconds: float = 0.0, interval: float = 0.05) -> bool:
+    def ready(self, wait_seconds: float = 0.0, interval: float = READY_INTERVAL) -> bool:
         """True once ``/readyz`` answers 200; polls up to ``wait_seconds`` (0: ask once).
 
         Raises ProtocolError when the server reports that its startup failed (waiting would not help).
@@ -124,37 +122,28 @@ class LipsyncClient:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
-                r = self._http.get("/readyz")
-                if r.status_code == 200:
+                if self._call(ready_call()):
                     return True
-                if r.status_code == 401:
-                    api_json(r.status_code, r.content)
-                reason = str((api_json(200, r.content) or {}).get("reason", ""))
-                if reason.startswith("startup failed"):
-                    raise ProtocolError(ErrorCode.INTERNAL, f"server {reason}")
             except httpx.TransportError:
                 pass
-            if time.monotonic() >= deadline:
+            delay = ready_delay(deadline, interval, time.monotonic())
+            if delay is None:
                 return False
-            time.sleep(interval)
+            time.sleep(delay)
 
     def metrics(self) -> str:
         """``GET /metrics``: the Prometheus text."""
-        r = self._http.get("/metrics")
-        if r.status_code != 200:
-            api_json(r.status_code, r.content)
-        return r.text
+        return self._call(metrics_call())
 
     # --- WebSocket ----------------------------------------------------------------------------------------
 
     def _connect(self) -> ClientConnection:
-        options: dict[str, Any] = {"additional_headers": auth_headers(self.token), "max_size": WS_MAX_SIZE,
-                                   "compression": None, "open_timeout": self.timeout}
+        options = self._options.ws_options()
         try:
             # websockets >= 17.1 wants legacy=True to hand back the connection outside a `with` block
-            return connect(ws_url(self.url), legacy=True, **options)
+            return connect(self._options.ws_url, legacy=True, **options)
         except TypeError:  # older websockets: no such flag, and no warning either
-            return connect(ws_url(self.url), **options)
+            return connect(self._options.ws_url, **options)
 
     def stream(self) -> FrameStream:
         """A persistent WebSocket for ``frame_request`` round trips (no HTTP overhead per frame)."""
@@ -203,20 +192,17 @@ class _Socket:
 class FrameStream(_Socket):
     """Request/response frames over one WebSocket; :meth:`send` several, then :meth:`recv` to pipeline."""
 
-    def __init__(self, ws: ClientConnection, codec: Codec) -> None:
-        super().__init__(ws, codec)
-
-    def frame(self, request: FrameRequest, timeout: float | None = 60.0) -> FrameReply:
+    def frame(self, request: FrameRequest, timeout: float | None = REPLY_TIMEOUT) -> FrameReply:
         """One round trip: send ``request``, return its reply (ProtocolError for an error reply)."""
         self.send(request)
         return self.recv_frame(timeout)
 
-    def recv_frame(self, timeout: float | None = 60.0) -> FrameReply:
+    def recv_frame(self, timeout: float | None = REPLY_TIMEOUT) -> FrameReply:
         """The next reply; raises the server's ProtocolError for an error reply."""
         return expect_frame(self.recv(timeout))
 
 
-class Session(_Socket):
+class Session(SessionView, _Socket):
     """A running session: :meth:`send_audio`, :meth:`end`, and iterate for the frames (or :meth:`play`).
 
     ``started`` is the server's SessionStarted (fps, frame count, size, ``max_lag_ms``). Iterating yields each
@@ -227,60 +213,36 @@ class Session(_Socket):
     """
 
     def __init__(self, ws: ClientConnection, codec: Codec, start: SessionStart,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = REPLY_TIMEOUT) -> None:
         super().__init__(ws, codec)
-        self.start = start
-        self.timeout = timeout
-        self.finished = False
-        self._sequence = 0
-        self.summary: SessionEnd | None = None  # the server's session_end: frames sent and dropped
-        self.audio_started: float | None = None  # time.monotonic() when the first audio chunk was sent
-        self.send(start)
-        answer = self.recv(timeout)
-        if isinstance(answer, ErrorReply):
-            raise answer.to_error()
-        if not isinstance(answer, SessionStarted):
-            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
-                                f"expected session_started, got {answer.TYPE.wire_name}")
-        self.started: SessionStarted = answer
+        self._state = SessionState(start, timeout)
+        self.send(self._state.start_message())
+        self.started: SessionStarted = self._state.receive_started(self.recv(timeout))
 
     def send_audio(self, pcm: np.ndarray | bytes | memoryview,
                    chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> None:
         """Send PCM16 mono 16 kHz (int16 array or bytes) as ``audio_chunk`` messages of ``chunk_seconds``."""
-        for chunk in audio_chunks(pcm_bytes(pcm), chunk_seconds):
-            self._sequence = (self._sequence + 1) & 0xFFFF_FFFF
-            if self.audio_started is None:
-                self.audio_started = time.monotonic()
-            self.send(AudioChunk(request_id=self._sequence, payload=chunk))
+        for message in self._state.audio_messages(pcm, chunk_seconds, time.monotonic()):
+            self.send(message)
 
     def end(self) -> None:
         """No more audio: the server sends the remaining frames, then ``session_end``, then closes."""
-        self.send(SessionEnd(request_id=self.start.request_id))
+        self.send(self._state.end_message())
 
     def next_frame(self, timeout: float | None = None) -> FrameReply | None:
         """The next frame, or None after the server's ``session_end`` (or when it closed the socket)."""
-        if self.finished:
+        if self._state.finished:
             return None
         try:
-            message = self.recv(self.timeout if timeout is None else timeout)
+            message = self.recv(self._state.frame_timeout(timeout))
         except ConnectionClosed:
-            self.finished = True
+            self._state.connection_closed()
             return None
-        if isinstance(message, SessionEnd):
-            self.finished = True
-            self.summary = message
-            return None
-        return expect_frame(message)
+        return self._state.receive_frame(message)
 
     def __iter__(self) -> Iterator[FrameReply]:
         while (frame := self.next_frame()) is not None:
             yield frame
-
-    def play_time(self, frame: FrameReply) -> float | None:
-        """When ``frame``'s audio plays on this client's clock (``time.monotonic()`` seconds): sample 0 at
-        the moment the first audio chunk was sent, sample ``frame.audio_offset`` that many 16 kHz samples
-        later. ``arrival - play_time`` is the frame's lag. None for a frame without a timeline."""
-        return session_play_time(self.audio_started, frame)
 
     def play(self, pcm: np.ndarray | bytes | memoryview, *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
              realtime: bool = False) -> Iterator[FrameReply]:
@@ -294,16 +256,11 @@ class Session(_Socket):
         failure: list[BaseException] = []
 
         def feed() -> None:
-            started = time.monotonic()
-            sent = 0
             try:
-                for chunk in audio_chunks(data, chunk_seconds):
-                    if realtime:
-                        delay = started + sent / (2 * SAMPLE_RATE) - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
+                for delay, chunk in paced_chunks(data, chunk_seconds, realtime, time.monotonic):
+                    if delay > 0:
+                        time.sleep(delay)
                     self.send_audio(chunk, chunk_seconds)
-                    sent += len(chunk)
                 self.end()
             except ConnectionClosed:
                 pass  # the reader sees why

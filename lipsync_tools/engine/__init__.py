@@ -1,5 +1,7 @@
 """The serving engine: loaded packages, per-frame features, batched inference, compositing, encoding.
 
+It speaks its own request and result types (:mod:`.requests`), not the wire format: the server translates.
+
 Rendering an mp4 (locally with this engine, or through a server with the client) is one level up, in
 :mod:`lipsync_tools.render`, so the engine does not depend on the client.
 
@@ -29,6 +31,11 @@ _EXPORTS: dict[str, str] = {
     "is_silent": ".pacing",
     "pingpong_index": ".pacing",
     "window_dbfs": ".pacing",
+    "AudioKind": ".requests",
+    "ImageKind": ".requests",
+    "Reason": ".requests",
+    "EngineRequest": ".requests",
+    "EngineResult": ".requests",
     "LoadedPackage": ".store",
     "PackageInfo": ".store",
     "PackageStore": ".store",
@@ -39,14 +46,19 @@ __all__ = [
     "RANDOM_WEIGHTS_WARNING",
     "SILENT_STAGES",
     "STAGES",
+    "AudioKind",
     "Batcher",
     "Engine",
     "EngineOptions",
+    "EngineRequest",
+    "EngineResult",
+    "ImageKind",
     "LoadedPackage",
     "ModelInfo",
     "Observer",
     "PackageInfo",
     "PackageStore",
+    "Reason",
     "composite_crop",
     "composite_frame",
     "encode_frame_image",
@@ -76,4 +88,5 @@ if TYPE_CHECKING:
     from .engine import SILENT_STAGES, STAGES, Engine, EngineOptions, Observer
     from .model_loader import MODEL_NAMES, RANDOM_WEIGHTS_WARNING, ModelInfo, load_inference_backend
     from .pacing import is_silent, pingpong_index, window_dbfs
+    from .requests import AudioKind, EngineRequest, EngineResult, ImageKind, Reason
     from .store import LoadedPackage, PackageInfo, PackageStore

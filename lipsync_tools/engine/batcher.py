@@ -17,7 +17,7 @@ The batch runs in a single worker thread, never on the event loop. ``run`` may a
 :class:`concurrent.futures.Future` instead of a result (the engine composites and encodes in a small pool
 while the next batch's model call runs); its caller gets the future's result when it is done. At most
 ``queue_limit`` requests wait, all keys together; one more is refused at once with
-``ProtocolError(overloaded)``: memory never grows with the load.
+``RequestError(overloaded)``: memory never grows with the load.
 
 No caller is ever left waiting: :meth:`Batcher.stop` fails every waiting and running request with
 ``overloaded``, and if the gathering loop itself dies (a bug), every request gets ``internal`` and
@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ..errors import ProtocolError, UsageError
-from ..protocol.messages import ErrorCode
+from ..errors import RequestError, UsageError
+from .requests import Reason
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -132,7 +132,7 @@ class Batcher(Generic[T, R]):
         self._task = asyncio.get_running_loop().create_task(self._gather_forever(), name=self._thread_name)
 
     async def stop(self) -> None:
-        """Stop gathering; waiting and in-flight callers get ``ProtocolError(overloaded)``."""
+        """Stop gathering; waiting and in-flight callers get ``RequestError(overloaded)``."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -153,7 +153,7 @@ class Batcher(Generic[T, R]):
         (live sessions drop such a frame instead of rendering it late).
 
         Items of one key are batched together (see the module docstring). Raises
-        ``ProtocolError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher is not
+        ``RequestError(overloaded)`` at once when ``queue_limit`` items already wait or the batcher is not
         running. Cancelling the caller drops the item if its batch has not started.
         """
         if self.failure is not None:
@@ -161,8 +161,8 @@ class Batcher(Generic[T, R]):
         if not self.running or self._arrived is None:
             raise _stopping()
         if self._waiting >= self.queue_limit:
-            raise ProtocolError(
-                ErrorCode.OVERLOADED,
+            raise RequestError(
+                Reason.OVERLOADED,
                 f"the engine's queue is full ({self.queue_limit} frames waiting); retry later or raise "
                 "queue_limit",
             )
@@ -313,16 +313,16 @@ class Batcher(Generic[T, R]):
 _MAX_REMEMBERED_KEYS = 1024
 
 
-def _stopping() -> ProtocolError:
-    return ProtocolError(
-        ErrorCode.OVERLOADED, "the engine is not running (stopped or not started); retry later"
+def _stopping() -> RequestError:
+    return RequestError(
+        Reason.OVERLOADED, "the engine is not running (stopped or not started); retry later"
     )
 
 
 
-def _died(error: BaseException) -> ProtocolError:
-    return ProtocolError(
-        ErrorCode.INTERNAL,
+def _died(error: BaseException) -> RequestError:
+    return RequestError(
+        Reason.INTERNAL,
         f"the engine's batching loop stopped after an error ({type(error).__name__}: {error}); restart the "
         "server and report this",
     )

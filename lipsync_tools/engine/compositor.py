@@ -15,6 +15,7 @@ what it hands out.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..media.images import encode_image
-from ..protocol.messages import ImageFormat, Payload
+from .requests import EngineResult, ImageKind, micros
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,7 +208,7 @@ def composite_crop(original: np.ndarray, generated: np.ndarray, blend_mask: np.n
     return out
 
 
-def encode_frame_image(image: np.ndarray, image_format: ImageFormat, jpeg_quality: int) -> Payload:
+def encode_frame_image(image: np.ndarray, image_format: ImageKind, jpeg_quality: int) -> bytes | memoryview:
     """The reply payload for uint8 ``(H, W, 3)`` BGR ``image``: JPEG/PNG bytes or the raw pixels.
 
     JPEG and CROP_JPEG are JPEG bytes at ``jpeg_quality``. RAW_BGR and CROP_ONLY return a read-only
@@ -215,12 +216,44 @@ def encode_frame_image(image: np.ndarray, image_format: ImageFormat, jpeg_qualit
     afterwards, so ``image`` must be the caller's own array, never a reused buffer. PNG uses compression
     level 1 (fastest). Raises :class:`UsageError` for a quality outside 1..100.
     """
-    if image_format in (ImageFormat.JPEG, ImageFormat.CROP_JPEG):
+    if image_format in (ImageKind.JPEG, ImageKind.CROP_JPEG):
         return encode_image(image, "jpeg", jpeg_quality)
-    if image_format is ImageFormat.PNG:
+    if image_format is ImageKind.PNG:
         return encode_image(image, "png", png_compression=1)
-    if image_format in (ImageFormat.RAW_BGR, ImageFormat.CROP_ONLY):
+    if image_format in (ImageKind.RAW_BGR, ImageKind.CROP_ONLY):
         pixels = np.ascontiguousarray(image)
-        pixels.flags.writeable = False  # FrameReply keeps a read-only view as is; a writable one is copied
+        pixels.flags.writeable = False  # a result's raw payload: a read-only view, never copied
         return pixels.data.cast("B")
     raise UsageError(f"unknown image format {image_format!r}")
+
+
+def silence_result(
+    frame_index: int,
+    image_format: ImageKind,
+    frame: np.ndarray,
+    jpeg_quality: int,
+    *,
+    arrived: float,
+    stored: bytes | None = None,
+    timings: dict[str, int] | None = None,
+) -> EngineResult:
+    """The result for a silent window: the frame as it is, no model (``silence`` true).
+
+    A crop request gets no crop (0x0, no rect, empty payload: "show your own frame"). ``stored``: the
+    frame's own JPEG bytes when they answer ``image_format`` as they are (not encoded again). ``frame`` must
+    be read-only or the caller's own (a raw payload is a view of it). ``timings``: stages measured before
+    (e.g. the original path's ``decode``); ``encode`` and ``total`` (since ``arrived``) are added.
+    """
+    stages = dict(timings or {})
+    t0 = time.perf_counter()
+    if image_format.is_crop:
+        stages.update(encode=0, total=micros(t0 - arrived))
+        return EngineResult(frame_index=frame_index, image=image_format, width=0, height=0, timings=stages,
+                            silence=True)
+    payload = stored if stored is not None else encode_frame_image(frame, image_format, jpeg_quality)
+    t1 = time.perf_counter()
+    stages.update(encode=micros(t1 - t0), total=micros(t1 - arrived))
+    return EngineResult(
+        frame_index=frame_index, image=image_format, width=int(frame.shape[1]), height=int(frame.shape[0]),
+        payload=payload, timings=stages, silence=True,
+    )

@@ -32,20 +32,28 @@ from typing import Protocol
 import numpy as np
 
 from ..audio.mel import mel_from_pcm_window
-from ..errors import LipsyncError, ProtocolError, UsageError
+from ..errors import LipsyncError, RequestError, UsageError
 from ..models.backends import InferenceBackend
-from ..protocol import limits
-from ..protocol.messages import AudioFormat, ErrorCode, FrameReply, FrameRequest, ImageFormat, Payload
 from .batcher import Batcher
-from .compositor import CompositeScratch, encode_frame_image, paste_crop
+from .compositor import CompositeScratch, encode_frame_image, paste_crop, silence_result
 from .features import StreamAudio
 from .model_loader import LoadedModel, ModelInfo
 from .model_store import ModelStore, ServedModel
 from .pacing import is_silent
+from .requests import (
+    PCM_WINDOW_SAMPLES,
+    AudioKind,
+    EngineRequest,
+    EngineResult,
+    ImageKind,
+    Reason,
+    check_frame_index,
+    micros,
+)
 from .store import LoadedPackage, PackageStore
 
 STAGES: tuple[str, ...] = ("features", "queue", "inference", "composite", "encode", "total")
-"""Timing names of a model frame, in the order they appear in ``FrameReply.timings``."""
+"""Timing names of a model frame, in the order they appear in ``EngineResult.timings``."""
 
 SILENT_STAGES: tuple[str, ...] = ("encode", "total")
 """Timing names of an original (silence) frame."""
@@ -104,7 +112,7 @@ class Observer(Protocol):
 class _Job:
     """One request on its way through a batch (worker-thread side)."""
 
-    request: FrameRequest
+    request: EngineRequest
     package: LoadedPackage
     arrived: float  # time.perf_counter() seconds
     timings: dict[str, int] = field(default_factory=dict)
@@ -113,22 +121,18 @@ class _Job:
     model: ServedModel | None = None  # set before the job is queued
 
 
-JobResult = FrameReply | BaseException | concurrent.futures.Future[FrameReply]
-"""What the worker thread answers per job: a reply, an error, or the pool's future of one."""
+JobResult = EngineResult | BaseException | concurrent.futures.Future[EngineResult]
+"""What the worker thread answers per job: a result, an error, or the pool's future of one."""
 
 _POST_ALPHA = 0.1
 """Weight of one frame in the moving average of compositing + encoding time."""
 
 
-def _stored_jpeg(package: LoadedPackage, image_format: ImageFormat) -> list[bytes] | None:
+def _stored_jpeg(package: LoadedPackage, image_format: ImageKind) -> list[bytes] | None:
     """The package's stored frames when they can answer ``image_format`` as they are (JPEG), else None."""
-    if image_format is ImageFormat.JPEG and package.frame_codec == "jpeg" and package.encoded_frames:
+    if image_format is ImageKind.JPEG and package.frame_codec == "jpeg" and package.encoded_frames:
         return package.encoded_frames
     return None
-
-
-def _us(seconds: float) -> int:
-    return max(0, min(limits.MAX_U32, round(seconds * 1e6)))
 
 
 class Engine:
@@ -161,7 +165,7 @@ class Engine:
         self._post: ThreadPoolExecutor | None = None  # compositing + encoding pool, while serving
         self.post_seconds = 0.0  # moving average of composite + encode seconds per model frame
         self._local = threading.local()  # each thread that composites keeps its own CompositeScratch
-        self._batcher: Batcher[_Job, FrameReply] = Batcher(
+        self._batcher: Batcher[_Job, EngineResult] = Batcher(
             self._run_jobs,
             max_batch=self.options.max_batch,
             max_wait_s=self.options.max_wait_ms / 1000.0,
@@ -187,10 +191,10 @@ class Engine:
         Its first call imports librosa and builds the mel filterbank (about 1.5 s); without this the first
         client to send PCM audio would wait for it. The model itself is warmed by its loader.
         """
-        mel_from_pcm_window(np.zeros(limits.PCM_WINDOW_SAMPLES, np.float32))
+        mel_from_pcm_window(np.zeros(PCM_WINDOW_SAMPLES, np.float32))
 
     async def stop(self) -> None:
-        """Stop batching; requests still waiting get ``ProtocolError(overloaded)``."""
+        """Stop batching; requests still waiting get ``RequestError(overloaded)``."""
         await self._batcher.stop()
         post, self._post = self._post, None
         if post is not None:
@@ -240,7 +244,7 @@ class Engine:
     async def model_for(self, package_id: str) -> ServedModel:
         """The model serving ``package_id``, loaded first (in a worker thread) when it is not.
 
-        Raises ``ProtocolError``: ``unknown_package``, ``bad_package`` (no model can serve it, or its
+        Raises ``RequestError``: ``unknown_package``, ``bad_package`` (no model can serve it, or its
         checkpoint does not load).
         """
         package = self.store.get(package_id)
@@ -253,10 +257,10 @@ class Engine:
     def _ensure(self, package: LoadedPackage) -> ServedModel:
         try:
             return self.models.ensure(package.info.id, package.package)
-        except ProtocolError:
+        except RequestError:
             raise
         except LipsyncError as exc:
-            raise ProtocolError(ErrorCode.BAD_PACKAGE, str(exc)) from exc
+            raise RequestError(Reason.BAD_PACKAGE, str(exc)) from exc
 
     async def open_stream(self, package_id: str) -> StreamAudio | None:
         """A :class:`StreamAudio` for a live session of ``package_id`` when its model's audio window spans
@@ -272,13 +276,13 @@ class Engine:
 
     async def process(
         self,
-        request: FrameRequest,
+        request: EngineRequest,
         *,
         skip_silence: bool = False,
         stream: StreamAudio | None = None,
         stream_frame: int = 0,
         deadline: float | None = None,
-    ) -> FrameReply:
+    ) -> EngineResult:
         """Render the frame ``request`` asks for (batched with concurrent callers).
 
         ``deadline`` (event-loop time): the reply must be ready by then; a frame no batch can finish in time
@@ -287,45 +291,41 @@ class Engine:
         ``stream``/``stream_frame``: a live session's audio and the session frame this request renders
         (see :meth:`open_stream`); without them a PCM request is a one-shot window.
         With ``skip_silence``, a PCM16 window quieter than ``options.silence_dbfs`` gets the original frame
-        instead (:meth:`original_frame`, ``reply.silence`` true, no model call). Raises
-        :class:`ProtocolError` with code ``unknown_package``, ``frame_out_of_range``, ``bad_audio``,
-        ``bad_field`` (crop size the model cannot take) or ``overloaded`` (queue full / not started).
+        instead (:meth:`original_frame`, ``result.silence`` true, no model call). Raises
+        :class:`~lipsync_tools.errors.RequestError` with reason ``unknown_package``, ``frame_out_of_range``,
+        ``bad_audio``, ``bad_request`` (crop size the model cannot take) or ``overloaded`` (queue full / not
+        started).
         """
         arrived = time.perf_counter()
         package = self._validate(request)
         if (
             skip_silence
-            and request.audio is AudioFormat.PCM16
-            and is_silent(request.pcm_window(), self.options.silence_dbfs)
+            and request.audio is AudioKind.PCM16
+            and is_silent(request.pcm, self.options.silence_dbfs)
         ):
             return await self.original_frame(
-                request.package_id, request.frame_index, request.image, request.jpeg_quality,
-                request_id=request.request_id,
+                request.package_id, request.frame_index, request.image, request.jpeg_quality
             )
         model = await self.model_for(request.package_id)
         self._check_model(package, model)
-        reply = await self._batcher.submit(
+        result = await self._batcher.submit(
             _Job(request, package, arrived, stream=stream, stream_frame=stream_frame, model=model), model.key,
             deadline,
         )
-        if self.observer is not None:
-            for stage, micros in reply.timings.items():
-                self.observer.observe_stage(stage, micros / 1e6)
-        return reply
+        self._observe(result)
+        return result
 
     async def original_frame(
         self,
         package_id: str,
         frame_index: int,
-        image_format: ImageFormat = ImageFormat.JPEG,
+        image_format: ImageKind = ImageKind.JPEG,
         jpeg_quality: int | None = None,
-        *,
-        request_id: int = 0,
-    ) -> FrameReply:
-        """The package's own frame, no model: the reply for a silent window (``reply.silence`` is true).
+    ) -> EngineResult:
+        """The package's own frame, no model: the result for a silent window (``result.silence`` is true).
 
-        JPEG/PNG encoding runs in a helper thread so the loop stays responsive. A crop reply has no
-        crop (0x0, no rect, empty payload: "show your own frame"). Raises ``ProtocolError`` for an unknown
+        JPEG/PNG encoding runs in a helper thread so the loop stays responsive. A crop result has no
+        crop (0x0, no rect, empty payload: "show your own frame"). Raises ``RequestError`` for an unknown
         package or a frame out of range.
         """
         arrived = time.perf_counter()
@@ -333,47 +333,43 @@ class Engine:
         self._check_frame(package, frame_index)
         self._check_image(package, image_format)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
-        encodes = image_format in (ImageFormat.JPEG, ImageFormat.PNG)
+        encodes = image_format in (ImageKind.JPEG, ImageKind.PNG)
         if encodes and _stored_jpeg(package, image_format) is None:
-            reply = await asyncio.to_thread(
-                self._original_reply, package, frame_index, image_format, quality, request_id, arrived
+            result = await asyncio.to_thread(
+                self._original_result, package, frame_index, image_format, quality, arrived
             )
         else:
-            reply = self._original_reply(package, frame_index, image_format, quality, request_id, arrived)
-        if self.observer is not None:
-            for stage, micros in reply.timings.items():
-                self.observer.observe_stage(stage, micros / 1e6)
-        return reply
+            result = self._original_result(package, frame_index, image_format, quality, arrived)
+        self._observe(result)
+        return result
 
     def original_frame_sync(
         self,
         package_id: str,
         frame_index: int,
-        image_format: ImageFormat = ImageFormat.JPEG,
+        image_format: ImageKind = ImageKind.JPEG,
         jpeg_quality: int | None = None,
-        *,
-        request_id: int = 0,
-    ) -> FrameReply:
+    ) -> EngineResult:
         """:meth:`original_frame` without an event loop."""
         arrived = time.perf_counter()
         package = self.store.get(package_id)
         self._check_frame(package, frame_index)
         self._check_image(package, image_format)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
-        return self._original_reply(package, frame_index, image_format, quality, request_id, arrived)
+        return self._original_result(package, frame_index, image_format, quality, arrived)
 
     def process_batch_sync(
         self,
-        requests: list[FrameRequest],
+        requests: list[EngineRequest],
         *,
         stream: StreamAudio | None = None,
         stream_frames: list[int] | None = None,
-    ) -> list[FrameReply]:
+    ) -> list[EngineResult]:
         """Render ``requests`` in model calls of up to ``max_batch``, in the calling thread; replies in order.
 
         ``stream`` and ``stream_frames`` (one stream frame number per request): an offline render's audio
         for families whose window spans several frames (see :meth:`open_stream`).
-        Every request is validated first; raises the first :class:`ProtocolError` found (nothing is
+        Every request is validated first; raises the first :class:`RequestError` found (nothing is
         rendered then). ``queue`` timings are 0.
         """
         arrived = time.perf_counter()
@@ -384,7 +380,7 @@ class Engine:
             model = self._ensure(package)
             self._check_model(package, model)
             jobs.append(_Job(request, package, arrived, stream=stream, stream_frame=frame, model=model))
-        replies: list[FrameReply] = []
+        replies: list[EngineResult] = []
         step = self.options.max_batch
         runs: list[list[_Job]] = []
         for job in jobs:  # consecutive jobs of one model share a call, in order
@@ -398,13 +394,16 @@ class Engine:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-                assert isinstance(result, FrameReply)  # no pool: finished here
+                assert isinstance(result, EngineResult)  # no pool: finished here
                 replies.append(result)
-        if self.observer is not None:
-            for reply in replies:
-                for stage, micros in reply.timings.items():
-                    self.observer.observe_stage(stage, micros / 1e6)
+        for reply in replies:
+            self._observe(reply)
         return replies
+
+    def _observe(self, result: EngineResult) -> None:
+        if self.observer is not None:
+            for stage, us in result.timings.items():
+                self.observer.observe_stage(stage, us / 1e6)
 
     def is_silent(self, pcm_int16_window: np.ndarray) -> bool:
         """:func:`~lipsync_tools.engine.pacing.is_silent` at ``options.silence_dbfs``."""
@@ -412,52 +411,39 @@ class Engine:
 
     # --- checks (event loop side: cheap, no allocation) --------------------------------------------------
 
-    def _validate(self, request: FrameRequest) -> LoadedPackage:
+    def _validate(self, request: EngineRequest) -> LoadedPackage:
+        """The request's package, after the checks against it (the request checked its audio itself)."""
         package = self.store.get(request.package_id)
         self._check_frame(package, request.frame_index)
         self._check_image(package, request.image)
         package.usage.touch()  # the memory budget evicts the least recently used first
-        size = len(request.payload)
-        expected = {AudioFormat.PCM16: limits.PCM_WINDOW_BYTES, AudioFormat.MEL: limits.MEL_WINDOW_BYTES}.get(
-            request.audio, 0
-        )
-        if size != expected:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO,
-                f"{request.audio.wire_name} audio must be {expected} bytes, got {size}",
-            )
         return package
 
     @staticmethod
-    def _check_image(package: LoadedPackage, image: ImageFormat) -> None:
-        """``bad_field`` for a full-frame image of a package loaded without its frames (crop-only)."""
+    def _check_image(package: LoadedPackage, image: ImageKind) -> None:
+        """``bad_request`` for a full-frame image of a package loaded without its frames (crop-only)."""
         if not image.is_crop and not package.frames:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
+            raise RequestError(
+                Reason.BAD_REQUEST,
                 f"package {package.info.id!r} was loaded without its full frames (--frames none, for "
                 f"crop-only serving); request image=crop_only or crop_jpeg, or load it with its frames",
             )
 
     @staticmethod
     def _check_model(package: LoadedPackage, model: ServedModel) -> None:
-        """``bad_field`` when the package's crops or family are not what its model takes."""
+        """``bad_request`` when the package's crops or family are not what its model takes."""
         model.features.check_package(package)
         size = model.backend.crop_size
         if package.info.crop_size != size:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
+            raise RequestError(
+                Reason.BAD_REQUEST,
                 f"package {package.info.id!r} has {package.info.crop_size}-pixel crops but its model takes "
                 f"{size}; rebuild it with --crop-size {size}",
             )
 
     @staticmethod
     def _check_frame(package: LoadedPackage, frame_index: int) -> None:
-        if not 0 <= frame_index < package.n_frames:
-            raise ProtocolError(
-                ErrorCode.FRAME_OUT_OF_RANGE,
-                f"frame {frame_index} is out of range: package {package.info.id!r} has frames "
-                f"0..{package.n_frames - 1}",
-            )
+        check_frame_index("package", package.info.id, package.n_frames, frame_index)
 
     # --- the work (worker thread, or the caller's thread for the sync path) ------------------------------
 
@@ -484,31 +470,31 @@ class Engine:
             t0 = time.perf_counter()
             try:
                 mel = self._features(job)
-            except ProtocolError as exc:
+            except RequestError as exc:
                 results[k] = exc
                 continue
             except LipsyncError as exc:  # mel_from_pcm_window's UsageError: the audio is unusable
-                results[k] = ProtocolError(ErrorCode.BAD_AUDIO, str(exc))
+                results[k] = RequestError(Reason.BAD_AUDIO, str(exc))
                 continue
             n = len(batch)
             audio_buffer[n] = mel
             crop_buffer[n] = job.package.crops[job.request.frame_index]
             batch.append(k)
-            job.timings["features"] = _us(time.perf_counter() - t0)
-            job.timings["queue"] = _us(started - job.arrived)
+            job.timings["features"] = micros(time.perf_counter() - t0)
+            job.timings["queue"] = micros(started - job.arrived)
         if batch:
             n = len(batch)
             t0 = time.perf_counter()
             try:
                 generated = model.backend.infer(crop_buffer[:n], audio_buffer[:n])
             except Exception as exc:
-                error = ProtocolError(ErrorCode.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
+                error = RequestError(Reason.INTERNAL, f"the model failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 for k in batch:
                     results[k] = error
                 batch = []
             seconds = time.perf_counter() - t0
-            inference = _us(seconds)
+            inference = micros(seconds)
             model.frames += len(batch)
             for k in batch:
                 jobs[k].package.usage.frames += 1
@@ -524,17 +510,17 @@ class Engine:
                 else:
                     try:
                         results[k] = self._finish_checked(job, generated[row])
-                    except ProtocolError as exc:
+                    except RequestError as exc:
                         results[k] = exc
-        return [r if r is not None else ProtocolError(ErrorCode.INTERNAL, "no result") for r in results]
+        return [r if r is not None else RequestError(Reason.INTERNAL, "no result") for r in results]
 
-    def _finish_checked(self, job: _Job, generated: np.ndarray) -> FrameReply:
-        """:meth:`_finish`; any failure becomes ``ProtocolError(internal)``."""
+    def _finish_checked(self, job: _Job, generated: np.ndarray) -> EngineResult:
+        """:meth:`_finish`; any failure becomes ``RequestError(internal)``."""
         try:
             return self._finish(job, generated)
         except Exception as exc:
-            raise ProtocolError(
-                ErrorCode.INTERNAL, f"compositing failed: {type(exc).__name__}: {exc}"
+            raise RequestError(
+                Reason.INTERNAL, f"compositing failed: {type(exc).__name__}: {exc}"
             ) from exc
 
     def _scratch(self) -> CompositeScratch:
@@ -544,7 +530,7 @@ class Engine:
             scratch = self._local.scratch = CompositeScratch()
         return scratch
 
-    def _finish(self, job: _Job, generated: np.ndarray) -> FrameReply:
+    def _finish(self, job: _Job, generated: np.ndarray) -> EngineResult:
         """Composite and encode one generated crop (a post worker, or the model's thread)."""
         request, package = job.request, job.package
         index = request.frame_index
@@ -560,7 +546,7 @@ class Engine:
         else:
             source = package.frames[index]
             paste_rect, mask = package.rects[index], package.rect_masks[index] if feather else None
-        if request.image in (ImageFormat.RAW_BGR, ImageFormat.CROP_ONLY):
+        if request.image in (ImageKind.RAW_BGR, ImageKind.CROP_ONLY):
             image = np.empty(source.shape, np.uint8)  # the payload is a view of it: never a reused buffer
         else:
             image = scratch.frame(source.shape)  # JPEG and PNG bytes are new: the buffer is free again after
@@ -570,41 +556,25 @@ class Engine:
         payload = encode_frame_image(image, request.image, request.jpeg_quality)
         t2 = time.perf_counter()
         timings = job.timings
-        timings["composite"] = _us(t1 - t0)
-        timings["encode"] = _us(t2 - t1)
+        timings["composite"] = micros(t1 - t0)
+        timings["encode"] = micros(t2 - t1)
         self.post_seconds += _POST_ALPHA * ((t2 - t0) - self.post_seconds)
-        timings["total"] = _us(t2 - job.arrived)
+        timings["total"] = micros(t2 - job.arrived)
         ordered = {stage: timings[stage] for stage in STAGES}
-        return FrameReply(
-            request_id=request.request_id, frame_index=index, image=request.image,
-            width=int(image.shape[1]), height=int(image.shape[0]), timings=ordered, rect=rect,
-            payload=payload,
+        return EngineResult(
+            frame_index=index, image=request.image, width=int(image.shape[1]), height=int(image.shape[0]),
+            timings=ordered, rect=rect, payload=payload,
         )
 
     @staticmethod
-    def _original_reply(
-        package: LoadedPackage,
-        index: int,
-        image_format: ImageFormat,
-        quality: int,
-        request_id: int,
-        arrived: float,
-    ) -> FrameReply:
-        t0 = time.perf_counter()
-        if image_format.is_crop:
-            return FrameReply(
-                request_id=request_id, frame_index=index, image=image_format, width=0, height=0,
-                timings={"encode": 0, "total": _us(time.perf_counter() - arrived)}, silence=True,
-            )
-        frame = package.frames[index]
-        stored = _stored_jpeg(package, image_format)
-        payload: Payload = (
-            stored[index] if stored is not None  # the package's own JPEG, not encoded again
-            else encode_frame_image(frame, image_format, quality)  # frames are read-only: raw is a view
-        )
-        t1 = time.perf_counter()
-        return FrameReply(
-            request_id=request_id, frame_index=index, image=image_format, width=int(frame.shape[1]),
-            height=int(frame.shape[0]), timings={"encode": _us(t1 - t0), "total": _us(t1 - arrived)},
-            silence=True, payload=payload,
-        )
+    def _original_result(
+        package: LoadedPackage, index: int, image_format: ImageKind, quality: int, arrived: float
+    ) -> EngineResult:
+        stored = _stored_jpeg(package, image_format)  # the package's own JPEG, not encoded again
+        # frames are read-only: a raw payload is a view of the package's frame
+        return silence_result(index, image_format, package.frames[index] if package.frames else _NO_FRAME,
+                              quality, arrived=arrived, stored=None if stored is None else stored[index])
+
+
+_NO_FRAME = np.zeros((0, 0, 3), np.uint8)
+"""The frame of a crop-only package (no frames in RAM): only crop requests reach it, and they get none."""

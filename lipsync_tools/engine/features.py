@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from ..audio.mel import mel_from_pcm_window
-from ..errors import ProtocolError
+from ..errors import RequestError
 from ..models.audio_features import ave_rows, package_ave_features, padded_row_frame
 from ..models.family import AudioMode, ModelFamily
 from ..package.reader import Package
-from ..protocol.messages import AudioFormat, ErrorCode, FrameRequest
+from .requests import AudioKind, EngineRequest, Reason
 from .store import LoadedPackage
 
 _MAX_STREAM_WINDOWS = 64
@@ -104,33 +104,33 @@ class FeatureComputer:
         return self.mode.first_offset + self.mode.window_rows - 2
 
     def check_package(self, package: LoadedPackage) -> None:
-        """``ProtocolError(bad_field)`` when the package was built for another family or audio."""
+        """``RequestError(bad_request)`` when the package was built for another family or audio."""
         p = package.package
         if p.family != self.family.name or p.audio_mode != self.mode.name:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
+            raise RequestError(
+                Reason.BAD_REQUEST,
                 f"package {package.info.id!r} was built for {p.family} with {p.audio_mode} audio, but this "
                 f"server runs {self.family.name} with {self.mode.name} audio; serve it from a server with "
                 f"--family {p.family}",
             )
 
     def network_audio(
-        self, request: FrameRequest, package: LoadedPackage, stream: StreamAudio | None, stream_frame: int
+        self, request: EngineRequest, package: LoadedPackage, stream: StreamAudio | None, stream_frame: int
     ) -> np.ndarray:
-        """float32 ``network_shape`` audio input for one request (raises ``ProtocolError(bad_audio)``)."""
+        """float32 ``network_shape`` audio input for one request (raises ``RequestError(bad_audio)``)."""
         if self.mode.name == "mel":
             return _mel_window(request, package).reshape(self.mode.network_shape)
-        if request.audio is AudioFormat.REPLAY:
+        if request.audio is AudioKind.REPLAY:
             return self.mode.window(self._replay_rows(package), request.frame_index)
         if not self.mode.computable:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO,
+            raise RequestError(
+                Reason.BAD_AUDIO,
                 f"the {self.family.name} family takes {self.mode.name} features, which lipsync-tools cannot "
                 "compute from audio (they come from the package only); request audio=replay",
             )
         if self.encoder is None:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO,
+            raise RequestError(
+                Reason.BAD_AUDIO,
                 f"the {self.family.name} family takes AVE features and this server has no AVE audio encoder "
                 "to compute them from audio; start it with --audio-encoder audio_visual_encoder.pth "
                 "(or request audio=replay)",
@@ -156,8 +156,8 @@ class FeatureComputer:
             if rows is None:
                 rows = package_rows(package.package, self.mode, self.encoder)
                 if rows is None:
-                    raise ProtocolError(
-                        ErrorCode.BAD_AUDIO,
+                    raise RequestError(
+                        Reason.BAD_AUDIO,
                         f"package {package.info.id!r} stores no {self.mode.name} features and this server "
                         "has no audio encoder to compute them; start it with --audio-encoder",
                     )
@@ -201,23 +201,23 @@ def package_rows(package: Package, mode: AudioMode, encoder: Any | None) -> np.n
     return package_ave_features(encoder, package.mel, np.asarray(package.mel_index))
 
 
-def _mel_window(request: FrameRequest, package: LoadedPackage) -> np.ndarray:
+def _mel_window(request: EngineRequest, package: LoadedPackage) -> np.ndarray:
     """The ``(80, 16)`` float32 mel window of one request (replay: the package's own)."""
     return request_mel_window(request, lambda: package.mel_window(request.frame_index))
 
 
-def request_mel_window(request: FrameRequest, replay: Callable[[], np.ndarray]) -> np.ndarray:
+def request_mel_window(request: EngineRequest, replay: Callable[[], np.ndarray]) -> np.ndarray:
     """The ``(80, 16)`` float32 mel window a request carries: its mel payload (NaN/inf: ``bad_audio``), the
     mel of its PCM16 window, or ``replay()`` for ``audio=replay``. The engine and the original path share it.
     """
-    if request.audio is AudioFormat.REPLAY:
+    if request.audio is AudioKind.REPLAY:
         return replay()
-    if request.audio is AudioFormat.MEL:
-        mel = request.mel_window()
+    if request.audio is AudioKind.MEL:
+        mel = request.mel
         if not np.isfinite(mel).all():
-            raise ProtocolError(ErrorCode.BAD_AUDIO, "mel window holds NaN or infinite values")
+            raise RequestError(Reason.BAD_AUDIO, "mel window holds NaN or infinite values")
         return mel
-    pcm = request.pcm_window().astype(np.float32)
+    pcm = request.pcm.astype(np.float32)
     pcm *= np.float32(1.0 / 32768.0)
     return mel_from_pcm_window(pcm)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.mel import MEL_WINDOW_FRAMES
+from ..audio.mel import mel_window
 from ..models.family import AudioMode, ModelFamily
 from ..models.quantize import INT8_MIN_PSNR_DB, CalibrationSet, psnr
 from .features import package_rows
@@ -92,7 +92,7 @@ def package_samples(package: Any, family: ModelFamily, mode: AudioMode, encoder:
     crops = np.ascontiguousarray(np.asarray(package.crops)[frames])
     if mode.name == "mel":
         mel, starts = np.asarray(package.mel), np.asarray(package.mel_index)
-        windows = [mel[:, int(starts[f]) : int(starts[f]) + MEL_WINDOW_FRAMES] for f in frames]
+        windows = [mel_window(mel, int(starts[f])) for f in frames]
         audio = np.stack(windows).astype(np.float32).reshape(len(frames), *mode.network_shape)
     else:
         rows = package_rows(package, mode, encoder)

@@ -13,18 +13,18 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from ..audio.mel import MEL_WINDOW_FRAMES
-from ..errors import LipsyncError, PackageFormatError, ProtocolError, UsageError
+from ..audio.mel import MEL_WINDOW_FRAMES, mel_window
+from ..errors import PackageFormatError, RequestError, UsageError
+from ..ids import package_id_problem
 from ..package.reader import Package, open_package
-from ..protocol.messages import ErrorCode, check_package_id
 from .compositor import BlendMask, prepare_mask
+from .requests import Reason
 
 _PAGE = 4096
 
@@ -128,8 +128,7 @@ class LoadedPackage:
 
     def mel_window(self, frame_index: int) -> np.ndarray:
         """The package's own ``(80, 16)`` float32 mel window for ``frame_index`` (a view, no copy)."""
-        start = self.mel_starts[frame_index]
-        return self.mel[:, start : start + MEL_WINDOW_FRAMES]
+        return mel_window(self.mel, self.mel_starts[frame_index])
 
     def read_checkpoint(self) -> bytes | None:
         """The embedded checkpoint's bytes, or ``None``. Reads the file: call at startup only."""
@@ -153,31 +152,31 @@ class IdRegistry(Generic[ItemT]):
         self._lock = threading.Lock()
 
     def _check_new_id(self, package_id: str) -> None:
-        """``ProtocolError(bad_field)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
+        """``RequestError(bad_request)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
         letter or digit: no path can be expressed) or one already loaded."""
-        check_package_id(package_id)
+        check_id(package_id)
         if package_id in self._items:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD,
+            raise RequestError(
+                Reason.BAD_REQUEST,
                 f"package id {package_id!r} is already loaded; unload it first or choose another id",
             )
 
     def _insert(self, package_id: str, item: ItemT, *, replace: bool = False) -> None:
         with self._lock:
             if not replace and package_id in self._items:
-                raise ProtocolError(
-                    ErrorCode.BAD_FIELD, f"package id {package_id!r} was loaded by another caller meanwhile"
+                raise RequestError(
+                    Reason.BAD_REQUEST, f"package id {package_id!r} was loaded by another caller meanwhile"
                 )
             self._items[package_id] = item
 
     def unload(self, package_id: str) -> None:
-        """Forget ``package_id``; memory is freed once in-flight frames finish. Unknown: ProtocolError."""
+        """Forget ``package_id``; memory is freed once in-flight frames finish. Unknown: RequestError."""
         with self._lock:
             if self._items.pop(package_id, None) is None:
                 raise unknown_package(package_id)
 
     def get(self, package_id: str) -> ItemT:
-        """The item loaded as ``package_id``; ``ProtocolError(unknown_package)`` when there is none."""
+        """The item loaded as ``package_id``; ``RequestError(unknown_package)`` when there is none."""
         item = self._items.get(package_id)
         if item is None:
             raise unknown_package(package_id)
@@ -229,7 +228,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
         crops, masks, boxes and features, memory-mapped), so it costs megabytes; full-frame requests to it
         are refused.
 
-        Raises ``ProtocolError(bad_field)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
+        Raises ``RequestError(bad_request)`` for an invalid id (1-64 of ``A-Za-z0-9._-``, starting with a
         letter or digit: no path can be expressed) or an id already loaded (unless ``replace``);
         :class:`~lipsync_tools.errors.InputNotFoundError` and :class:`PackageFormatError` for a missing or
         invalid file, a crop size other than ``expected_crop_size``, or one ``admit`` refuses.
@@ -237,7 +236,7 @@ class PackageStore(IdRegistry[LoadedPackage]):
         if not replace:
             self._check_new_id(package_id)
         else:
-            check_package_id(package_id)
+            check_id(package_id)
         if frames not in ("all", "none"):
             raise UsageError(f"frames is {frames!r}; expected all or none")
         loaded = self._prepare(package_id, Path(path), frames)
@@ -347,27 +346,11 @@ class PackageStore(IdRegistry[LoadedPackage]):
             raise
         opened = time.perf_counter()
 
-        from ..media.images import decode_image
-
-        def decode(index: int) -> np.ndarray:
-            try:
-                return decode_image(package.encoded_frames[index])
-            except LipsyncError as exc:
-                raise PackageFormatError(
-                    f"{path}: dataset 'frames', frame {index}: {exc} Rebuild the package"
-                ) from None
-
-        with ThreadPoolExecutor(max_workers=max(1, min(self.decode_threads, package.n_frames))) as pool:
-            # cv2.imdecode releases the GIL, so frames decode in parallel.
-            frames = list(pool.map(decode, range(len(package.encoded_frames))))
-        m = package.manifest
-        for i, frame in enumerate(frames):
-            if frame.shape != (m.video.height, m.video.width, 3):
-                raise PackageFormatError(
-                    f"{path}: frame {i} decodes to {frame.shape[1]}x{frame.shape[0]}; the manifest says "
-                    f"{m.video.width}x{m.video.height}. Rebuild the package"
-                )
+        # frames="none" opened the package without its frames: nothing to decode
+        frames = package.decode_frames(threads=self.decode_threads) if package.encoded_frames else []
+        for frame in frames:
             frame.flags.writeable = False  # shared by every request: replies copy, never write
+        m = package.manifest
         encoded = list(package.encoded_frames)  # kept: silent frames and /frames are sent from them
         package.encoded_frames.clear()
         preloaded = time.perf_counter()
@@ -478,8 +461,15 @@ def _prepare_masks(
     return rect_masks, crop_masks, held
 
 
-def unknown_package(package_id: str) -> ProtocolError:
-    return ProtocolError(
-        ErrorCode.UNKNOWN_PACKAGE,
+def check_id(package_id: str) -> None:
+    """``RequestError(bad_request)`` unless ``package_id`` follows :mod:`lipsync_tools.ids`' rule."""
+    problem = package_id_problem(package_id)
+    if problem is not None:
+        raise RequestError(Reason.BAD_REQUEST, problem)
+
+
+def unknown_package(package_id: str) -> RequestError:
+    return RequestError(
+        Reason.UNKNOWN_PACKAGE,
         f"package {package_id[:64]!r} is not loaded; list the loaded ones with GET /v1/packages",
     )

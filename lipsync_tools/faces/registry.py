@@ -6,10 +6,11 @@ or ``lipsync --help``, never imports mediapipe, torch or face-alignment.
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from typing import cast
 
-from lipsync_tools.errors import BackendUnavailableError, UsageError
+from lipsync_tools._registry import load_attr
+from lipsync_tools.errors import UsageError
 from lipsync_tools.faces.base import FaceBackend, FaceOptions
 
 DEFAULT_BACKEND = "mediapipe"
@@ -38,14 +39,7 @@ def create_backend(name: str, options: FaceOptions) -> FaceBackend:
     if target is None:
         known = ", ".join(backend_names())
         raise UsageError(f"unknown face backend {name!r}; choose one of: {known}")
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        missing = error.name or str(error)
-        raise BackendUnavailableError(
-            f"the {name!r} face backend cannot be loaded because {missing} is not installed; "
-            f"install it with: pip install {missing}"
-        ) from error
-    backend_class = getattr(module, class_name)
-    return cast(FaceBackend, backend_class(options))
+    backend_class = cast(
+        "Callable[[FaceOptions], FaceBackend]", load_attr(target, what=f"the {name!r} face backend")
+    )
+    return backend_class(options)

@@ -27,7 +27,6 @@ Choices every kind shares, recorded here once:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import re
 import time
@@ -35,16 +34,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import cv2
 import numpy as np
 
+from .._registry import load_attr
 from .._version import __version__
-from ..errors import CheckpointError, ImportFormatError, InputNotFoundError, UsageError
+from ..errors import CheckpointError, CorruptMediaError, ImportFormatError, InputNotFoundError, UsageError
 from ..faces.base import LandmarkScheme
 from ..media.audio import load_audio
-from ..media.images import encode_image
+from ..media.images import decode_image, encode_image
 from ..models.audio_features import AudioEncoderChoice
 from ..models.families import get_family
 from ..models.family import AudioMode, ModelFamily
@@ -63,7 +63,7 @@ from ..pipeline.build import check_frame_storage, model_meta
 from ..pipeline.crop import crop_face, to_crop_coordinates
 from ..pipeline.features import audio_features, audio_meta
 from ..pipeline.masks import MaskOptions, blend_mask, model_input_mask
-from ..pipeline.progress import NullProgress, Progress
+from ..progress import NullProgress, Progress
 
 AvatarKind = Literal["synctalk", "mp4_package", "livetalking"]
 
@@ -417,10 +417,11 @@ def fit_crop(crop: np.ndarray, size: int, source: str) -> np.ndarray:
 
 
 def decode_image_file(path: Path, data: bytes, holds: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImportFormatError(f"{path} is not a readable image; expected {holds}")
-    return image
+    """The BGR image in ``data`` (the bytes of ``path``); :class:`ImportFormatError` naming the file."""
+    try:
+        return decode_image(data)
+    except CorruptMediaError:
+        raise ImportFormatError(f"{path} is not a readable image; expected {holds}") from None
 
 
 # -- model family and audio mode ----------------------------------------------------------------------------
@@ -788,9 +789,7 @@ class KindReader(Protocol):
 def kind_reader(kind: AvatarKind) -> KindReader:
     """The reader function of ``kind`` (its module imported now)."""
     spec = next(s for s in KINDS if s.name == kind)
-    module_name, _, attr = spec.reader.partition(":")
-    reader: KindReader = getattr(importlib.import_module(module_name), attr)
-    return reader
+    return cast(KindReader, load_attr(spec.reader, what=f"the reader of {kind} avatar folders"))
 
 
 def import_avatar(

@@ -31,16 +31,17 @@ model one worker thread anyway).
 
 from __future__ import annotations
 
-import importlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from lipsync_tools._registry import load_attr
 from lipsync_tools.errors import UsageError
 from lipsync_tools.models.devices import Device, check_precision, parse_device, torch_device
 from lipsync_tools.models.families import get_family
@@ -128,10 +129,11 @@ def create_backend(
         raise UsageError(
             f"unknown inference backend {name!r}; expected one of: {', '.join(sorted(BACKENDS))}"
         )
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    backend: InferenceBackend = cls(model, options or BackendOptions(), family or get_family(None))
-    return backend
+    backend_class = cast(
+        "Callable[[nn.Module, BackendOptions, ModelFamily], InferenceBackend]",
+        load_attr(target, what=f"the {name} inference backend"),
+    )
+    return backend_class(model, options or BackendOptions(), family or get_family(None))
 
 
 def check_batch(

@@ -7,10 +7,10 @@ hard-codes a family. See ``docs/models.md`` for what each family is and where it
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lipsync_tools._registry import load_attr
 from lipsync_tools.errors import CheckpointError, UsageError
 from lipsync_tools.models.family import AudioMode, ModelFamily
 
@@ -196,5 +196,4 @@ def load_network(
 
 def import_network_class(family: ModelFamily) -> Any:
     """The torch class behind ``family.network`` (imported now)."""
-    module_name, _, attr = family.network.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return load_attr(family.network, what=f"the network of model family {family.name!r}")

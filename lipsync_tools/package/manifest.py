@@ -1,16 +1,24 @@
 """The package manifest: a JSON document stored in the root attribute ``manifest``.
 
-Frozen, keyword-only dataclasses mirror the JSON one to one. :meth:`Manifest.from_dict` checks the version
-first, then every field's type, and rejects unknown keys unless the file declares a newer minor version of
-the format (whose additions an older reader may ignore by the versioning rule).
+Frozen, keyword-only ``msgspec.Struct`` classes mirror the JSON one to one and are its declared schema: a
+key's type is stated once, where the key is, and :func:`msgspec.convert` checks a manifest against them.
+:meth:`Manifest.from_dict` checks the format version first (a newer major version is refused before
+anything else is read), then converts: each Struct refuses keys it does not declare
+(``forbid_unknown_fields``), unless the file declares a newer minor version of the format, whose additions
+an older reader must ignore by the versioning rule; those are dropped before the conversion
+(:func:`_known_keys_only`). Changed copies are made with :func:`msgspec.structs.replace`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, TypeVar, cast
+import re
+import reprlib
+from types import NoneType, UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
+import msgspec
 import numpy as np
 
 from ..errors import PackageFormatError, PackageVersionError
@@ -51,15 +59,13 @@ def check_version(version: tuple[int, int]) -> None:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class SourceFile:
+class SourceFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str  # file name only, never a path from the building machine
     sha256: str
     size_bytes: int
 
 
-@dataclass(frozen=True, kw_only=True)
-class VideoMeta:
+class VideoMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     fps: float
     fps_num: int
     fps_den: int
@@ -69,14 +75,12 @@ class VideoMeta:
     rotation: int  # degrees the source's display matrix asked for; already applied to stored frames
 
 
-@dataclass(frozen=True, kw_only=True)
-class FramesMeta:
+class FramesMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     codec: str  # "jpeg" or "png"
     quality: int  # JPEG quality, or PNG compression level
 
 
-@dataclass(frozen=True, kw_only=True)
-class AudioMeta:
+class AudioMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sample_rate: int
     samples: int
     mel_bands: int
@@ -86,8 +90,7 @@ class AudioMeta:
     mel_params: dict[str, float]  # the Wav2Lip mel hyper-parameters used
 
 
-@dataclass(frozen=True, kw_only=True)
-class FacesMeta:
+class FacesMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     backend: str
     scheme: str
     num_points: int
@@ -95,8 +98,7 @@ class FacesMeta:
     missing_policy: str  # "interpolate" or "fail"
 
 
-@dataclass(frozen=True, kw_only=True)
-class CropMeta:
+class CropMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     size: int
     padding: float
     smooth_window: int
@@ -104,8 +106,7 @@ class CropMeta:
     box_rule: str = "padded"  # since 1.1: "padded" (Wav2Lip) or "synctalk2d"; 1.0 files are "padded"
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelMeta:
+class ModelMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Since 1.1: the model family the package is for and the audio it takes. Absent (1.0): Wav2Lip."""
 
     family: str  # a registered model family name, e.g. "wav2lip", "synctalk2d-328"
@@ -113,11 +114,11 @@ class ModelMeta:
     audio_encoder: str  # where AVE features come from: "none", "embedded" or "random"
     audio_encoder_seed: int | None = None  # the seed when audio_encoder == "random"
     features: str = "none"  # audio/features: "none", "computed" (by the build) or "imported"
-    feature_row_shape: list[int] = field(default_factory=list)  # one row of audio/features, e.g. [512]
+    # one row of audio/features, e.g. [512]
+    feature_row_shape: list[int] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True, kw_only=True)
-class SegmentMeta:
+class SegmentMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Since 1.2: one stretch of the source video in which one face is continuously present."""
 
     start: int  # first source frame
@@ -136,8 +137,7 @@ SEGMENT_END_REASONS = ("video_end", "range_end", "cut", "face_changed", "face_lo
 SELECTIONS = ("longest", "fail")
 
 
-@dataclass(frozen=True, kw_only=True)
-class FootageMeta:
+class FootageMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Since 1.2: which part of the source video the package holds, and how well its face was found.
 
     Frame numbers are source frames (0 = the video's first decoded frame); package frame ``i`` is source
@@ -154,7 +154,8 @@ class FootageMeta:
     max_gap_seconds: float  # longest gap filled inside a segment
     min_segment_seconds: float
     segments_found: int  # segments found in the analysed range
-    segments: list[SegmentMeta]  # in source order; the MAX_SEGMENTS longest when more were found
+    # in source order; the MAX_SEGMENTS longest when more were found
+    segments: Annotated[list[SegmentMeta], msgspec.Meta(max_length=MAX_SEGMENTS)]
     kept_segment: int  # index in segments of the stored segment
     detected_frames: int  # stored frames with a detected face (= frame_count - faces.filled_frames)
     longest_fill: int  # frames in the longest run of filled frames
@@ -168,23 +169,20 @@ def longest_run(flags: np.ndarray) -> int:
     return int((edges[1::2] - edges[0::2]).max()) if edges.size else 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class DatasetMeta:
+class DatasetMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     shape: list[int]
     dtype: str
     sha256: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class ToolMeta:
+class ToolMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     version: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class Manifest:
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     format: str = FORMAT_NAME
-    format_version: str = field(default_factory=format_version_string)
+    format_version: str = msgspec.field(default_factory=format_version_string)
     tool: ToolMeta
     source_video: SourceFile
     source_audio: SourceFile | None  # None when the audio came from the video itself
@@ -203,7 +201,9 @@ class Manifest:
         return parse_version(self.format_version)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The manifest as JSON-ready builtins (nested dicts and lists), keys in declaration order."""
+        result: dict[str, Any] = msgspec.to_builtins(self, enc_hook=_builtin_subclass)
+        return result
 
     @property
     def filled_share(self) -> float:
@@ -244,94 +244,138 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: object) -> Manifest:
+        """The manifest in ``data`` (parsed JSON), checked in the spec's order: ``format``, then
+        ``format_version``, then every key and value against the Structs (:func:`msgspec.convert`), which
+        reports the first unknown key, wrong value or missing key it meets.
+
+        Raises :class:`PackageVersionError` for a newer major (or a pre-1.0) version, and
+        :class:`PackageFormatError` naming the key (``manifest.video.fps``), what it holds and what was
+        expected.
+        """
         if not isinstance(data, dict):
             raise PackageFormatError(f"manifest is a JSON {type(data).__name__}; expected an object")
         if data.get("format") != FORMAT_NAME:
             raise PackageFormatError(f"manifest format is {data.get('format')!r}; expected {FORMAT_NAME!r}")
         version = parse_version(data.get("format_version"))
         check_version(version)
-        # A newer minor version may add keys this reader does not know; ignore them by the spec's rule.
-        strict = version[1] <= FORMAT_VERSION[1]
-        return _build(cls, data, "manifest", strict)
+        document: dict[str, Any] = data
+        if version[1] > FORMAT_VERSION[1]:
+            # A newer minor version may add keys this reader does not know: ignore them by the spec's rule.
+            # In any other version the Structs refuse them (forbid_unknown_fields): they are mistakes.
+            document = _known_keys_only(data, cls)
+        try:
+            return msgspec.convert(document, cls)
+        except msgspec.ValidationError as exc:
+            raise _schema_error(exc, document, format_version_string(version)) from None
 
 
-_T = TypeVar("_T")
+# -- the schema, read from the Structs' fields --------------------------------------------------------------
+def _present(annotation: Any) -> Any:
+    """The type a present value must have: ``X`` for ``X | None`` and for ``Annotated[X, constraints]``."""
+    if get_origin(annotation) is Annotated:
+        return _present(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not NoneType]
+        if len(members) == 1:
+            return _present(members[0])
+    return annotation
 
-_NESTED: dict[str, type] = {
-    "tool": ToolMeta,
-    "source_video": SourceFile,
-    "source_audio": SourceFile,
-    "video": VideoMeta,
-    "frames": FramesMeta,
-    "audio": AudioMeta,
-    "faces": FacesMeta,
-    "crop": CropMeta,
-    "model": ModelMeta,
-    "footage": FootageMeta,
+
+@functools.cache
+def _keys_of(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """A manifest Struct's keys and the type each one's value must have."""
+    return {f.name: _present(f.type) for f in msgspec.structs.fields(cls)}
+
+
+def _known_keys_only(value: Any, schema: Any) -> Any:
+    """``value`` without the keys that ``schema``'s Structs do not declare, at every depth (a copy).
+
+    Values of the wrong type are kept as they are: :func:`msgspec.convert` reports them next.
+    """
+    if isinstance(schema, type) and issubclass(schema, msgspec.Struct) and isinstance(value, dict):
+        known = _keys_of(schema)
+        return {key: _known_keys_only(item, known[key]) for key, item in value.items() if key in known}
+    if get_origin(schema) is list and isinstance(value, list):
+        return [_known_keys_only(item, get_args(schema)[0]) for item in value]
+    if get_origin(schema) is dict and isinstance(value, dict):
+        return {key: _known_keys_only(item, get_args(schema)[1]) for key, item in value.items()}
+    return value
+
+
+def _builtin_subclass(value: object) -> object:
+    """A ``str``, ``int`` or ``float`` subclass (a NumPy float, say) as its base type, which is how
+    ``json.dumps`` writes it; msgspec itself takes only the exact types. Raises ``TypeError`` for anything
+    else, as ``json.dumps`` does."""
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"manifest value {value!r} of type {type(value).__name__} is not JSON serializable")
+
+
+# A step of the path in msgspec's messages ("Expected `array`, got `str` - at `$.footage.segments[0]`"): a
+# key, a list index, or "[...]", which stands for a dict's key.
+_PATH_STEP = re.compile(r"\.(?P<key>\w+)|\[(?P<index>\d+|\.\.\.)\]")
+_JSON_TYPES = {
+    "object": "an object",
+    "array": "a list",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "null": "null",
 }
-_LISTS_OF: dict[str, type] = {"segments": SegmentMeta}
-_SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
+_FIX = (
+    "The manifest does not follow docs/package-format.md: the package is damaged or was not written by "
+    "lipsync-tools; rebuild it"
+)
 
 
-def _build(cls: type[_T], data: dict[str, Any], where: str, strict: bool) -> _T:
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(known))
-    if unknown and strict:
-        raise PackageFormatError(f"{where} has unknown keys {unknown}; expected only {sorted(known)}")
-    values: dict[str, Any] = {}
-    for name, f in known.items():
-        if name not in data:
-            if f.default is not MISSING or f.default_factory is not MISSING:
-                continue
-            raise PackageFormatError(f"{where} lacks the key {name!r}")
-        values[name] = _convert(name, str(f.type), data[name], f"{where}.{name}", strict)
+def _schema_error(exc: msgspec.ValidationError, data: dict[str, Any], version: str) -> PackageFormatError:
+    """``exc`` as our message: where (``manifest.video.fps``), what was found, what was expected, the fix."""
+    problem, _, path = str(exc).partition(" - at `$")
+    where: str = "manifest"
+    value: Any = data
+    schema: Any = Manifest
+    for step in _PATH_STEP.finditer(path.rstrip("`")):
+        if step["key"] is not None:
+            where, value, schema = f"{where}.{step['key']}", value[step["key"]], _keys_of(schema)[step["key"]]
+        elif step["index"] == "...":
+            # msgspec does not name a dict's key; it stops at the first entry that fails, so that one is it.
+            item = _present(get_args(schema)[1])
+            key = next(k for k, v in value.items() if not _fits(v, item))
+            where, value, schema = f"{where}[{key!r}]", value[key], item
+        else:
+            index = int(step["index"])
+            where, value, schema = f"{where}[{index}]", value[index], _present(get_args(schema)[0])
+    if re.fullmatch(r"Object contains unknown field `.+`", problem):
+        # msgspec names the first unknown key; the message names them all, and the keys that may be there
+        known = _keys_of(schema)
+        unknown = sorted(str(key) for key in value if key not in known)
+        return PackageFormatError(
+            f"{where} has unknown keys {unknown}; expected only {sorted(known)}. A {version} manifest "
+            "cannot hold other keys (only a newer minor version may add some): remove them if the "
+            "manifest was edited, or rebuild the package"
+        )
+    if missing := re.fullmatch(r"Object missing required field `(.+)`", problem):
+        return PackageFormatError(f"{where} lacks the key {missing[1]!r}. {_FIX}")
+    if limit := re.fullmatch(r"Expected `array` of length <= (\d+)", problem):
+        return PackageFormatError(f"{where} has {len(value)} entries; the limit is {limit[1]}. {_FIX}")
+    if wrong := re.fullmatch(r"Expected `(.+)`, got `(.+)`", problem):
+        names = wrong[1].split(" | ")
+        expected = " or ".join(_JSON_TYPES.get(name, name) for name in names)
+        if value is None:
+            found = "null"
+        elif isinstance(value, dict | list) or {"object", "array"} & set(names):
+            found = type(value).__name__
+        else:
+            found = reprlib.repr(value)
+        return PackageFormatError(f"{where} is {found}; expected {expected}. {_FIX}")
+    return PackageFormatError(f"{where}: {problem}. {_FIX}")
+
+
+def _fits(value: object, schema: Any) -> bool:
     try:
-        return cls(**values)
-    except TypeError as exc:
-        raise PackageFormatError(f"{where} is incomplete: {exc}") from exc
-
-
-def _convert(name: str, type_text: str, value: Any, where: str, strict: bool) -> Any:
-    optional = type_text.endswith("| None")
-    if value is None:
-        if optional:
-            return None
-        raise PackageFormatError(f"{where} is null; expected a value")
-    if name == "datasets":
-        if not isinstance(value, dict):
-            raise PackageFormatError(f"{where} is {type(value).__name__}; expected an object")
-        return {
-            str(k): _build(DatasetMeta, _expect_dict(v, f"{where}.{k}"), f"{where}.{k}", strict)
-            for k, v in value.items()
-        }
-    if name in _LISTS_OF:
-        if not isinstance(value, list):
-            raise PackageFormatError(f"{where} is {type(value).__name__}; expected a list")
-        if len(value) > MAX_SEGMENTS:
-            raise PackageFormatError(f"{where} has {len(value)} entries; the limit is {MAX_SEGMENTS}")
-        return [
-            _build(_LISTS_OF[name], _expect_dict(v, f"{where}[{i}]"), f"{where}[{i}]", strict)
-            for i, v in enumerate(value)
-        ]
-    if name in _NESTED:
-        return _build(_NESTED[name], _expect_dict(value, where), where, strict)
-    base = type_text.replace(" | None", "")
-    if base in _SCALARS:
-        if isinstance(value, bool) or not isinstance(value, _SCALARS[base]):
-            raise PackageFormatError(f"{where} is {value!r}; expected a {base}")
-        return float(cast(float, value)) if base == "float" else value
-    if base.startswith("dict"):
-        return _expect_dict(value, where)
-    if base.startswith("list"):
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise PackageFormatError(f"{where} is {value!r}; expected a list of integers")
-        return value
-    return value
-
-
-def _expect_dict(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise PackageFormatError(f"{where} is {type(value).__name__}; expected an object")
-    return value
+        msgspec.convert(value, schema)
+    except msgspec.ValidationError:
+        return False
+    return True

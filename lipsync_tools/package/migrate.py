@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import msgspec
 
 from .._atomic import atomic_output
 from ..errors import InputNotFoundError, OutputExistsError, PackageFormatError
@@ -64,7 +65,7 @@ def migrated_manifest(manifest: Manifest) -> tuple[Manifest, list[str]]:
         return manifest, changes
     if version < (1, 1):
         if manifest.model is None:
-            manifest = dataclasses.replace(
+            manifest = msgspec.structs.replace(
                 manifest, model=ModelMeta(family="wav2lip", audio_mode="mel", audio_encoder="none")
             )
             changes.append("model: written out as wav2lip, mel audio, no audio encoder (a 1.0 package's)")
@@ -76,7 +77,7 @@ def migrated_manifest(manifest: Manifest) -> tuple[Manifest, list[str]]:
         )
     current = format_version_string()
     changes.insert(0, f"format_version: {manifest.format_version} -> {current}")
-    return dataclasses.replace(manifest, format_version=current), changes
+    return msgspec.structs.replace(manifest, format_version=current), changes
 
 
 def migrate_package(

@@ -33,6 +33,21 @@ from .spec import (
 )
 
 
+def decode_stored_frame(
+    data: bytes | np.ndarray, index: int, expected: tuple[int, int, int], codec: str
+) -> np.ndarray:
+    """Frame ``index`` of a package's ``frames`` dataset, decoded; :class:`PackageFormatError` when its bytes
+    do not decode to ``expected`` (height, width, 3). The one frame check of the reader, the validator and
+    the server's preload."""
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if frame is None or frame.shape != expected:
+        found = "undecodable bytes" if frame is None else f"an image of shape {frame.shape}"
+        raise PackageFormatError(
+            f"dataset 'frames', frame {index} holds {found}; expected a {codec} image of shape {expected}."
+        )
+    return frame
+
+
 @dataclass
 class Package:
     """A loaded package. Array shapes use N frames, S crop size, K landmarks, T mel columns."""
@@ -77,25 +92,29 @@ class Package:
     def crop_size(self) -> int:
         return self.manifest.crop.size
 
-    def decode_frames(self) -> list[np.ndarray]:
-        """Decode every stored full frame into RAM (BGR uint8 (H, W, 3) each).
+    def decode_frames(self, threads: int = 1) -> list[np.ndarray]:
+        """Decode every stored full frame into RAM (BGR uint8 (H, W, 3) each), on up to ``threads`` threads
+        (``cv2.imdecode`` releases the GIL).
 
         Raises :class:`PackageFormatError` naming the first frame that does not decode to the manifest's size.
         """
         if len(self.encoded_frames) != self.n_frames:
             raise UsageError(f"{self.path} was opened with load_frames=False; open it with load_frames=True")
         expected = (self.manifest.video.height, self.manifest.video.width, 3)
-        frames = []
-        for i, data in enumerate(self.encoded_frames):
-            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if frame is None or frame.shape != expected:
-                found = "undecodable bytes" if frame is None else f"an image of shape {frame.shape}"
-                raise PackageFormatError(
-                    f"{self.path}: frame {i} holds {found}; expected a {self.manifest.frames.codec} image "
-                    f"of shape {expected}. Rebuild the package."
-                )
-            frames.append(frame)
-        return frames
+        codec = self.manifest.frames.codec
+
+        def decode(index: int) -> np.ndarray:
+            try:
+                return decode_stored_frame(self.encoded_frames[index], index, expected, codec)
+            except PackageFormatError as exc:
+                raise PackageFormatError(f"{self.path}: {exc} Rebuild the package.") from None
+
+        if threads <= 1 or self.n_frames <= 1:
+            return [decode(i) for i in range(self.n_frames)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(threads, self.n_frames)) as pool:
+            return list(pool.map(decode, range(self.n_frames)))
 
     def read_checkpoint(self, name: str = "model/checkpoint") -> bytes | None:
         """An embedded checkpoint's bytes, or ``None`` (read from disk: call at load time only).

@@ -11,7 +11,15 @@ import numpy as np
 
 from ..errors import LipsyncError, PackageFormatError
 from .manifest import SEGMENT_END_REASONS, SEGMENT_START_REASONS, SELECTIONS, Manifest, longest_run
-from .reader import HDF5_DAMAGE, _shape_symbols, damaged, expected_shape, open_hdf5, read_manifest
+from .reader import (
+    HDF5_DAMAGE,
+    _shape_symbols,
+    damaged,
+    decode_stored_frame,
+    expected_shape,
+    open_hdf5,
+    read_manifest,
+)
 from .spec import DATASETS, DATASETS_BY_PATH, MEL_WINDOW
 
 _HASH_BLOCK = 64  # rows hashed per read, so validating a long package needs little RAM
@@ -110,16 +118,13 @@ def _check_datasets(f: h5py.File, manifest: Manifest) -> list[Problem]:
 
 def _check_frames_decode(f: h5py.File, manifest: Manifest) -> list[Problem]:
     """Every stored frame decodes to the manifest's size (what a server checks when it loads)."""
-    import cv2
-
     expected = (manifest.video.height, manifest.video.width, 3)
     frames = f["frames"]
     for i in range(frames.shape[0]):
-        image = cv2.imdecode(np.asarray(frames[i], dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None or image.shape != expected:
-            found = "undecodable bytes" if image is None else f"an image of shape {image.shape}"
-            return [Problem("frames", f"frame {i} holds {found}; expected a {manifest.frames.codec} image of "
-                                      f"shape {expected}")]
+        try:
+            decode_stored_frame(np.asarray(frames[i], dtype=np.uint8), i, expected, manifest.frames.codec)
+        except PackageFormatError as exc:
+            return [Problem("frames", str(exc).removeprefix("dataset 'frames', ").removesuffix("."))]
     return []
 
 

@@ -14,11 +14,11 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 import h5py
+import msgspec
 import numpy as np
 
 from .._atomic import atomic_replace, temp_path
@@ -197,7 +197,7 @@ class PackageWriter:
             datasets[name] = DatasetMeta(
                 shape=list(ds.shape), dtype="uint8", sha256=self._stream_hash[name].hexdigest()
             )
-        manifest = replace(manifest, datasets=dict(sorted(datasets.items())))
+        manifest = msgspec.structs.replace(manifest, datasets=dict(sorted(datasets.items())))
         f = self._file
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = format_version_string()

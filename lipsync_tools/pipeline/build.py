@@ -50,12 +50,12 @@ from ..package.manifest import (
 )
 from ..package.spec import AUDIO_SAMPLE_RATE, FILE_SUFFIX, FRAME_CODECS, MAX_SEGMENTS, MEL_WINDOW
 from ..package.writer import PackageWriter, check_output_path
+from ..progress import NullProgress, Progress
 from .crop import CropOptions, crop_face, crop_jitter, crop_rectangles, to_crop_coordinates
 from .cuts import CutDetector
 from .detect import DetectOptions, detect_in_copy, detection_copy
 from .features import audio_features, audio_meta
 from .masks import MaskOptions, blend_mask, model_input_mask
-from .progress import NullProgress, Progress
 from .segments import (
     Segment,
     SegmentOptions,

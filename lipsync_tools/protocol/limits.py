@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from lipsync_tools.ids import MAX_PACKAGE_ID_LEN as MAX_PACKAGE_ID_LEN
+from lipsync_tools.ids import PACKAGE_ID_PATTERN as PACKAGE_ID_PATTERN
+
 PROTOCOL_VERSION: Final = 2
 """Version written into every message (binary header byte 4, JSON ``"v"``). Bumped on any layout change."""
 
@@ -52,13 +55,9 @@ number holds exactly, so a browser client reads every offset it can be sent (abo
 """
 
 # --- identifiers ------------------------------------------------------------------------------------------
-MAX_PACKAGE_ID_LEN: Final = 64
-PACKAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""A package id: 1-64 ASCII letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit.
-
-The first-character rule rules out ``.``, ``..`` and hidden names; no ``/`` or ``\\`` can appear at all, so an
-id can never name a path outside the server's package table.
-"""
+# The package-id rule (MAX_PACKAGE_ID_LEN, PACKAGE_ID_PATTERN: 1-64 of A-Z a-z 0-9 . _ -, starting with a
+# letter or digit) is every layer's, imported above from lipsync_tools.ids; the wire format carries ids and
+# checks them with it (messages.check_package_id).
 
 MAX_ERROR_CODE_LEN: Final = 32
 ERROR_CODE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")

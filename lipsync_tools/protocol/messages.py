@@ -18,6 +18,7 @@ from typing import ClassVar, Final, NoReturn
 import numpy as np
 
 from lipsync_tools.errors import ProtocolError
+from lipsync_tools.ids import package_id_problem
 from lipsync_tools.protocol import limits as L
 
 Payload = bytes | memoryview
@@ -210,17 +211,10 @@ def _check_enum(name: str, value: object, enum: type[IntEnum]) -> None:
 
 
 def check_package_id(package_id: object) -> None:
-    """Raise ``ProtocolError(bad_field)`` unless ``package_id`` matches ``limits.PACKAGE_ID_PATTERN``."""
-    if not isinstance(package_id, str):
-        _fail(ErrorCode.BAD_FIELD, f"package_id must be a string, got {type(package_id).__name__}")
-    if len(package_id) > L.MAX_PACKAGE_ID_LEN:
-        _fail(ErrorCode.BAD_FIELD, f"package_id is {len(package_id)} characters, the limit is 64")
-    if L.PACKAGE_ID_PATTERN.fullmatch(package_id) is None:
-        _fail(
-            ErrorCode.BAD_FIELD,
-            f"package_id {package_id[:64]!r} is not valid: use 1-64 characters of A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit",
-        )
+    """Raise ``ProtocolError(bad_field)`` unless ``package_id`` follows :mod:`lipsync_tools.ids`' rule."""
+    problem = package_id_problem(package_id)
+    if problem is not None:
+        _fail(ErrorCode.BAD_FIELD, problem)
 
 
 def _normalize_payload(owner: object, value: object) -> Payload:

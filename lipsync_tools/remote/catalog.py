@@ -34,7 +34,8 @@ file, the entry and the key:
 2. The top level MUST be an object with ``packages``; it MAY have ``version``, which MUST be
    :data:`CATALOG_VERSION`; no other key.
 3. ``packages`` MUST be an object of at most :data:`MAX_CATALOG_ENTRIES` entries, each id matching
-   :data:`PACKAGE_ID_PATTERN` (the wire protocol's package-id rule: clients ask for packages by these ids).
+   :data:`~lipsync_tools.ids.PACKAGE_ID_PATTERN` (the package-id rule every layer shares: clients ask
+   for packages by these ids).
 4. An entry MUST be an object with exactly one of ``path`` and ``url``. A ``url`` MUST be http(s) and come
    with ``sha256`` (64 hex digits): a download is only as trustworthy as its checksum. ``sha256`` is refused
    beside ``path`` (a local file is used as it is). ``checkpoint`` (a model kept outside the package) MAY be
@@ -51,7 +52,6 @@ Loading a catalog reads no package and downloads nothing: a server pulls URL ent
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from ..errors import CatalogError, InputNotFoundError
+from ..ids import PACKAGE_ID_PATTERN
 from .pull import MAX_URL_LEN, SHA256_PATTERN, cache_path, url_problem
 
 CATALOG_VERSION: Final = 1
@@ -66,11 +67,6 @@ MAX_CATALOG_BYTES: Final = 4 << 20
 """Largest catalog file read (4 MiB: ten thousand URL entries with checkpoints fit with room to spare)."""
 MAX_CATALOG_ENTRIES: Final = 10_000
 MAX_PATH_LEN: Final = 4096
-
-# A copy of lipsync_tools.protocol.limits.PACKAGE_ID_PATTERN: remote/ is a leaf package and may not import
-# protocol/. Keep the two equal (tests/remote/test_catalog.py checks they are).
-PACKAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""A package id: 1-64 ASCII letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit."""
 
 FramesMode = Literal["all", "none"]
 FRAMES_MODES: Final[tuple[FramesMode, ...]] = ("all", "none")

@@ -8,7 +8,7 @@ Importing this package loads Starlette and uvicorn but not the engine (torch): t
 """
 
 from lipsync_tools.server.app import ServerState, StartupReport, create_app
-from lipsync_tools.server.components import Components, engine_components, original_components
+from lipsync_tools.server.components import Components, engine_components
 from lipsync_tools.server.config import PackageSpec, ServerConfig, SessionLimits
 from lipsync_tools.server.metrics import Metrics
 from lipsync_tools.server.run import LipsyncServer, format_startup, run
@@ -25,6 +25,5 @@ __all__ = [
     "create_app",
     "engine_components",
     "format_startup",
-    "original_components",
     "run",
 ]

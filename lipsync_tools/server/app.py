@@ -1,13 +1,12 @@
-"""The ASGI application: endpoints, bearer-token check, and the state they share.
+"""The server's lifecycle and its ASGI app: state, startup, readiness, shutdown, routes, and the middleware.
 
 State lives in one :class:`ServerState` built by :func:`lipsync_tools.server.run.LipsyncServer` and passed
 to :func:`create_app`; nothing is kept in module globals, so tests can run several servers in one process.
 How the engine parts are made is a :class:`Components` object, so tests can swap in a fake engine.
 
-Endpoints (docs/protocol.md, *Transport*): ``WebSocket /v1/stream``, ``POST /v1/frame``,
-``GET|POST /v1/packages``, ``DELETE /v1/packages/{id}``, ``GET /v1/models``, ``GET /healthz``,
-``GET /readyz``, ``GET /metrics``.
-Every error body is an ``error_reply`` (JSON, or binary when answering a binary ``/v1/frame`` request).
+:func:`create_app` routes ``WebSocket /v1/stream`` to :mod:`lipsync_tools.server.connection`, the HTTP
+endpoints to :mod:`lipsync_tools.server.endpoints` and the demo to :mod:`lipsync_tools.server.demo`, behind
+two middlewares: :class:`ConnectionLimit` (``--max-connections``) and :class:`BearerAuth` (``--token``).
 """
 
 from __future__ import annotations
@@ -15,78 +14,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from lipsync_tools.errors import InputNotFoundError, LipsyncError, PackageFormatError, ProtocolError
-from lipsync_tools.protocol import (
-    CODECS,
-    HTTP_STATUS,
-    PCM_WINDOW_SAMPLES,
-    AudioFormat,
-    Codec,
-    ErrorCode,
-    ErrorReply,
-    FrameRequest,
-    ImageFormat,
-    UnsupportedVersionError,
-    check_package_id,
-    codec_for_content_type,
-)
-from lipsync_tools.server.admission import Admission
-from lipsync_tools.server.components import (
-    Components,
-    ManagedEngine,
-    ModelInfoLike,
-    default_components,
-)
-from lipsync_tools.server.config import (
-    MAX_BINARY_REQUEST_BYTES,
-    MAX_JSON_REQUEST_BYTES,
-    MAX_PACKAGE_API_BODY,
-    ServerConfig,
-    SessionLimits,
+from lipsync_tools.engine.requests import PCM_WINDOW_SAMPLES, AudioKind, EngineRequest, ImageKind
+from lipsync_tools.errors import LipsyncError, ProtocolError
+from lipsync_tools.protocol import CODECS, ErrorCode, ErrorReply
+from lipsync_tools.server.components import Components, ManagedEngine, ModelInfoLike
+from lipsync_tools.server.config import ServerConfig
+from lipsync_tools.server.connection import (
+    CLOSE_TRY_AGAIN_LATER,
+    accepted_subprotocol,
+    offered_subprotocols,
+    serve_stream,
 )
 from lipsync_tools.server.demo import demo_routes
-from lipsync_tools.server.memory import HeapTrimmer, freeze_startup_objects
-from lipsync_tools.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from lipsync_tools.server.metrics import Metrics
-from lipsync_tools.server.sessions import (
-    CLOSE_TRY_AGAIN_LATER,
-    EngineLike,
-    PackageInfoLike,
-    StreamConnection,
-    decode_message,
-    encode_body,
-)
+from lipsync_tools.server.endpoints import Endpoints, error_response
+from lipsync_tools.server.memory import freeze_startup_objects
+from lipsync_tools.server.state import SharedState
 
 if TYPE_CHECKING:
     from lipsync_tools.engine.capacity import Batching
 
 log = logging.getLogger("lipsync.server")
-
-# Error codes of the package API beside the protocol's (new codes are allowed; docs/protocol.md lists them).
-NOT_FOUND = "not_found"
-FORBIDDEN = "forbidden"
-CONFLICT = "conflict"
-BAD_PACKAGE = "bad_package"
-API_STATUS = {NOT_FOUND: 404, FORBIDDEN: 403, CONFLICT: 409, BAD_PACKAGE: 422}
 
 
 @dataclass
@@ -116,176 +76,16 @@ class StartupReport:
         }
 
 
-class ServerState:
-    """Everything the endpoints share: config, metrics, package store, engine (once started), readiness."""
+class ServerState(SharedState):
+    """One server's state (:class:`~lipsync_tools.server.state.SharedState`) and its lifecycle: startup
+    (packages, model, batching, engine, warm-up), readiness, heap trimming, shutdown."""
 
     def __init__(self, config: ServerConfig, components: Components | None = None) -> None:
-        self.config = config
-        self.metrics = Metrics()
-        self.components = components or default_components()
-        self.store = self.components.make_store()
-        self.engine: ManagedEngine | None = None
-        self.model: ModelInfoLike | None = None
-        self.batching: Batching | None = None  # chosen at startup (engine/capacity.py: choose_batching)
-        self.ready = False
-        self.startup_error: BaseException | None = None
+        super().__init__(config, components)
         self.startup_report: StartupReport | None = None
         self.url = f"http://{config.host}:{config.port}"
         self.on_ready: Callable[[StartupReport], None] | None = None
         self.request_shutdown: Callable[[], None] = lambda: None
-        self._load_lock: asyncio.Lock | None = None
-        self.catalog: Any = None  # remote.Catalog, read at startup
-        self._catalog_loads: dict[str, asyncio.Future[None]] = {}
-        self.admission = Admission(
-            min_session_fps=config.min_session_fps, max_sessions=config.max_sessions,
-            # until startup chose the batch size (no session is admitted before ready)
-            max_batch=config.max_batch or 1, post_seconds=self._post_seconds,
-        )
-        self._client_sessions: dict[str, int] = {}  # live sessions by client address
-        self.heap = HeapTrimmer(self.metrics)  # free C heap memory back to the OS (server/memory.py)
-        # Large JSON messages are encoded/decoded here, off the event loop. Its own pool, not asyncio's
-        # default one, which catalog downloads and package loads may keep busy for minutes. The codecs hold
-        # the GIL most of the time, so more threads than cores would only queue.
-        self.codec_pool: Executor | None = ThreadPoolExecutor(
-            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="lipsync-codec"
-        )
-
-    def _post_seconds(self) -> float:
-        return float(getattr(self.engine, "post_seconds", 0.0) or 0.0)
-
-    @property
-    def engine_failure(self) -> BaseException | None:
-        """Why the running engine's batching loop died, if it did (``/readyz`` then answers 503)."""
-        return getattr(self.engine, "failure", None) if self.engine is not None else None
-
-    # --- what sessions need (sessions.ServerLike) ---------------------------------------------------------
-
-    @property
-    def limits(self) -> SessionLimits:
-        return self.config.sessions
-
-    @property
-    def silence_dbfs(self) -> float:
-        return self.config.silence_dbfs
-
-    def require_engine(self) -> EngineLike:
-        """The running engine; ``ProtocolError(overloaded)`` while the server is still starting."""
-        if self.engine is None or not self.ready:
-            reason = f"startup failed: {self.startup_error}" if self.startup_error else "still loading"
-            raise ProtocolError(ErrorCode.OVERLOADED, f"the server is not ready ({reason}); wait until GET "
-                                "/readyz answers 200")
-        return self.engine
-
-    async def ensure_package(self, package_id: str) -> None:
-        """Load ``package_id`` from the catalog when it is not loaded (downloading it first for a URL).
-
-        Concurrent callers for one id share one load; a failed load answers every one of them with the same
-        ``ProtocolError`` (``bad_package``, or ``unknown_package`` for an id the catalog lacks is left to the
-        caller's own lookup). Without a catalog, or for a loaded id, it returns at once.
-        """
-        if package_id in self.store or self.catalog is None or package_id not in self.catalog:
-            return
-        loading = self._catalog_loads.get(package_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load_from_catalog(package_id))
-            self._catalog_loads[package_id] = loading
-            loading.add_done_callback(lambda _: self._catalog_loads.pop(package_id, None))
-        await asyncio.shield(loading)
-
-    async def _load_from_catalog(self, package_id: str) -> None:
-        from lipsync_tools.errors import LipsyncError
-
-        entry = self.catalog[package_id]
-        started = time.perf_counter()
-        try:
-            path = await asyncio.to_thread(self.fetch_source, entry.package)
-            checkpoint = None
-            if entry.checkpoint is not None:
-                checkpoint = await asyncio.to_thread(self.fetch_source, entry.checkpoint)
-            async with self.load_lock:
-                if package_id in self.store:
-                    return
-                models = getattr(self.engine, "models", None)
-                if checkpoint is not None:
-                    if models is None:
-                        raise ProtocolError(BAD_PACKAGE, "this server cannot take a catalog checkpoint")
-                    models.set_checkpoint(package_id, checkpoint)
-                await asyncio.to_thread(self.load_package, package_id, path, entry.frames)
-        except ProtocolError:
-            raise
-        except LipsyncError as exc:
-            raise ProtocolError(BAD_PACKAGE, f"catalog package {package_id!r}: {exc}") from None
-        except OSError as exc:
-            message = f"catalog package {package_id!r}: cannot read it ({exc})"
-            raise ProtocolError(BAD_PACKAGE, message) from None
-        self.metrics.add_gauge("lipsync_packages_loaded", 1)
-        self.metrics.inc("lipsync_catalog_loads_total")
-        self.metrics.observe("lipsync_catalog_load_seconds", time.perf_counter() - started)
-
-    def load_package(self, package_id: str, path: Path, frames: str) -> Any:
-        """Load a package into the store; ``frames="none"`` for crop-only serving (package stores only)."""
-        if frames == "all":
-            return self.store.load(package_id, path)
-        load: Any = self.store.load
-        return load(package_id, path, frames=frames)
-
-    def fetch_source(self, source: Any) -> Path:
-        """A catalog source's local file: its path, or its URL pulled into the cache (verified)."""
-        from lipsync_tools.remote import default_cache_dir, pull
-
-        if not source.is_remote:
-            return Path(source.path)
-        cache = self.config.cache_dir or default_cache_dir()
-        target = source.local_path(cache)
-        if target.is_file():
-            return Path(target)  # only a verified download is ever renamed there
-        cache.mkdir(parents=True, exist_ok=True)
-        return Path(pull(source.url, target, sha256=source.sha256).path)
-
-    def hold_package(self, package_id: str) -> None:
-        """A session runs on ``package_id``: the memory budget must not evict it meanwhile."""
-        hold = getattr(self.store, "hold", None)
-        if hold is not None:
-            hold(package_id)
-
-    def release_package(self, package_id: str) -> None:
-        release = getattr(self.store, "release", None)
-        if release is not None:
-            release(package_id)
-
-    def claim_client_session(self, host: str) -> None:
-        """Count a live session of client address ``host``; ``ProtocolError(overloaded)`` when that address
-        already runs ``--max-sessions-per-ip`` sessions (one client cannot take every session)."""
-        limit = self.config.max_sessions_per_ip
-        running = self._client_sessions.get(host, 0)
-        if running >= limit:
-            raise ProtocolError(
-                ErrorCode.OVERLOADED,
-                f"client address {host} already runs {running} live sessions, this server's "
-                f"--max-sessions-per-ip {limit}; end one of them first (clients behind one proxy share its "
-                "address: the server's operator can raise the limit)",
-            )
-        self._client_sessions[host] = running + 1
-
-    def release_client_session(self, host: str) -> None:
-        """A session of ``host`` counted by :meth:`claim_client_session` ended."""
-        left = self._client_sessions.get(host, 0) - 1
-        if left > 0:
-            self._client_sessions[host] = left
-        else:
-            self._client_sessions.pop(host, None)
-
-    def package_info(self, package_id: str) -> PackageInfoLike:
-        """Info of a loaded package; ``ProtocolError(unknown_package)`` otherwise."""
-        info: PackageInfoLike = self.store.get(package_id).info
-        return info
-
-    @property
-    def load_lock(self) -> asyncio.Lock:
-        # Created on first use, inside the server's event loop.
-        if self._load_lock is None:
-            self._load_lock = asyncio.Lock()
-        return self._load_lock
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -356,11 +156,6 @@ class ServerState:
             log.error("startup failed: %s", exc, exc_info=not isinstance(exc, LipsyncError))  # noqa: TRY400
             self.request_shutdown()
 
-    async def trim_heap(self) -> None:
-        """Hand free C heap memory back to the OS (a worker thread walks glibc's arenas)."""
-        if self.heap.available and self.config.heap_trim_seconds > 0:
-            await asyncio.to_thread(self.heap.trim)
-
     async def trim_heap_periodically(self) -> None:
         """Every ``heap_trim_seconds``, :meth:`trim_heap`: what packages, sessions and replies freed would
         otherwise stay in glibc's arenas and grow RSS over hours (server/memory.py). Runs until cancelled."""
@@ -378,8 +173,8 @@ class ServerState:
             return
         noise = np.random.default_rng(0).integers(-8000, 8000, PCM_WINDOW_SAMPLES, dtype=np.int16)
         for i in range(self.config.warmup_frames):
-            request = FrameRequest(request_id=0, package_id=infos[0].id, frame_index=i % infos[0].n_frames,
-                                   audio=AudioFormat.PCM16, image=ImageFormat.JPEG, payload=noise.tobytes())
+            request = EngineRequest(package_id=infos[0].id, frame_index=i % infos[0].n_frames,
+                                    audio=AudioKind.PCM16, samples=noise, image=ImageKind.JPEG)
             await engine.process(request)
 
     async def shutdown(self) -> None:
@@ -394,46 +189,8 @@ class ServerState:
             self.codec_pool = None  # encoding falls back to the event loop for whatever still runs
 
 
-# --- helpers ----------------------------------------------------------------------------------------------
+# --- middleware -------------------------------------------------------------------------------------------
 
-
-def _status(code: str) -> int:
-    return API_STATUS.get(code) or HTTP_STATUS.get(code, 500)
-
-
-def error_response(error: ProtocolError, codec: Codec | None = None, status: int | None = None,
-                   request_id: int = 0) -> Response:
-    """An ``error_reply`` body (JSON unless ``codec`` is binary) with the code's HTTP status."""
-    codec = codec or CODECS["json"]
-    version = error.version if isinstance(error, UnsupportedVersionError) else None
-    body = codec.encode_error(ErrorReply.from_error(error, request_id), version)
-    headers = {"WWW-Authenticate": "Bearer"} if error.code == ErrorCode.UNAUTHORIZED else None
-    return Response(body, status_code=status or _status(error.code), media_type=codec.content_type,
-                    headers=headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with ``oversize`` as soon as it is known to exceed ``limit`` bytes.
-
-    The ``Content-Length`` header is checked first, and the stream is counted as it arrives, so a liar or a
-    chunked upload cannot make the server buffer more than ``limit`` bytes.
-    """
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not (length.isascii() and length.isdigit()):  # "²".isdigit() is true, int("²") fails
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"Content-Length {length[:32]!r} is not a number")
-        if int(length) > limit:
-            raise ProtocolError(ErrorCode.OVERSIZE, f"body is {int(length)} bytes, the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ProtocolError(ErrorCode.OVERSIZE, f"body exceeds the limit of {limit} bytes")
-    return bytes(body)
-
-
-WS_SUBPROTOCOL = "lipsync"
-"""The WebSocket subprotocol the server accepts (and echoes) when a client offers it (browsers need it)."""
 
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
 """A WebSocket subprotocol ``bearer.<token>`` carries the token for clients that cannot set a header."""
@@ -441,16 +198,6 @@ BEARER_SUBPROTOCOL_PREFIX = "bearer."
 PUBLIC_PATHS = ("/healthz", "/demo")
 """Paths served without a token: liveness, and the demo page itself (it holds no data; the page asks for
 the token and sends it with its own requests)."""
-
-
-def offered_subprotocols(scope: Scope) -> list[str]:
-    """The subprotocols a WebSocket client offered (``Sec-WebSocket-Protocol``), in order."""
-    return [p for p in (s.strip() for s in scope.get("subprotocols") or []) if p]
-
-
-def accepted_subprotocol(scope: Scope) -> str | None:
-    """``lipsync`` when the client offered it, else None (a ``bearer.`` entry is never echoed)."""
-    return WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered_subprotocols(scope) else None
 
 
 def _is_public(path: str) -> bool:
@@ -563,246 +310,12 @@ class ConnectionLimit:
         await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": "overloaded"})
 
 
-# --- endpoints --------------------------------------------------------------------------------------------
-
-
-class Endpoints:
-    """The route handlers, bound to one :class:`ServerState`."""
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self.metrics = state.metrics
-
-    def _api_error(self, error: ProtocolError) -> Response:
-        self.metrics.error(error.code)
-        return error_response(error)
-
-    async def healthz(self, request: Request) -> Response:
-        """200 while the process serves HTTP (no token needed)."""
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(self, request: Request) -> Response:
-        """200 once every startup package and the model are loaded and warm; 503 before (or on failure)."""
-        state = self.state
-        failure = state.engine_failure
-        if state.ready and failure is None:
-            return JSONResponse({"ready": True, "packages": [i.id for i in state.store.infos()],
-                                 "model": state.model.name if state.model else None,
-                                 "sessions": state.admission.to_dict()})
-        if failure is not None:
-            reason = f"engine failed: {type(failure).__name__}: {failure}; restart the server"
-        else:
-            reason = f"startup failed: {state.startup_error}" if state.startup_error else "loading"
-        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
-
-    async def metrics_text(self, request: Request) -> Response:
-        """Prometheus text exposition of :class:`Metrics`."""
-        models = getattr(self.state.engine, "models", None)
-        if models is not None:
-            self.metrics.set_models(models.infos(), models.loads, models.evictions)
-        store: Any = self.state.store
-        if hasattr(store, "used_bytes"):
-            self.metrics.set_memory(store.used_bytes(), store.budget.max_bytes, store.evictions,
-                                    store.describe())
-        return PlainTextResponse(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
-    async def frame(self, request: Request) -> Response:
-        """One ``frame_request`` in, one ``frame_reply`` (or ``error_reply``) out, in its encoding."""
-        started = time.perf_counter()
-        try:
-            codec = codec_for_content_type(request.headers.get("content-type"))
-        except ProtocolError as exc:
-            return self._api_error_status(exc, 415)
-        request_id = 0
-        try:
-            limit = MAX_BINARY_REQUEST_BYTES if codec.name == "binary" else MAX_JSON_REQUEST_BYTES
-            message = await decode_message(codec, await read_body(request, limit), self.state.codec_pool)
-            self.metrics.inc("lipsync_messages_total", protocol=codec.name, type=message.TYPE.wire_name)
-            if not isinstance(message, FrameRequest):
-                raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
-                                    f"POST /v1/frame takes a frame_request, got {message.TYPE.wire_name}; "
-                                    "sessions run on the /v1/stream WebSocket")
-            request_id = message.request_id
-            engine = self.state.require_engine()
-            await self.state.ensure_package(message.package_id)
-            reply = await engine.process(message)
-        except ProtocolError as exc:
-            self.metrics.error(exc.code)
-            return error_response(exc, codec, request_id=request_id)
-        except ClientDisconnect:
-            return self._client_left()
-        except Exception as exc:
-            log.exception("POST /v1/frame failed")
-            self.metrics.error(ErrorCode.INTERNAL)
-            return error_response(ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), codec,
-                                  request_id=request_id)
-        body = await encode_body(codec, reply, self.state.codec_pool)
-        self.metrics.frame_sent("http", reply.silence)
-        self.metrics.observe("lipsync_request_seconds", time.perf_counter() - started, endpoint="frame")
-        return Response(body, media_type=codec.content_type)
-
-    def _client_left(self) -> Response:
-        """The client went away while sending its body: nothing was done and nobody reads the answer. It is
-        a disconnect, not a server error (the soak counted them as ``internal`` before)."""
-        self.metrics.inc("lipsync_disconnects_total", pending="false")
-        return Response(status_code=400)
-
-    def _api_error_status(self, error: ProtocolError, status: int) -> Response:
-        self.metrics.error(error.code)
-        return error_response(error, status=status)
-
-    async def list_packages(self, request: Request) -> Response:
-        """``{"packages": [info, ...]}`` of every loaded package (with its sessions and idle time when the
-        store tracks them)."""
-        describe = getattr(self.state.store, "describe", None)
-        listed = describe() if describe is not None else [i.to_dict() for i in self.state.store.infos()]
-        return JSONResponse({"packages": listed})
-
-    async def list_models(self, request: Request) -> Response:
-        """``{"models": [info, ...], "batching": ...}``: every loaded model, the packages it serves and its
-        counters, and how the engine batches (one batch size and wait for every model: each model's entry
-        repeats the values and their sources; ``batching`` adds the curve they were chosen from)."""
-        engine = self.state.engine
-        models = getattr(engine, "models", None)
-        if models is not None:
-            listed = models.infos()
-        else:  # the original path runs one model
-            listed = [self.state.model.to_dict()] if self.state.model is not None else []
-        batching = self.state.batching
-        if batching is not None:
-            listed = [{**info, "batching": batching.summary()} for info in listed]
-        return JSONResponse({"models": listed, "batching": batching.to_dict() if batching else None})
-
-    async def load_package(self, request: Request) -> Response:
-        """Load a package at run time (201 + its info). The body is one of (docs/protocol.md):
-
-        * ``{"id"}``: a catalog id (``--catalog``);
-        * ``{"id", "path"}``: a file inside ``--package-dir`` (relative paths are relative to it);
-        * ``{"id", "url", "sha256"}``: downloaded into the cache and verified, only with ``--allow-urls``.
-
-        Off without ``--package-dir``/``--allow-urls``/``--catalog``. A refused path never says whether it
-        exists.
-        """
-        config = self.state.config
-        try:
-            if not config.allow_runtime_loading:
-                raise ProtocolError(FORBIDDEN, "this server does not load packages at run time")
-            body = await read_body(request, MAX_PACKAGE_API_BODY)
-            try:
-                obj = json.loads(body)
-            except (ValueError, RecursionError) as exc:  # also numbers over 4300 digits, deep nesting
-                raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not JSON: {str(exc)[:200]}") from None
-            shapes = ({"id"}, {"id", "path"}, {"id", "url", "sha256"})
-            if not isinstance(obj, dict) or set(obj) not in shapes:
-                raise ProtocolError(
-                    ErrorCode.BAD_FIELD,
-                    'send a JSON object {"id"} (a catalog id), {"id", "path"} or {"id", "url", "sha256"}',
-                )
-            package_id = obj["id"]
-            check_package_id(package_id)
-            if package_id in self.state.store:
-                raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded; DELETE "
-                                    f"/v1/packages/{package_id} first or choose another id")
-            if set(obj) == {"id"}:
-                catalog = self.state.catalog
-                if catalog is None or package_id not in catalog:
-                    raise ProtocolError(NOT_FOUND, f"{package_id!r} is not in this server's catalog")
-                await self.state.ensure_package(package_id)
-                info = self.state.store.get(package_id).info
-            else:
-                path = await self._runtime_source(obj)
-                async with self.state.load_lock:
-                    if package_id in self.state.store:
-                        raise ProtocolError(CONFLICT, f"package id {package_id!r} is already loaded")
-                    try:
-                        frames = config.frames
-                        info = await asyncio.to_thread(self.state.load_package, package_id, path, frames)
-                    except InputNotFoundError as exc:
-                        raise ProtocolError(NOT_FOUND, str(exc)) from None
-                    except PackageFormatError as exc:
-                        raise ProtocolError(BAD_PACKAGE, str(exc)) from None
-                    except OSError as exc:
-                        raise ProtocolError(BAD_PACKAGE, f"{path}: cannot read it ({exc})") from None
-                self.metrics.add_gauge("lipsync_packages_loaded", 1)
-        except ProtocolError as exc:
-            return self._api_error(exc)
-        except ClientDisconnect:
-            return self._client_left()
-        return JSONResponse(info.to_dict(), status_code=201)
-
-    async def _runtime_source(self, obj: dict[str, Any]) -> Path:
-        """The local file of a ``{"id", "path"}`` or ``{"id", "url", "sha256"}`` load, checked."""
-        config = self.state.config
-        if "path" in obj:
-            raw_path = obj["path"]
-            if not isinstance(raw_path, str) or not raw_path or "\0" in raw_path:
-                raise ProtocolError(ErrorCode.BAD_FIELD, '"path" must be a non-empty string')
-            if config.package_dir is None:
-                raise ProtocolError(FORBIDDEN, "this server loads packages by path only from its "
-                                    "--package-dir, and none was given")
-            return self._checked_path(Path(raw_path))
-        if not config.allow_urls:
-            raise ProtocolError(
-                FORBIDDEN, "this server does not download packages (start it with --allow-urls)"
-            )
-        from lipsync_tools.errors import LipsyncError
-        from lipsync_tools.remote.catalog import CatalogSource
-
-        try:
-            source = CatalogSource(url=obj["url"], sha256=obj["sha256"])
-            return await asyncio.to_thread(self.state.fetch_source, source)
-        except LipsyncError as exc:
-            raise ProtocolError(BAD_PACKAGE, str(exc)) from None
-
-    def _checked_path(self, path: Path) -> Path:
-        """``path`` (relative: to ``package_dir``) resolved inside ``package_dir``, an existing file.
-
-        A path outside the folder is refused with the same answer whether it exists or not; symlinks and
-        ``..`` are resolved first, so they cannot lead outside.
-        """
-        folder = self.state.config.package_dir
-        assert folder is not None  # checked by the caller
-        root = folder.resolve()
-        candidate = path if path.is_absolute() else root / path
-        try:
-            resolved = candidate.resolve(strict=False)
-        except (OSError, RuntimeError, ValueError):  # ValueError: a lone surrogate cannot be a file name
-            resolved = None
-        if resolved is None or not resolved.is_relative_to(root):
-            raise ProtocolError(FORBIDDEN, f"{path} is outside the server's package folder; this server "
-                                "loads packages only from its --package-dir")
-        try:
-            is_file = resolved.is_file()
-        except OSError:  # e.g. ENAMETOOLONG, which pathlib does not turn into False
-            is_file = False
-        if not is_file:
-            raise ProtocolError(NOT_FOUND, f"{path} is not a file in the server's package folder")
-        return resolved
-
-    async def unload_package(self, request: Request) -> Response:
-        """Forget a package (200 ``{"unloaded": id}``); sessions on it end with ``unknown_package``."""
-        package_id = request.path_params["package_id"]
-        try:
-            if not self.state.config.allow_runtime_loading:
-                raise ProtocolError(FORBIDDEN, "this server does not unload packages at run time")
-            check_package_id(package_id)
-            async with self.state.load_lock:
-                self.state.store.unload(package_id)
-            self.metrics.add_gauge("lipsync_packages_loaded", -1)
-        except ProtocolError as exc:
-            return self._api_error(exc)
-        await self.state.trim_heap()  # its frames go back to the OS, not only to malloc's free lists
-        return JSONResponse({"unloaded": package_id})
-
-    async def stream(self, websocket: WebSocket) -> None:
-        """``/v1/stream``: sessions and request/response frames (sessions.StreamConnection)."""
-        await websocket.accept(subprotocol=accepted_subprotocol(websocket.scope))
-        await StreamConnection(websocket, self.state).serve()
-
-
 def create_app(state: ServerState) -> ASGIApp:
     """The ASGI app for ``state``; its lifespan runs :meth:`ServerState.startup` in the background."""
     ep = Endpoints(state)
+
+    async def stream(websocket: WebSocket) -> None:
+        await serve_stream(websocket, state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -827,7 +340,7 @@ def create_app(state: ServerState) -> ASGIApp:
             Route("/v1/models", ep.list_models, methods=["GET"]),
             Route("/v1/packages", ep.load_package, methods=["POST"]),
             Route("/v1/packages/{package_id}", ep.unload_package, methods=["DELETE"]),
-            WebSocketRoute("/v1/stream", ep.stream),
+            WebSocketRoute("/v1/stream", stream),
             *demo_routes(state),
         ],
         lifespan=lifespan,

@@ -1,10 +1,11 @@
-"""How the server makes its engine parts: the real engine, the original per-frame path, or fakes in tests.
+"""How the server makes its engine parts: the real engine, the benchmark's original path, or fakes in tests.
 
 :class:`Components` is the seam: ``server/app.py`` builds a :class:`~lipsync_tools.server.app.ServerState`
-from one and never imports the engine itself; :func:`engine_components` (the default) and
-:func:`original_components` (``lipsync serve --original``, ``bench --compare``) import the engine lazily,
-when a server starts, so importing the server package loads no torch. The protocols say what the server
-reads of the parts.
+from one and never imports the engine itself; :func:`engine_components` (the default) imports the engine
+lazily, when a server starts, so importing the server package loads no torch. The original per-frame path
+(``lipsync serve --original``, ``bench --compare``) brings its own: it lives in ``baseline/``, which the
+server does not import (:func:`lipsync_tools.bench.original_server.original_components`). The protocols say
+what the server reads of the parts.
 """
 
 from __future__ import annotations
@@ -143,36 +144,3 @@ def check_startup_budget(store: Any, models: Any, config: ServerConfig) -> None:
                 f"the startup packages need about {need / 2**20:.0f} MiB (decoded frames and models), more "
                 f"than --max-memory {config.max_memory / 2**20:.0f} MiB; raise it or start with fewer"
             )
-
-
-def original_components(audio: Path | None = None) -> Components:
-    """The original per-frame path: startup "packages" are raw videos, every stage runs per request.
-
-    ``lipsync serve --original VIDEO`` and ``lipsync bench --compare`` use it (same endpoints and codecs;
-    see :mod:`lipsync_tools.engine.original`). ``audio``: the file replay requests are cut from. One model
-    renders every video: ``--model``/``--checkpoint`` of ``--family`` (default Wav2Lip).
-    """
-    from lipsync_tools.engine.model_loader import AudioEncoderChoice, load_model
-    from lipsync_tools.engine.original import OriginalEngine, OriginalOptions, VideoStore
-
-    def load(config: ServerConfig, store: StoreLike) -> tuple[Any, Any]:
-        if config.precision == "int8":
-            raise UsageError(
-                "--precision int8 is calibrated on a package's own frames; the original path (--original) "
-                "serves a raw video and has none: use fp32 there, or serve a package"
-            )
-        loaded = load_model(
-            config.model, config.checkpoint, config.seed, config.backend, config.onnx_cache_dir,
-            family=config.family, audio_mode=config.audio_mode,
-            audio_encoder=AudioEncoderChoice.parse(config.audio_encoder, config.seed),
-            warmup_batches=tuple(sorted({1, config.max_batch or 1})),  # it renders one frame per call
-            runtime=config.runtime(),
-        )
-        return loaded, loaded.info
-
-    def make_engine(store: StoreLike, loaded: Any, config: ServerConfig, metrics: Metrics) -> Any:
-        options = OriginalOptions(jpeg_quality=config.jpeg_quality, silence_dbfs=config.silence_dbfs)
-        return OriginalEngine(store, loaded.backend, options, metrics,  # type: ignore[arg-type]
-                              audio_encoder=loaded.audio_encoder)
-
-    return Components(make_store=lambda: VideoStore(audio=audio), load_model=load, make_engine=make_engine)

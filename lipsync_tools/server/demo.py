@@ -35,7 +35,7 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -45,9 +45,9 @@ from starlette.types import Scope
 
 from lipsync_tools.errors import ProtocolError
 from lipsync_tools.protocol import ErrorCode, check_package_id
-
-if TYPE_CHECKING:
-    from lipsync_tools.server.app import ServerState
+from lipsync_tools.server.endpoints import error_response
+from lipsync_tools.server.state import SharedState
+from lipsync_tools.server.translate import wire_errors
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 """The demo's files: ``demo.html``, ``demo.js``, ``demo.css``, ``capture-worklet.js``."""
@@ -100,7 +100,7 @@ class _NoCacheStaticFiles(StaticFiles):
         return response
 
 
-def demo_routes(state: ServerState) -> list[BaseRoute]:
+def demo_routes(state: SharedState) -> list[BaseRoute]:
     """The demo page's routes and ``GET /v1/packages/{package_id}/frames`` for ``state``'s packages."""
 
     async def page(request: Request) -> Response:
@@ -108,13 +108,12 @@ def demo_routes(state: ServerState) -> list[BaseRoute]:
         return FileResponse(STATIC_DIR / "demo.html", media_type="text/html; charset=utf-8", headers=headers)
 
     async def frames(request: Request) -> Response:
-        from lipsync_tools.server.app import error_response
-
         package_id = request.path_params["package_id"]
         try:
             check_package_id(package_id)
             await state.ensure_package(package_id)
-            loaded = state.store.get(package_id)
+            with wire_errors():
+                loaded = state.store.get(package_id)
             encoded: list[bytes] | None = getattr(loaded, "encoded_frames", None)
             if not encoded:
                 raise ProtocolError(

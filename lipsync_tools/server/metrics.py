@@ -83,10 +83,10 @@ SOURCES: Final = frozenset({"http", "stream", "session"})
 DROP_REASONS: Final = frozenset({"late", "socket", "overloaded"})
 STAGE_NAMES: Final = frozenset({
     "features", "queue", "inference", "composite", "encode", "total",  # engine.STAGES
-    "decode", "detect", "crop", "masks",  # and the rest of engine.original.ORIGINAL_STAGES
+    "decode", "detect", "crop", "masks",  # and the rest of baseline.original.ORIGINAL_STAGES
 })
 API_ERROR_CODES: Final = frozenset({"not_found", "forbidden", "conflict"})
-"""The package API's own codes (``server.app.API_STATUS``), beside the protocol's ``ErrorCode``."""
+"""The package API's own codes (``server.state.API_STATUS``), beside the protocol's ``ErrorCode``."""
 ERROR_CODES: Final = frozenset(str(code) for code in ErrorCode) | API_ERROR_CODES
 PROTOCOLS: Final = frozenset(CODECS)
 MESSAGE_TYPES: Final = frozenset(t.wire_name for t in MessageType)

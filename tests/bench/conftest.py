@@ -25,7 +25,7 @@ MACHINE = {
 
 def runtime(precision: str = "fp32", requested: str | None = None, psnr: float | None = None,
             fps: dict[str, float] | None = None) -> dict[str, Any]:
-    """A mode's or a live document's ``runtime`` (schema ``report.RUNTIME``)."""
+    """A mode's or a live document's ``runtime`` (the schema files' ``$defs/runtime``)."""
     quality = None if psnr is None else {
         "psnr_db": psnr, "identical": False, "frames": 16, "threshold_db": 30.0, "passed": psnr >= 30.0
     }

@@ -1,4 +1,4 @@
-"""The original per-frame path (engine/original.py): every stage per request, on the real talking head."""
+"""The original per-frame path (baseline/original.py): every stage per request, on the real talking head."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from lipsync_tools.baseline.original import ORIGINAL_STAGES, OriginalEngine, VideoStore
 from lipsync_tools.engine import load_inference_backend
-from lipsync_tools.engine.original import ORIGINAL_STAGES, OriginalEngine, VideoStore
-from lipsync_tools.errors import ProtocolError
+from lipsync_tools.engine.requests import AudioKind, EngineRequest, ImageKind
+from lipsync_tools.errors import RequestError
 from lipsync_tools.media import FrameReader
-from lipsync_tools.protocol import AudioFormat, FrameRequest, ImageFormat
 
 
 def _noise(seed: int = 0) -> np.ndarray:
@@ -37,13 +37,13 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_every_stage_runs_per_request_and_the_identity_frame_comes_back(engine, talking_head_mp4: Path):
-    request = FrameRequest.from_pcm(
-        _noise(), request_id=7, package_id="head", frame_index=30, image=ImageFormat.PNG
+    request = EngineRequest(
+        package_id="head", frame_index=30, audio=AudioKind.PCM16, samples=_noise(), image=ImageKind.PNG
     )
     reply = engine.render_sync(request)
     assert list(reply.timings) == list(ORIGINAL_STAGES)
     assert reply.timings["detect"] > 0 and reply.timings["decode"] > 0 and reply.timings["features"] > 0
-    assert (reply.width, reply.height, reply.request_id, reply.frame_index) == (176, 144, 7, 30)
+    assert (reply.width, reply.height, reply.frame_index, reply.image) == (176, 144, 30, ImageKind.PNG)
     image = cv2.imdecode(np.frombuffer(reply.payload, np.uint8), cv2.IMREAD_COLOR)
     with FrameReader(talking_head_mp4) as reader:
         source = reader.read(30)
@@ -52,8 +52,8 @@ def test_every_stage_runs_per_request_and_the_identity_frame_comes_back(engine, 
 
 
 def test_crop_only_reply_carries_the_rectangle(engine):
-    request = FrameRequest.from_pcm(
-        _noise(1), request_id=1, package_id="head", frame_index=3, image=ImageFormat.CROP_ONLY
+    request = EngineRequest(
+        package_id="head", frame_index=3, audio=AudioKind.PCM16, samples=_noise(1), image=ImageKind.CROP_ONLY
     )
     reply = engine.render_sync(request)
     assert (reply.width, reply.height) == (96, 96) and len(reply.payload) == 96 * 96 * 3
@@ -62,23 +62,21 @@ def test_crop_only_reply_carries_the_rectangle(engine):
 
 
 def test_replay_audio_is_cut_from_the_raw_audio_file(engine):
-    reply = engine.render_sync(
-        FrameRequest(request_id=1, package_id="head", frame_index=60, audio=AudioFormat.REPLAY)
-    )
+    reply = engine.render_sync(EngineRequest(package_id="head", frame_index=60, audio=AudioKind.REPLAY))
     assert reply.timings["features"] > 0 and reply.width == 176
 
 
 @pytest.mark.parametrize(
-    ("request_fields", "code"),
+    ("request_fields", "reason"),
     [
         ({"package_id": "nope", "frame_index": 0}, "unknown_package"),
         ({"package_id": "head", "frame_index": 120}, "frame_out_of_range"),
     ],
 )
-def test_bad_requests_are_protocol_errors(engine, request_fields, code):
-    with pytest.raises(ProtocolError) as info:
-        engine.render_sync(FrameRequest.from_pcm(_noise(), request_id=1, **request_fields))
-    assert info.value.code == code
+def test_bad_requests_are_request_errors(engine, request_fields, reason):
+    with pytest.raises(RequestError) as info:
+        engine.render_sync(EngineRequest(audio=AudioKind.PCM16, samples=_noise(), **request_fields))
+    assert info.value.reason == reason
 
 
 def test_replay_without_audio_file_is_bad_audio(talking_head_mp4: Path):
@@ -88,12 +86,10 @@ def test_replay_without_audio_file_is_bad_audio(talking_head_mp4: Path):
     backend, _ = load_inference_backend("identity", warmup_batches=())
     engine = OriginalEngine(store, backend)
     try:
-        with pytest.raises(ProtocolError) as error:
-            engine.render_sync(
-                FrameRequest(request_id=1, package_id="head", frame_index=0, audio=AudioFormat.REPLAY)
-            )
-        assert error.value.code == "bad_audio" and "--audio" in str(error.value)
+        with pytest.raises(RequestError) as error:
+            engine.render_sync(EngineRequest(package_id="head", frame_index=0, audio=AudioKind.REPLAY))
+        assert error.value.reason == "bad_audio" and "--audio" in str(error.value)
     finally:
         asyncio.run(engine.stop())
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RequestError):
         store.load("head", talking_head_mp4)  # the id is taken

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from lipsync_tools.baseline.original import ORIGINAL_STAGES
+from lipsync_tools.bench.original_server import original_components
 from lipsync_tools.cli.main import app
 from lipsync_tools.client import LipsyncClient
-from lipsync_tools.engine.original import ORIGINAL_STAGES
 from lipsync_tools.protocol import AudioFormat, FrameRequest, ImageFormat, Pacing
 from lipsync_tools.server import LipsyncServer, PackageSpec, ServerConfig
-from lipsync_tools.server.components import original_components
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lipsync_tools.bench
-from lipsync_tools.bench import SOAK_SCHEMA, SchemaError, SoakOptions, check_result, run_soak, to_markdown
+from lipsync_tools.bench import SchemaError, SoakOptions, check_result, load_schema, run_soak, to_markdown
 from lipsync_tools.bench.probes import as_this_version, probes
 from lipsync_tools.bench.soak import CLIENT_KINDS, ROSTER
 from lipsync_tools.bench.soak_clients import MAX_LISTED, Reservoir, Tally, failure_code
@@ -49,7 +49,7 @@ def result(talking_head_mp4: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.slow
 def test_the_soak_runs_every_client_kind_and_follows_the_schema(result: dict[str, Any]):
     check_result(result)  # dispatches on "kind": "soak"
-    check_result(result, SOAK_SCHEMA)
+    check_result(result, load_schema("soak"))
     json.loads(json.dumps(result))  # JSON-ready, no NumPy scalars
     assert result["kind"] == "soak" and [c["kind"] for c in result["clients"]] == list(ROSTER)
     requests = result["requests"]

@@ -1,15 +1,22 @@
-"""Engine fixtures over the session's ``head_package`` (tests/conftest.py)."""
+"""Engine fixtures over the session's ``head_package`` (tests/conftest.py), and a reader of raw results."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from lipsync_tools.engine import Engine, EngineOptions, PackageStore
+from lipsync_tools.engine import Engine, EngineOptions, EngineResult, ImageKind, PackageStore
 from lipsync_tools.models import IdentityModel, InferenceBackend, create_backend
 
 PACKAGE_ID = "head"
+
+
+def raw_pixels(result: EngineResult) -> np.ndarray:
+    """A RAW_BGR or CROP_ONLY result's payload as uint8 ``(height, width, 3)`` (no copy)."""
+    assert result.image in (ImageKind.RAW_BGR, ImageKind.CROP_ONLY), f"{result.image} payload is encoded"
+    return np.frombuffer(result.payload, np.uint8).reshape(result.height, result.width, 3)
 
 
 @pytest.fixture(scope="session")

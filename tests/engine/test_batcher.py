@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lipsync_tools.engine.batcher import Batcher
-from lipsync_tools.errors import ProtocolError
+from lipsync_tools.errors import RequestError
 
 
 class SlowModel:
@@ -92,9 +92,9 @@ def test_the_queue_limit_counts_every_key():
             waiting = [asyncio.ensure_future(batcher.submit((k, 1), k)) for k in ("a", "b", "c")]
             await asyncio.sleep(0)
             assert batcher.depth() == 3 and batcher.key_depth("b") == 1
-            with pytest.raises(ProtocolError) as err:
+            with pytest.raises(RequestError) as err:
                 await batcher.submit(("d", 1), "d")
-            assert err.value.code == "overloaded"
+            assert err.value.reason == "overloaded"
             await asyncio.gather(first, *waiting)
             assert batcher.depth() == 0 and batcher.key_depth("a") == 0
         finally:
@@ -157,7 +157,7 @@ def test_a_dead_gathering_loop_fails_every_caller_and_says_why():
         await asyncio.sleep(0.01)
         outcomes = []
         for n in range(2):
-            with pytest.raises(ProtocolError) as failed:
+            with pytest.raises(RequestError) as failed:
                 await asyncio.wait_for(batcher.submit(n), 2)
             outcomes.append(failed.value)
         failure = batcher.failure
@@ -166,7 +166,7 @@ def test_a_dead_gathering_loop_fails_every_caller_and_says_why():
 
     outcomes, failure = run(scenario())
     assert isinstance(failure, RuntimeError)
-    assert all(e.code == "internal" and "batching loop" in str(e) for e in outcomes)
+    assert all(e.reason == "internal" and "batching loop" in str(e) for e in outcomes)
 
 
 def test_stop_answers_waiting_and_running_callers():
@@ -183,17 +183,17 @@ def test_stop_answers_waiting_and_running_callers():
         calls = [asyncio.ensure_future(batcher.submit(n)) for n in range(3)]
         await asyncio.sleep(0.05)  # the first runs, two wait
         await batcher.stop()
-        codes = []
+        reasons = []
         for call in calls:
             try:
                 await asyncio.wait_for(call, 2)
-                codes.append("ok")
-            except ProtocolError as exc:
-                codes.append(exc.code)
-        return codes
+                reasons.append("ok")
+            except RequestError as exc:
+                reasons.append(exc.reason)
+        return reasons
 
-    codes = run(scenario())
-    assert codes.count("overloaded") >= 2 and len(codes) == 3  # nobody is left waiting
+    reasons = run(scenario())
+    assert reasons.count("overloaded") >= 2 and len(reasons) == 3  # nobody is left waiting
 
 
 def test_deadlines_keep_batches_small_enough_and_never_run_a_late_item():

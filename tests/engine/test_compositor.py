@@ -11,9 +11,9 @@ import pytest
 
 from lipsync_tools.engine import Engine, PackageStore, composite_crop, composite_frame
 from lipsync_tools.engine.compositor import CompositeScratch, _blend_into, paste_crop, prepare_mask
-from lipsync_tools.protocol.messages import AudioFormat, FrameRequest, ImageFormat
+from lipsync_tools.engine.requests import AudioKind, EngineRequest, ImageKind
 
-from .conftest import PACKAGE_ID
+from .conftest import PACKAGE_ID, raw_pixels
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,10 +36,11 @@ def mouth_region(store: PackageStore, index: int) -> np.ndarray:
 def test_identity_model_composites_back_to_the_source_frame(engine: Engine, store: PackageStore):
     package = store.get(PACKAGE_ID)
     indices = [0, 37, 119]
-    requests = [FrameRequest(request_id=i, package_id=PACKAGE_ID, frame_index=i, audio=AudioFormat.REPLAY,
-                             image=ImageFormat.RAW_BGR) for i in indices]
+    requests = [EngineRequest(package_id=PACKAGE_ID, frame_index=i, audio=AudioKind.REPLAY,
+                              image=ImageKind.RAW_BGR) for i in indices]
     for index, reply in zip(indices, engine.process_batch_sync(requests), strict=True):
-        out = reply.image_array()
+        assert reply.frame_index == index
+        out = raw_pixels(reply)
         source = package.frames[index]
         mouth = mouth_region(store, index)
         assert 0.002 < mouth.mean() < 0.5  # the mask covers a real, bounded part of the frame

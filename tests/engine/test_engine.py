@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 
 from lipsync_tools.engine import STAGES, Engine, EngineOptions, PackageStore, composite_crop, composite_frame
-from lipsync_tools.errors import ProtocolError
+from lipsync_tools.engine.requests import AudioKind, EngineRequest, EngineResult, ImageKind
+from lipsync_tools.errors import RequestError
 from lipsync_tools.media.images import decode_image, encode_image
 from lipsync_tools.models import InferenceBackend
-from lipsync_tools.protocol.messages import AudioFormat, FrameReply, FrameRequest, ImageFormat
 
-from .conftest import PACKAGE_ID
+from .conftest import PACKAGE_ID, raw_pixels
 
 
-def request(index: int, image: ImageFormat = ImageFormat.RAW_BGR, audio: AudioFormat = AudioFormat.REPLAY,
-            payload: bytes = b"", request_id: int | None = None) -> FrameRequest:
-    return FrameRequest(request_id=index if request_id is None else request_id, package_id=PACKAGE_ID,
-                        frame_index=index, audio=audio, image=image, jpeg_quality=80, payload=payload)
+def request(index: int, image: ImageKind = ImageKind.RAW_BGR, audio: AudioKind = AudioKind.REPLAY,
+            samples: np.ndarray | None = None) -> EngineRequest:
+    return EngineRequest(package_id=PACKAGE_ID, frame_index=index, audio=audio, samples=samples, image=image,
+                         jpeg_quality=80)
 
 
 def speech_pcm(store: PackageStore, index: int) -> np.ndarray:
@@ -75,22 +75,22 @@ class SlowBackend:
 # --- formats ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("image", [ImageFormat.JPEG, ImageFormat.PNG, ImageFormat.RAW_BGR])
-def test_every_image_format_decodes_to_the_frame_size(engine: Engine, image: ImageFormat):
+@pytest.mark.parametrize("image", [ImageKind.JPEG, ImageKind.PNG, ImageKind.RAW_BGR])
+def test_every_image_format_decodes_to_the_frame_size(engine: Engine, image: ImageKind):
     (reply,) = engine.process_batch_sync([request(3, image)])
-    assert (reply.frame_index, reply.request_id, reply.image) == (3, 3, image)
+    assert (reply.frame_index, reply.image) == (3, image)
     assert (reply.width, reply.height) == (176, 144) and reply.rect is None and not reply.silence
-    pixels = reply.image_array() if image is ImageFormat.RAW_BGR else decode_image(reply.payload)
+    pixels = raw_pixels(reply) if image is ImageKind.RAW_BGR else decode_image(bytes(reply.payload))
     assert pixels.shape == (144, 176, 3)
     assert list(reply.timings) == list(STAGES)
 
 
 def test_crop_only_reply(engine: Engine, store: PackageStore):
-    (reply,) = engine.process_batch_sync([request(10, ImageFormat.CROP_ONLY)])
+    (reply,) = engine.process_batch_sync([request(10, ImageKind.CROP_ONLY)])
     package = store.get(PACKAGE_ID)
-    assert reply.image is ImageFormat.CROP_ONLY and (reply.width, reply.height) == (96, 96)
+    assert reply.image is ImageKind.CROP_ONLY and (reply.width, reply.height) == (96, 96)
     assert reply.rect == package.rects[10]
-    crop = reply.image_array()
+    crop = raw_pixels(reply)
     # identity model: the blended crop is the package's crop (blendLinear rounds to +-1 level)
     assert np.abs(crop.astype(int) - package.crops[10].astype(int)).max() <= 1
 
@@ -119,12 +119,10 @@ def test_replies_are_the_bytes_of_the_one_shot_composite(
     from .test_compositor import reference_composite_crop, reference_composite_frame
 
     package = store.get(PACKAGE_ID)
-    formats = [ImageFormat.JPEG, ImageFormat.RAW_BGR, ImageFormat.PNG, ImageFormat.CROP_JPEG,
-               ImageFormat.CROP_ONLY]
-    requests = [request(i, image, request_id=k)
-                for k, (i, image) in enumerate((i, image) for i in (0, 5, 77, 119) for image in formats)]
+    formats = [ImageKind.JPEG, ImageKind.RAW_BGR, ImageKind.PNG, ImageKind.CROP_JPEG, ImageKind.CROP_ONLY]
+    requests = [request(i, image) for i in (0, 5, 77, 119) for image in formats]
 
-    def expected(req: FrameRequest, generated: np.ndarray) -> bytes:
+    def expected(req: EngineRequest, generated: np.ndarray) -> bytes:
         i = req.frame_index
         mask = package.blend_masks[i] if blend == "feather" else None
         if req.image.is_crop:
@@ -134,41 +132,42 @@ def test_replies_are_the_bytes_of_the_one_shot_composite(
             image = composite_frame(package.frames[i], generated, mask, package.rects[i])
             old = reference_composite_frame(package.frames[i], generated, mask, package.rects[i])
         assert np.abs(image.astype(np.int16) - old).max() <= (1 if mask is not None else 0)
-        if req.image in (ImageFormat.JPEG, ImageFormat.CROP_JPEG):
+        if req.image in (ImageKind.JPEG, ImageKind.CROP_JPEG):
             return encode_image(image, "jpeg", req.jpeg_quality)
-        if req.image is ImageFormat.PNG:
+        if req.image is ImageKind.PNG:
             return encode_image(image, "png", png_compression=1)
         return image.tobytes()
 
     backend = InvertingBackend(identity_backend)
     replies = Engine(store, backend, EngineOptions(max_batch=4, blend=blend)).process_batch_sync(requests)
     for req, reply, generated in zip(requests, replies, backend.generated, strict=True):
+        assert (reply.frame_index, reply.image) == (req.frame_index, req.image)
         assert bytes(reply.payload) == expected(req, generated), (req.frame_index, req.image)
 
     pooled = InvertingBackend(identity_backend)
     engine = Engine(store, pooled, EngineOptions(max_batch=3, max_wait_ms=20.0, blend=blend, post_workers=2))
 
-    async def scenario() -> list[FrameReply]:
+    async def scenario() -> list[EngineResult]:
         await engine.start()
         try:
             return list(await asyncio.gather(*(engine.process(r) for r in requests)))
         finally:
             await engine.stop()
 
-    for reply in asyncio.run(scenario()):  # the pool's workers: the same bytes (the network is per crop)
-        assert bytes(reply.payload) == bytes(replies[reply.request_id].payload)
+    # the pool's workers: the same bytes (the network is per crop); each caller gets its own request's frame
+    for req, reply, alone in zip(requests, asyncio.run(scenario()), replies, strict=True):
+        assert (reply.frame_index, reply.image) == (req.frame_index, req.image)
+        assert bytes(reply.payload) == bytes(alone.payload)
 
 
 def test_audio_kinds_give_the_same_frame_for_the_same_window(engine: Engine, store: PackageStore):
     mel = np.ascontiguousarray(store.get(PACKAGE_ID).mel_window(20))
     replies = engine.process_batch_sync([
         request(20),
-        FrameRequest.from_mel(mel, request_id=1, package_id=PACKAGE_ID, frame_index=20,
-                              image=ImageFormat.RAW_BGR),
-        FrameRequest.from_pcm(speech_pcm(store, 20), request_id=2, package_id=PACKAGE_ID, frame_index=20,
-                              image=ImageFormat.RAW_BGR),
+        request(20, audio=AudioKind.MEL, samples=mel),
+        request(20, audio=AudioKind.PCM16, samples=speech_pcm(store, 20)),
     ])
-    assert [r.request_id for r in replies] == [20, 1, 2]
+    assert [(r.frame_index, r.image) for r in replies] == [(20, ImageKind.RAW_BGR)] * 3
     # the identity model ignores audio: all three composite the same frame
     assert bytes(replies[0].payload) == bytes(replies[1].payload) == bytes(replies[2].payload)
 
@@ -188,8 +187,8 @@ def test_features_follow_the_request(store: PackageStore, identity_backend: Infe
     pcm = speech_pcm(store, 40)
     engine.process_batch_sync([
         request(40),
-        FrameRequest.from_mel(custom, request_id=1, package_id=PACKAGE_ID, frame_index=40),
-        FrameRequest.from_pcm(pcm, request_id=2, package_id=PACKAGE_ID, frame_index=40),
+        request(40, audio=AudioKind.MEL, samples=custom),
+        request(40, audio=AudioKind.PCM16, samples=pcm),
     ])
     assert np.array_equal(seen[0], own) and np.array_equal(seen[1], custom)
     # a standalone 200 ms window matches the package's spectrogram away from its two edges
@@ -199,40 +198,40 @@ def test_features_follow_the_request(store: PackageStore, identity_backend: Infe
 # --- errors -----------------------------------------------------------------------------------------------
 
 
-def code_of(engine: Engine, req: FrameRequest) -> str:
-    with pytest.raises(ProtocolError) as err:
+def reason_of(engine: Engine, req: EngineRequest) -> str:
+    with pytest.raises(RequestError) as err:
         engine.process_batch_sync([req])
-    return err.value.code
+    return err.value.reason
 
 
-def test_error_codes(engine: Engine):
-    unknown = FrameRequest(request_id=1, package_id="nobody", frame_index=0, audio=AudioFormat.REPLAY)
-    assert code_of(engine, unknown) == "unknown_package"
-    assert code_of(engine, request(120)) == "frame_out_of_range"
-    with pytest.raises(ProtocolError, match=r"frames 0\.\.119"):
+def test_error_reasons(engine: Engine):
+    unknown = EngineRequest(package_id="nobody", frame_index=0, audio=AudioKind.REPLAY)
+    assert reason_of(engine, unknown) == "unknown_package"
+    assert reason_of(engine, request(120)) == "frame_out_of_range"
+    with pytest.raises(RequestError, match=r"frames 0\.\.119"):
         engine.process_batch_sync([request(500)])
-    # a wrong PCM length is refused by the message itself and, if one slips through, by the engine
-    with pytest.raises(ProtocolError) as err:
-        request(1, audio=AudioFormat.PCM16, payload=b"\0" * 6398)
-    assert err.value.code == "bad_audio"
-    sneaky = request(1, audio=AudioFormat.PCM16, payload=b"\0" * 6400)
-    object.__setattr__(sneaky, "payload", b"\0" * 100)
-    assert code_of(engine, sneaky) == "bad_audio"
+    # a wrong PCM length is refused by the request itself and, if one slips through, by the engine
+    with pytest.raises(RequestError) as err:
+        request(1, audio=AudioKind.PCM16, samples=np.zeros(3199, np.int16))
+    assert err.value.reason == "bad_audio"
+    sneaky = request(1, audio=AudioKind.PCM16, samples=np.zeros(3200, np.int16))
+    object.__setattr__(sneaky, "samples", np.zeros(50, np.int16))
+    assert reason_of(engine, sneaky) == "bad_audio"
     nan = np.full((80, 16), np.nan, np.float32)
-    bad_mel = FrameRequest.from_mel(nan, request_id=1, package_id=PACKAGE_ID, frame_index=0)
-    assert code_of(engine, bad_mel) == "bad_audio"
+    bad_mel = request(0, audio=AudioKind.MEL, samples=nan)
+    assert reason_of(engine, bad_mel) == "bad_audio"
 
 
 def test_async_errors_and_not_started(engine: Engine):
     async def scenario() -> None:
-        with pytest.raises(ProtocolError) as err:
+        with pytest.raises(RequestError) as err:
             await engine.process(request(0))
-        assert err.value.code == "overloaded"  # not started
+        assert err.value.reason == "overloaded"  # not started
         await engine.start()
         try:
-            with pytest.raises(ProtocolError) as err:
+            with pytest.raises(RequestError) as err:
                 await engine.process(request(999))
-            assert err.value.code == "frame_out_of_range"
+            assert err.value.reason == "frame_out_of_range"
             reply = await engine.process(request(1))
             assert reply.frame_index == 1
         finally:
@@ -247,30 +246,30 @@ def test_async_errors_and_not_started(engine: Engine):
 def test_original_frame_and_silence(engine: Engine, store: PackageStore):
     frame = store.get(PACKAGE_ID).frames[7]
 
-    async def scenario() -> tuple[FrameReply, FrameReply, FrameReply, FrameReply]:
+    async def scenario() -> tuple[EngineResult, EngineResult, EngineResult, EngineResult]:
         await engine.start()
         try:
-            raw = await engine.original_frame(PACKAGE_ID, 7, ImageFormat.RAW_BGR, 90)
-            jpeg = await engine.original_frame(PACKAGE_ID, 7, ImageFormat.JPEG, 90)
-            crop = await engine.original_frame(PACKAGE_ID, 7, ImageFormat.CROP_ONLY, 90)
-            quiet = request(7, audio=AudioFormat.PCM16, payload=np.zeros(3200, np.int16).tobytes())
+            raw = await engine.original_frame(PACKAGE_ID, 7, ImageKind.RAW_BGR, 90)
+            jpeg = await engine.original_frame(PACKAGE_ID, 7, ImageKind.JPEG, 90)
+            crop = await engine.original_frame(PACKAGE_ID, 7, ImageKind.CROP_ONLY, 90)
+            quiet = request(7, audio=AudioKind.PCM16, samples=np.zeros(3200, np.int16))
             skipped = await engine.process(quiet, skip_silence=True)
             return raw, jpeg, crop, skipped
         finally:
             await engine.stop()
 
     raw, jpeg, crop, skipped = asyncio.run(scenario())
-    assert raw.silence and np.array_equal(raw.image_array(), frame)
-    assert jpeg.silence and decode_image(jpeg.payload).shape == frame.shape
+    assert raw.silence and np.array_equal(raw_pixels(raw), frame)
+    assert jpeg.silence and decode_image(bytes(jpeg.payload)).shape == frame.shape
     # a silent JPEG frame is the package's own stored JPEG: nothing is encoded again
     assert bytes(jpeg.payload) == store.get(PACKAGE_ID).encoded_frames[7]
     assert jpeg.timings["encode"] == 0 or jpeg.timings["encode"] < 1000
     assert crop.silence and (crop.width, crop.height, crop.rect, bytes(crop.payload)) == (0, 0, None, b"")
-    assert skipped.silence and np.array_equal(skipped.image_array(), frame)
+    assert skipped.silence and skipped.frame_index == 7 and np.array_equal(raw_pixels(skipped), frame)
     assert list(raw.timings) == ["encode", "total"]
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(RequestError) as err:
         engine.original_frame_sync(PACKAGE_ID, 120)
-    assert err.value.code == "frame_out_of_range"
+    assert err.value.reason == "frame_out_of_range"
 
 
 # --- batching and the queue bound ---------------------------------------------------------------------------
@@ -282,9 +281,9 @@ def test_concurrent_callers_are_batched_and_results_match_unbatched(
     observer = RecordingObserver()
     backend = SlowBackend(identity_backend, delay=0.03)
     engine = Engine(store, backend, EngineOptions(max_batch=3, max_wait_ms=50.0, queue_limit=32), observer)
-    requests = [request(i, ImageFormat.PNG) for i in range(10)]
+    requests = [request(i, ImageKind.PNG) for i in range(10)]
 
-    async def scenario() -> list[FrameReply]:
+    async def scenario() -> list[EngineResult]:
         await engine.start()
         try:
             return list(await asyncio.gather(*(engine.process(r) for r in requests)))
@@ -292,7 +291,7 @@ def test_concurrent_callers_are_batched_and_results_match_unbatched(
             await engine.stop()
 
     replies = asyncio.run(scenario())
-    assert [r.request_id for r in replies] == list(range(10))
+    assert [r.frame_index for r in replies] == list(range(10))  # each caller gets its own frame
     assert max(backend.sizes) == 3 and max(observer.batches) == 3  # max_batch respected and reached
     assert sum(backend.sizes) == 10 and observer.batches == backend.sizes
     assert any(size > 1 for size in backend.sizes)
@@ -351,7 +350,7 @@ def test_full_queue_answers_overloaded(store: PackageStore, identity_backend: In
     backend = SlowBackend(identity_backend, gate=gate)
     engine = Engine(store, backend, EngineOptions(max_batch=1, max_wait_ms=0.0, queue_limit=2))
 
-    async def scenario() -> list[FrameReply | BaseException]:
+    async def scenario() -> list[EngineResult | BaseException]:
         await engine.start()
         try:
             first = asyncio.create_task(engine.process(request(0)))
@@ -360,9 +359,9 @@ def test_full_queue_answers_overloaded(store: PackageStore, identity_backend: In
             waiting = [asyncio.create_task(engine.process(request(i))) for i in (1, 2)]
             await asyncio.sleep(0.01)
             assert engine.queue_depth == 2
-            with pytest.raises(ProtocolError) as err:
+            with pytest.raises(RequestError) as err:
                 await engine.process(request(3))
-            assert err.value.code == "overloaded" and "queue is full (2 frames waiting)" in str(err.value)
+            assert err.value.reason == "overloaded" and "queue is full (2 frames waiting)" in str(err.value)
             gate.set()
             return list(await asyncio.gather(first, *waiting, return_exceptions=True))
         finally:
@@ -370,7 +369,7 @@ def test_full_queue_answers_overloaded(store: PackageStore, identity_backend: In
             await engine.stop()
 
     results = asyncio.run(scenario())
-    assert [r.frame_index for r in results if isinstance(r, FrameReply)] == [0, 1, 2]
+    assert [r.frame_index for r in results if isinstance(r, EngineResult)] == [0, 1, 2]
 
 
 def test_stop_fails_waiting_callers(store: PackageStore, identity_backend: InferenceBackend):
@@ -378,7 +377,7 @@ def test_stop_fails_waiting_callers(store: PackageStore, identity_backend: Infer
     options = EngineOptions(max_batch=1, max_wait_ms=0)
     engine = Engine(store, SlowBackend(identity_backend, gate=gate), options)
 
-    async def scenario() -> list[FrameReply | BaseException]:
+    async def scenario() -> list[EngineResult | BaseException]:
         await engine.start()
         tasks = [asyncio.create_task(engine.process(request(i))) for i in range(3)]
         await asyncio.sleep(0.02)
@@ -389,18 +388,18 @@ def test_stop_fails_waiting_callers(store: PackageStore, identity_backend: Infer
         return list(await asyncio.gather(*tasks, return_exceptions=True))
 
     results = asyncio.run(scenario())
-    errors = [r for r in results if isinstance(r, ProtocolError)]
-    assert errors and all(e.code == "overloaded" for e in errors)
+    errors = [r for r in results if isinstance(r, RequestError)]
+    assert errors and all(e.reason == "overloaded" for e in errors)
 
 
 # --- no file access per frame -------------------------------------------------------------------------------
 
 
 def test_frames_never_open_files(engine: Engine, store: PackageStore, monkeypatch: pytest.MonkeyPatch):
-    pcm = speech_pcm(store, 5).tobytes()
-    kinds = [(AudioFormat.REPLAY, b""), (AudioFormat.PCM16, pcm)]
-    every = [request(i, image, audio, payload)
-             for i, image in enumerate(ImageFormat) for audio, payload in kinds]
+    pcm = speech_pcm(store, 5)
+    kinds = [(AudioKind.REPLAY, None), (AudioKind.PCM16, pcm)]
+    every = [request(i, image, audio, samples)
+             for i, image in enumerate(ImageKind) for audio, samples in kinds]
     engine.process_batch_sync(every)  # warm every lazy import (librosa, cv2 codecs) first
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -415,11 +414,11 @@ def test_frames_never_open_files(engine: Engine, store: PackageStore, monkeypatc
     replies = engine.process_batch_sync(every)
     assert len(replies) == len(every)
 
-    async def scenario() -> list[FrameReply]:
+    async def scenario() -> list[EngineResult]:
         await engine.start()
         try:
             got = list(await asyncio.gather(*(engine.process(r) for r in every)))
-            got.append(await engine.original_frame(PACKAGE_ID, 3, ImageFormat.JPEG, 80))
+            got.append(await engine.original_frame(PACKAGE_ID, 3, ImageKind.JPEG, 80))
             return got
         finally:
             await engine.stop()

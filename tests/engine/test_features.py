@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lipsync_tools.engine.features import FeatureComputer, StreamAudio
-from lipsync_tools.errors import ProtocolError
+from lipsync_tools.engine.requests import AudioKind, EngineRequest
+from lipsync_tools.errors import RequestError
 from lipsync_tools.models.audio_features import (
     ave_rows,
     package_ave_features,
@@ -15,7 +16,6 @@ from lipsync_tools.models.audio_features import (
 )
 from lipsync_tools.models.ave import random_ave_encoder
 from lipsync_tools.models.families import get_family
-from lipsync_tools.protocol.messages import FrameRequest
 
 N_FRAMES = 30
 
@@ -66,8 +66,9 @@ def test_stream_windows_equal_the_offline_padded_array_windows(encoder, mel_wind
         np.testing.assert_allclose(got, mode.window(offline, k), rtol=1e-4, atol=1e-4)
 
 
-def _pcm_request() -> FrameRequest:
-    return FrameRequest.from_pcm(np.zeros(3200, np.int16), request_id=0, package_id="p", frame_index=0)
+def _pcm_request() -> EngineRequest:
+    pcm = np.zeros(3200, np.int16)
+    return EngineRequest(package_id="p", frame_index=0, audio=AudioKind.PCM16, samples=pcm)
 
 
 def test_package_features_are_the_padded_array_of_the_mel_windows(encoder, mel_windows):
@@ -87,6 +88,6 @@ def test_stream_memory_is_bounded(encoder):
 def test_imported_only_features_refuse_audio_requests():
     family = get_family("ultralight-160")
     computer = FeatureComputer(family, family.audio_mode("hubert"), None)
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(RequestError) as err:
         computer.network_audio(_pcm_request(), None, None, 0)  # type: ignore[arg-type]
-    assert err.value.code == "bad_audio" and "audio=replay" in str(err.value)
+    assert err.value.reason == "bad_audio" and "audio=replay" in str(err.value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lipsync_tools.engine import PackageStore
-from lipsync_tools.errors import InputNotFoundError, PackageFormatError, ProtocolError
+from lipsync_tools.errors import InputNotFoundError, PackageFormatError, RequestError
 
 
 def test_load_reports_timings_and_ram(head_package: Path):
@@ -40,29 +40,29 @@ def test_unload_and_unknown(head_package: Path):
     store.load("b", head_package)
     store.unload("a")
     assert [i.id for i in store.infos()] == ["b"]
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(RequestError) as err:
         store.get("a")
-    assert err.value.code == "unknown_package" and "'a' is not loaded" in str(err.value)
-    with pytest.raises(ProtocolError) as err:
+    assert err.value.reason == "unknown_package" and "'a' is not loaded" in str(err.value)
+    with pytest.raises(RequestError) as err:
         store.unload("a")
-    assert err.value.code == "unknown_package"
+    assert err.value.reason == "unknown_package"
 
 
 @pytest.mark.parametrize("bad", ["../x", "", "a/b", "a\\b", ".hidden", "..", "x" * 65, "sp ace", "é"])
 def test_invalid_ids_are_refused_before_any_file_access(bad: str, tmp_path: Path):
     store = PackageStore()
-    with pytest.raises(ProtocolError) as err:
+    with pytest.raises(RequestError) as err:
         store.load(bad, tmp_path / "does-not-exist.sanders")
-    assert err.value.code == "bad_field"
+    assert err.value.reason == "bad_request"
     assert len(store) == 0
 
 
 def test_duplicate_id(head_package: Path):
     store = PackageStore()
     store.load("a", head_package)
-    with pytest.raises(ProtocolError, match="already loaded") as err:
+    with pytest.raises(RequestError, match="already loaded") as err:
         store.load("a", head_package)
-    assert err.value.code == "bad_field"
+    assert err.value.reason == "bad_request"
     assert store.load("a", head_package, replace=True).id == "a"
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -61,18 +61,18 @@ def test_a_consistent_footage_section_validates(tmp_path: Path) -> None:
             "out of order or outside the range",
         ),
         (
-            {"segments": [dataclasses.replace(GOOD.segments[0], start_reason="magic"), GOOD.segments[1]]},
+            {"segments": [msgspec.structs.replace(GOOD.segments[0], start_reason="magic"), GOOD.segments[1]]},
             "reasons 'magic'",
         ),
         (
-            {"segments": [dataclasses.replace(GOOD.segments[0], detected_frames=0), GOOD.segments[1]]},
+            {"segments": [msgspec.structs.replace(GOOD.segments[0], detected_frames=0), GOOD.segments[1]]},
             "0 detected frames in 2",
         ),
     ],
 )
 def test_validate_names_each_contradiction(tmp_path: Path, change: dict[str, object], message: str) -> None:
     path = tmp_path / "bad.sanders"
-    write_synthetic_package(path, footage=dataclasses.replace(GOOD, **change))  # type: ignore[arg-type]
+    write_synthetic_package(path, footage=msgspec.structs.replace(GOOD, **change))
     problems = [str(p) for p in validate_package(path)]
     assert any(message in p for p in problems), problems
 
@@ -102,7 +102,7 @@ def test_manifest_round_trips_footage() -> None:
         ("none", "footage.segments is str; expected a list"),
         ([{"start": 1}], r"footage.segments\[0\] lacks the key"),
         ([1], r"footage.segments\[0\] is int; expected an object"),
-        ([{**dataclasses.asdict(GOOD.segments[0]), "colour": "red"}], "unknown keys"),
+        ([{**msgspec.structs.asdict(GOOD.segments[0]), "colour": "red"}], "unknown keys"),
     ],
 )
 def test_bad_segment_lists_are_refused(segments: object, message: str) -> None:
@@ -118,7 +118,7 @@ def test_segment_lists_have_a_limit() -> None:
     data = _manifest_dict()
     footage = data["footage"]
     assert isinstance(footage, dict)
-    footage["segments"] = [dataclasses.asdict(GOOD.segments[0])] * (MAX_SEGMENTS + 1)
+    footage["segments"] = [msgspec.structs.asdict(GOOD.segments[0])] * (MAX_SEGMENTS + 1)
     with pytest.raises(PackageFormatError, match=f"the limit is {MAX_SEGMENTS}"):
         Manifest.from_dict(data)
 
@@ -126,10 +126,10 @@ def test_segment_lists_have_a_limit() -> None:
 def test_filled_share_above_ten_percent_warns_and_below_does_not(tmp_path: Path) -> None:
     manifest = _good_manifest()  # 1 of 4 frames filled
     assert "1 of 4 frames (25 %)" in manifest.warnings()[0]
-    ten = dataclasses.replace(
+    ten = msgspec.structs.replace(
         manifest,
-        video=dataclasses.replace(manifest.video, frame_count=10),
-        faces=dataclasses.replace(manifest.faces, filled_frames=1),
+        video=msgspec.structs.replace(manifest.video, frame_count=10),
+        faces=msgspec.structs.replace(manifest.faces, filled_frames=1),
     )
     assert ten.warnings() == []  # exactly 10 % is not above it
 
@@ -149,7 +149,7 @@ def test_inspect_of_an_old_package_gives_counts_only() -> None:
 
 
 def test_dropped_stretches_cover_everything_not_stored() -> None:
-    ranged = dataclasses.replace(GOOD, range_start=1, range_end=9)
+    ranged = msgspec.structs.replace(GOOD, range_start=1, range_end=9)
     stretches = dropped_stretches(ranged)
     assert [(d["start"], d["end"], d["reason"]) for d in stretches] == [
         (0, 1, "before_range"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import h5py
+import msgspec
 import numpy as np
 import pytest
 
@@ -74,10 +75,10 @@ def _with_footage(package: Package, filled: np.ndarray, footage: FootageMeta) ->
     """``package`` holding ``len(filled)`` frames (rects broadcast, no copy) described by ``footage``."""
     n = len(filled)
     m = package.manifest
-    manifest = replace(
+    manifest = msgspec.structs.replace(
         m,
-        video=replace(m.video, frame_count=n),
-        faces=replace(m.faces, filled_frames=int((filled != 0).sum())),
+        video=msgspec.structs.replace(m.video, frame_count=n),
+        faces=msgspec.structs.replace(m.faces, filled_frames=int((filled != 0).sum())),
         footage=footage,
     )
     rects = np.broadcast_to(np.asarray(package.rects[:1]), (n, 4))
@@ -167,7 +168,7 @@ def test_timeline_colours_match_the_frame_classes(synthetic: Package) -> None:
     assert not _has_red(strip[: top - 15])
     filled[30:35] = 1
     warned = render_timeline(
-        _with_footage(synthetic, filled, replace(footage, detected_frames=40)), [0], width
+        _with_footage(synthetic, filled, msgspec.structs.replace(footage, detected_frames=40)), [0], width
     )
     assert _has_red(warned[: _bar_top(warned) - 15]) and warned.shape[0] > strip.shape[0]
 
@@ -183,7 +184,7 @@ def test_preview_with_footage_is_taller_than_its_rows(tmp_path: Path) -> None:
     filled = np.array([0, 1, 0, 0], np.uint8)
     footage = _footage(20, (0, 20), [_segment(2, 6), _segment(8, 12, detected=3)], 1, filled)
     with h5py.File(path, "r+") as f:
-        f.attrs["manifest"] = replace(manifest, footage=footage).to_json()
+        f.attrs["manifest"] = msgspec.structs.replace(manifest, footage=footage).to_json()
     assert open_package(path, load_frames=False).manifest.footage == footage
     out = make_contact_sheet(path, tmp_path / "sheet.png", frames=4)
     sheet = cv2.imread(str(out))

@@ -269,8 +269,8 @@ def test_spec_examples_match_golden_bytes() -> None:
 
 def test_the_spec_names_only_timing_stages_the_engines_emit() -> None:
     """docs/protocol.md's worked examples and its list of stage names use the engines' real names."""
+    from lipsync_tools.baseline.original import ORIGINAL_STAGES
     from lipsync_tools.engine.engine import SILENT_STAGES, STAGES
-    from lipsync_tools.engine.original import ORIGINAL_STAGES
 
     emitted = set(STAGES) | set(SILENT_STAGES) | set(ORIGINAL_STAGES)
     for name, (message, _, _) in GOLDEN.items():

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lipsync_tools.engine.capacity import Capacity
-from lipsync_tools.errors import ProtocolError
-from lipsync_tools.protocol import ErrorCode, FrameReply, FrameRequest, ImageFormat
+from lipsync_tools.engine.requests import EngineRequest, EngineResult, ImageKind, Reason
+from lipsync_tools.errors import ProtocolError, RequestError
 from lipsync_tools.server import Components, LipsyncServer, Metrics, ServerConfig, SessionLimits
 
 FAKE_PACKAGE = "fake"
@@ -55,7 +55,7 @@ class FakeStore:
 
     def get(self, package_id: str) -> FakePackage:
         if package_id not in self.packages:
-            raise ProtocolError(ErrorCode.UNKNOWN_PACKAGE, f"package {package_id!r} is not loaded")
+            raise RequestError(Reason.UNKNOWN_PACKAGE, f"package {package_id!r} is not loaded")
         return self.packages[package_id]
 
     def infos(self) -> list[FakeInfo]:
@@ -105,27 +105,27 @@ class FakeEngine:
     async def stop(self) -> None:
         pass
 
-    def _frame(self, request_id: int, index: int, image: ImageFormat, silence: bool) -> FrameReply:
+    def _frame(self, index: int, image: ImageKind, silence: bool) -> EngineResult:
         with self._lock:
             self._rendered += 1
         width, height = self.info.width, self.info.height
-        if image in (ImageFormat.RAW_BGR, ImageFormat.CROP_ONLY):
+        if image in (ImageKind.RAW_BGR, ImageKind.CROP_ONLY):
             payload = b"\x07" * (width * height * 3)  # touched memory, not calloc's lazy zero pages
-            rect = (0, 0, width, height) if image is ImageFormat.CROP_ONLY else None
+            rect = (0, 0, width, height) if image is ImageKind.CROP_ONLY else None
         else:
             payload, rect = b"\xff\xd8\xff\xd9", None
-            if image in (ImageFormat.CROP_JPEG,):
+            if image in (ImageKind.CROP_JPEG,):
                 rect = (0, 0, width, height)
-        return FrameReply(request_id=request_id, frame_index=index, image=image, width=width, height=height,
-                          rect=rect, silence=silence, payload=payload)
+        return EngineResult(frame_index=index, image=image, width=width, height=height, rect=rect,
+                            silence=silence, payload=payload)
 
-    async def process(self, request: FrameRequest, *, stream: Any | None = None, stream_frame: int = 0,
-                      deadline: float | None = None) -> FrameReply:
+    async def process(self, request: EngineRequest, *, stream: Any | None = None, stream_frame: int = 0,
+                      deadline: float | None = None) -> EngineResult:
         if request.frame_index >= self.info.n_frames:
-            raise ProtocolError(ErrorCode.FRAME_OUT_OF_RANGE, f"frame {request.frame_index} is out of range")
+            raise RequestError(Reason.FRAME_OUT_OF_RANGE, f"frame {request.frame_index} is out of range")
         if self.delay:
             await asyncio.sleep(self.delay)
-        return self._frame(request.request_id, request.frame_index, request.image, False)
+        return self._frame(request.frame_index, request.image, False)
 
     async def open_stream(self, package_id: str) -> None:
         return None
@@ -136,9 +136,9 @@ class FakeEngine:
     def expected_latency(self, model: Any) -> float:
         return self.delay
 
-    async def original_frame(self, package_id: str, frame_index: int, image_format: ImageFormat,
-                             jpeg_quality: int) -> FrameReply:
-        return self._frame(0, frame_index, image_format, True)
+    async def original_frame(self, package_id: str, frame_index: int, image_format: ImageKind,
+                             jpeg_quality: int) -> EngineResult:
+        return self._frame(frame_index, image_format, True)
 
 
 def fake_components(info: FakeInfo | None = None, delay: float = 0.0) -> tuple[Components, list[FakeEngine]]:

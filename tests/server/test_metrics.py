@@ -6,9 +6,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from lipsync_tools.baseline.original import ORIGINAL_STAGES
 from lipsync_tools.engine.engine import STAGES
-from lipsync_tools.engine.original import ORIGINAL_STAGES
-from lipsync_tools.server.app import API_STATUS
 from lipsync_tools.server.metrics import (
     METRICS,
     STAGE_NAMES,
@@ -16,6 +15,7 @@ from lipsync_tools.server.metrics import (
     MetricsError,
     MetricSpec,
 )
+from lipsync_tools.server.state import API_STATUS
 
 
 def samples(m: Metrics) -> dict[str, list[Sample]]:

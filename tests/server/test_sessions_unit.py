@@ -18,12 +18,11 @@ import pytest
 from lipsync_tools.audio.mel import mel_window, mel_window_starts, wav2lip_mel
 from lipsync_tools.audio.streaming import frame_audio_offset
 from lipsync_tools.engine.capacity import Capacity
-from lipsync_tools.errors import ProtocolError
+from lipsync_tools.engine.requests import EngineRequest, EngineResult, ImageKind, Reason
+from lipsync_tools.errors import RequestError
 from lipsync_tools.protocol import (
     PCM_WINDOW_SAMPLES,
-    ErrorCode,
     FrameReply,
-    FrameRequest,
     ImageFormat,
     Message,
     Pacing,
@@ -67,9 +66,9 @@ class FakeEngine:
         self.overloaded_left = overloaded_first
         self.post_seconds = 0.0
 
-    def _reply(self, index: int, silence: bool) -> FrameReply:
-        return FrameReply(request_id=0, frame_index=index, image=ImageFormat.RAW_BGR, width=4, height=2,
-                          silence=silence, payload=bytes(24))
+    def _reply(self, index: int, silence: bool) -> EngineResult:
+        return EngineResult(frame_index=index, image=ImageKind.RAW_BGR, width=4, height=2, silence=silence,
+                            payload=bytes(24))
 
     async def open_stream(self, package_id: str) -> None:
         return None
@@ -81,20 +80,20 @@ class FakeEngine:
         return self.estimate
 
     async def process(
-        self, request: FrameRequest, *, stream: object = None, stream_frame: int = 0,
+        self, request: EngineRequest, *, stream: object = None, stream_frame: int = 0,
         deadline: float | None = None,
-    ) -> FrameReply:
+    ) -> EngineResult:
         if self.overloaded_left:
             self.overloaded_left -= 1
-            raise ProtocolError(ErrorCode.OVERLOADED, "queue full")
+            raise RequestError(Reason.OVERLOADED, "queue full")
         if self.delay:
             await asyncio.sleep(self.delay)
         self.model_frames.append(request.frame_index)
-        self.windows.append(request.mel_window().copy())
+        self.windows.append(request.mel.copy())
         return self._reply(request.frame_index, False)
 
-    async def original_frame(self, package_id: str, frame_index: int, image_format: ImageFormat,
-                             jpeg_quality: int) -> FrameReply:
+    async def original_frame(self, package_id: str, frame_index: int, image_format: ImageKind,
+                             jpeg_quality: int) -> EngineResult:
         return self._reply(frame_index, True)
 
 

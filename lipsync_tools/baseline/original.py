@@ -10,9 +10,12 @@ window of the request's audio) -> ``queue`` (waiting for the worker) -> ``infere
 ``composite`` -> ``encode``; ``total`` is arrival until the reply was built.
 
 It reuses the pipeline's stage functions (``detect_faces``, ``crop_rectangles``, ``crop_face``,
-``to_crop_coordinates``, ``blend_mask``) and the engine's compositor; it re-implements none of them. The
-stores and engine here have the shapes the server expects (``StoreLike``, ``ManagedEngine``), so
-``lipsync serve --original VIDEO`` serves a raw video under a package id with the same endpoints and codecs.
+``to_crop_coordinates``, ``blend_mask``) and, from the engine, its compositor, the request mel window and
+its request, result and checks (:mod:`lipsync_tools.engine.requests`); it re-implements none of them. It
+answers the engine's :class:`~lipsync_tools.engine.requests.EngineRequest`, and its store and engine have the
+shapes the server expects (``StoreLike``, ``ManagedEngine``), so ``lipsync serve --original VIDEO`` serves a
+raw video under a package id with the same endpoints and codecs (the wiring is
+:func:`lipsync_tools.bench.original_server.original_components`: the server does not import this package).
 """
 
 from __future__ import annotations
@@ -26,8 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.mel import mel_from_pcm_window
-from ..errors import InputNotFoundError, LipsyncError, ProtocolError, UsageError
+from ..audio.mel import MelOptions, mel_from_pcm_window, mel_window_starts
+from ..engine.capacity import Capacity
+from ..engine.compositor import composite_crop, composite_frame, encode_frame_image, silence_result
+from ..engine.features import FeatureComputer, request_mel_window
+from ..engine.pacing import is_silent
+from ..engine.requests import (
+    PCM_WINDOW_SAMPLES,
+    AudioKind,
+    EngineRequest,
+    EngineResult,
+    ImageKind,
+    Reason,
+    check_frame_index,
+    micros,
+)
+from ..engine.store import IdRegistry
+from ..errors import InputNotFoundError, LipsyncError, RequestError, UsageError
 from ..faces.base import FaceBackend, FaceOptions
 from ..media.audio import load_audio
 from ..media.video import FrameReader
@@ -35,19 +53,6 @@ from ..models.backends import InferenceBackend
 from ..pipeline.crop import CropOptions, crop_face, crop_rectangles, to_crop_coordinates
 from ..pipeline.detect import DetectOptions, detect_faces
 from ..pipeline.masks import MaskOptions, blend_mask
-from ..protocol import limits
-from ..protocol.messages import (
-    AudioFormat,
-    ErrorCode,
-    FrameReply,
-    FrameRequest,
-    ImageFormat,
-)
-from .capacity import Capacity
-from .compositor import composite_crop, composite_frame, encode_frame_image
-from .features import FeatureComputer, request_mel_window
-from .pacing import is_silent
-from .store import IdRegistry
 
 ORIGINAL_STAGES: tuple[str, ...] = (
     "decode",
@@ -61,9 +66,9 @@ ORIGINAL_STAGES: tuple[str, ...] = (
     "encode",
     "total",
 )
-"""Timing names of an original-path frame, in the order they appear in ``FrameReply.timings``."""
+"""Timing names of an original-path frame, in the order they appear in ``EngineResult.timings``."""
 
-_MEL_BINS = 80
+_MEL = MelOptions()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,22 +137,26 @@ class VideoSource:
     info: VideoSourceInfo
     reader: FrameReader = field(repr=False)
     pcm: np.ndarray | None = field(default=None, repr=False)  # float32 16 kHz mono, for replay requests
+    mel_starts: np.ndarray | None = field(default=None, repr=False)  # each frame's first mel frame in pcm
 
     @property
     def n_frames(self) -> int:
         return self.info.n_frames
 
     def replay_window(self, frame_index: int) -> np.ndarray:
-        """The 3200-sample float32 PCM window of ``frame_index`` cut from the raw audio (zero-padded)."""
-        if self.pcm is None:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO,
+        """The 3200-sample float32 PCM window of ``frame_index`` cut from the raw audio.
+
+        Its window starts where a package's does (:func:`~lipsync_tools.audio.mel.mel_window_starts`: the
+        frame's first mel frame, clamped so frames past the audio's end reuse its last 200 ms).
+        """
+        if self.pcm is None or self.mel_starts is None:
+            raise RequestError(
+                Reason.BAD_AUDIO,
                 f"video {self.info.id!r} was served without --audio, so "
                 "replay requests have no audio; send pcm16 or mel audio",
             )
-        size = limits.PCM_WINDOW_SAMPLES
-        # Wav2Lip's mapping: the window of frame i starts at mel frame int(i * 80 / fps), 200 samples each.
-        start = int(frame_index * 80 / self.info.fps) * 200
+        size = PCM_WINDOW_SAMPLES
+        start = int(self.mel_starts[frame_index]) * _MEL.hop_length
         window = np.zeros(size, np.float32)
         chunk = self.pcm[start : start + size]
         window[: chunk.size] = chunk
@@ -166,7 +175,7 @@ class VideoStore(IdRegistry[VideoSource]):
         self.audio = audio
 
     def load(self, package_id: str, path: str | Path) -> VideoSourceInfo:
-        """Open the video ``path`` under ``package_id``. Raises ``ProtocolError(bad_field)`` for a bad or
+        """Open the video ``path`` under ``package_id``. Raises ``RequestError(bad_request)`` for a bad or
         taken id and the media errors of :class:`FrameReader` / ``load_audio`` for a bad file."""
         self._check_new_id(package_id)
         path = Path(path)
@@ -178,7 +187,11 @@ class VideoStore(IdRegistry[VideoSource]):
             first = reader.read(0)
             fps = _reader_fps(reader)
             opened = time.perf_counter()
-            pcm = load_audio(self.audio, limits.SAMPLE_RATE) if self.audio is not None else None
+            pcm = load_audio(self.audio, _MEL.sample_rate) if self.audio is not None else None
+            n_frames = len(reader)
+            starts = None
+            if pcm is not None:  # as wav2lip_mel counts frames: a centred STFT has 1 + samples // hop
+                starts = mel_window_starts(n_frames, fps, 1 + pcm.size // _MEL.hop_length)
         except BaseException:
             reader.close()
             raise
@@ -186,7 +199,7 @@ class VideoStore(IdRegistry[VideoSource]):
         info = VideoSourceInfo(
             id=package_id,
             path=path,
-            n_frames=len(reader),
+            n_frames=n_frames,
             fps=fps,
             width=int(first.shape[1]),
             height=int(first.shape[0]),
@@ -195,8 +208,8 @@ class VideoStore(IdRegistry[VideoSource]):
             audio_path=self.audio,
         )
         try:
-            self._insert(package_id, VideoSource(info=info, reader=reader, pcm=pcm))
-        except ProtocolError:
+            self._insert(package_id, VideoSource(info=info, reader=reader, pcm=pcm, mel_starts=starts))
+        except RequestError:
             reader.close()
             raise
         return info
@@ -210,10 +223,6 @@ def _reader_fps(reader: FrameReader) -> float:
     from ..media.video import probe_video
 
     return float(probe_video(reader.path).fps)
-
-
-def _us(seconds: float) -> int:
-    return max(0, min(limits.MAX_U32, round(seconds * 1e6)))
 
 
 @dataclass(frozen=True)
@@ -273,7 +282,7 @@ class OriginalEngine:
         """Build the face graph and run the PCM feature path once (its first call imports librosa)."""
         with self._lock:
             self._face_backend()
-        mel_from_pcm_window(np.zeros(limits.PCM_WINDOW_SAMPLES, np.float32))
+        mel_from_pcm_window(np.zeros(PCM_WINDOW_SAMPLES, np.float32))
 
     async def stop(self) -> None:
         """Release the face backend and close the videos' readers."""
@@ -311,57 +320,51 @@ class OriginalEngine:
 
     async def process(
         self,
-        request: FrameRequest,
+        request: EngineRequest,
         *,
         skip_silence: bool = False,
         stream: object | None = None,
         stream_frame: int = 0,
         deadline: float | None = None,
-    ) -> FrameReply:
+    ) -> EngineResult:
         """Render the frame ``request`` asks for; every stage runs for this request, in a worker thread.
 
-        Raises :class:`ProtocolError` (``unknown_package``, ``frame_out_of_range``, ``bad_audio``, and
+        Raises :class:`RequestError` (``unknown_package``, ``frame_out_of_range``, ``bad_audio``, and
         ``internal`` when no face is found on the frame).
         """
         arrived = time.perf_counter()
         self._validate(request)
         if (
             skip_silence
-            and request.audio is AudioFormat.PCM16
-            and is_silent(request.pcm_window(), self.options.silence_dbfs)
+            and request.audio is AudioKind.PCM16
+            and is_silent(request.pcm, self.options.silence_dbfs)
         ):
             return await self.original_frame(
-                request.package_id,
-                request.frame_index,
-                request.image,
-                request.jpeg_quality,
-                request_id=request.request_id,
+                request.package_id, request.frame_index, request.image, request.jpeg_quality
             )
-        reply = await asyncio.to_thread(self.render_sync, request, arrived)
-        self._observe(reply)
-        return reply
+        result = await asyncio.to_thread(self.render_sync, request, arrived)
+        self._observe(result)
+        return result
 
     async def original_frame(
         self,
         package_id: str,
         frame_index: int,
-        image_format: ImageFormat = ImageFormat.JPEG,
+        image_format: ImageKind = ImageKind.JPEG,
         jpeg_quality: int | None = None,
-        *,
-        request_id: int = 0,
-    ) -> FrameReply:
-        """Frame ``frame_index`` decoded from the video and encoded, no model (``reply.silence`` true)."""
+    ) -> EngineResult:
+        """Frame ``frame_index`` decoded from the video and encoded, no model (``result.silence`` true)."""
         arrived = time.perf_counter()
         source = self.store.get(package_id)
         self._check_frame(source, frame_index)
         quality = jpeg_quality if jpeg_quality is not None else self.options.jpeg_quality
-        reply = await asyncio.to_thread(
-            self._silent_reply, source, frame_index, image_format, quality, request_id, arrived
+        result = await asyncio.to_thread(
+            self._silent_result, source, frame_index, image_format, quality, arrived
         )
-        self._observe(reply)
-        return reply
+        self._observe(result)
+        return result
 
-    def render_sync(self, request: FrameRequest, arrived: float | None = None) -> FrameReply:
+    def render_sync(self, request: EngineRequest, arrived: float | None = None) -> EngineResult:
         """:meth:`process` in the calling thread (waits for the worker lock); ``arrived`` defaults to now."""
         arrived = time.perf_counter() if arrived is None else arrived
         source = self._validate(request)
@@ -373,29 +376,17 @@ class OriginalEngine:
 
     # --- checks ------------------------------------------------------------------------------------------
 
-    def _validate(self, request: FrameRequest) -> VideoSource:
+    def _validate(self, request: EngineRequest) -> VideoSource:
+        """The request's video, after the frame check (the request checked its audio itself)."""
         source = self.store.get(request.package_id)
         self._check_frame(source, request.frame_index)
-        expected = {AudioFormat.PCM16: limits.PCM_WINDOW_BYTES, AudioFormat.MEL: limits.MEL_WINDOW_BYTES}.get(
-            request.audio, 0
-        )
-        if len(request.payload) != expected:
-            raise ProtocolError(
-                ErrorCode.BAD_AUDIO,
-                f"{request.audio.wire_name} audio must be {expected} bytes, got {len(request.payload)}",
-            )
         return source
 
     @staticmethod
     def _check_frame(source: VideoSource, frame_index: int) -> None:
-        if not 0 <= frame_index < source.n_frames:
-            raise ProtocolError(
-                ErrorCode.FRAME_OUT_OF_RANGE,
-                f"frame {frame_index} is out of range: video "
-                f"{source.info.id!r} has frames 0..{source.n_frames - 1}",
-            )
+        check_frame_index("video", source.info.id, source.n_frames, frame_index)
 
-    def _observe(self, reply: FrameReply) -> None:
+    def _observe(self, reply: EngineResult) -> None:
         if self.observer is not None:
             self.observer.observe_batch(1)
             for stage, micros in reply.timings.items():
@@ -403,23 +394,23 @@ class OriginalEngine:
 
     # --- the work (caller holds self._lock) ------------------------------------------------------------
 
-    def _network_audio(self, request: FrameRequest, mel: np.ndarray) -> np.ndarray:
+    def _network_audio(self, request: EngineRequest, mel: np.ndarray) -> np.ndarray:
         """The network's audio input from this request's mel window (AVE: its own row, others zero)."""
         mode = self.features.mode
         if mode.name == "mel":
             return mel.reshape(mode.network_shape).astype(np.float32, copy=False)
-        mel_request = FrameRequest.from_mel(
-            np.ascontiguousarray(mel, dtype=np.float32), request_id=request.request_id,
-            package_id=request.package_id, frame_index=request.frame_index,
+        mel_request = EngineRequest(
+            package_id=request.package_id, frame_index=request.frame_index, audio=AudioKind.MEL,
+            samples=np.ascontiguousarray(mel, dtype=np.float32),
         )
         return self.features.network_audio(mel_request, None, None, 0)  # type: ignore[arg-type]
 
-    def _features(self, request: FrameRequest, source: VideoSource) -> np.ndarray:
+    def _features(self, request: EngineRequest, source: VideoSource) -> np.ndarray:
         return request_mel_window(
             request, lambda: mel_from_pcm_window(source.replay_window(request.frame_index))
         )
 
-    def _render(self, request: FrameRequest, source: VideoSource, arrived: float) -> FrameReply:
+    def _render(self, request: EngineRequest, source: VideoSource, arrived: float) -> EngineResult:
         timings: dict[str, int] = {}
         started = time.perf_counter()
         index = request.frame_index
@@ -430,8 +421,8 @@ class OriginalEngine:
         t1 = time.perf_counter()
         faces = detect_faces(self._face_backend(), frame, self.detect_options)
         if not faces:
-            raise ProtocolError(
-                ErrorCode.INTERNAL,
+            raise RequestError(
+                Reason.INTERNAL,
                 f"no face found on frame {index} of {source.info.id!r}; "
                 "the original path detects faces per frame and cannot render without one",
             )
@@ -447,9 +438,9 @@ class OriginalEngine:
         try:
             audio = self._network_audio(request, self._features(request, source))
         except LipsyncError as exc:
-            if isinstance(exc, ProtocolError):
+            if isinstance(exc, RequestError):
                 raise
-            raise ProtocolError(ErrorCode.BAD_AUDIO, str(exc)) from None
+            raise RequestError(Reason.BAD_AUDIO, str(exc)) from None
         t5 = time.perf_counter()
         generated = self.backend.infer(crop[None], audio[None])[0]
         t6 = time.perf_counter()
@@ -464,19 +455,18 @@ class OriginalEngine:
         payload = encode_frame_image(image, request.image, request.jpeg_quality)
         t8 = time.perf_counter()
         timings.update(
-            decode=_us(t1 - t0),
-            detect=_us(t2 - t1),
-            crop=_us(t3 - t2),
-            masks=_us(t4 - t3),
-            features=_us(t5 - t4),
-            queue=_us(started - arrived),
-            inference=_us(t6 - t5),
-            composite=_us(t7 - t6),
-            encode=_us(t8 - t7),
-            total=_us(t8 - arrived),
+            decode=micros(t1 - t0),
+            detect=micros(t2 - t1),
+            crop=micros(t3 - t2),
+            masks=micros(t4 - t3),
+            features=micros(t5 - t4),
+            queue=micros(started - arrived),
+            inference=micros(t6 - t5),
+            composite=micros(t7 - t6),
+            encode=micros(t8 - t7),
+            total=micros(t8 - arrived),
         )
-        return FrameReply(
-            request_id=request.request_id,
+        return EngineResult(
             frame_index=index,
             image=request.image,
             width=int(image.shape[1]),
@@ -486,38 +476,12 @@ class OriginalEngine:
             payload=payload,
         )
 
-    def _silent_reply(
-        self,
-        source: VideoSource,
-        index: int,
-        image_format: ImageFormat,
-        quality: int,
-        request_id: int,
-        arrived: float,
-    ) -> FrameReply:
+    def _silent_result(
+        self, source: VideoSource, index: int, image_format: ImageKind, quality: int, arrived: float
+    ) -> EngineResult:
         with self._lock:
             t0 = time.perf_counter()
             frame = source.reader.read(index)
             t1 = time.perf_counter()
-        if image_format.is_crop:
-            return FrameReply(
-                request_id=request_id,
-                frame_index=index,
-                image=image_format,
-                width=0,
-                height=0,
-                timings={"decode": _us(t1 - t0), "encode": 0, "total": _us(t1 - arrived)},
-                silence=True,
-            )
-        payload = encode_frame_image(frame, image_format, quality)
-        t2 = time.perf_counter()
-        return FrameReply(
-            request_id=request_id,
-            frame_index=index,
-            image=image_format,
-            width=int(frame.shape[1]),
-            height=int(frame.shape[0]),
-            timings={"decode": _us(t1 - t0), "encode": _us(t2 - t1), "total": _us(t2 - arrived)},
-            silence=True,
-            payload=payload,
-        )
+        return silence_result(index, image_format, frame, quality, arrived=arrived,
+                              timings={"decode": micros(t1 - t0)})

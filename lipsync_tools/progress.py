@@ -1,6 +1,7 @@
-"""How long work reports progress without the pipeline knowing about terminals.
+"""How long work (a build, an import, a render, a soak) reports progress without knowing about terminals.
 
-The CLI passes a Rich-backed reporter on a terminal; libraries and CI get :class:`NullProgress`.
+The CLI passes a Rich-backed reporter on a terminal; libraries and CI get :class:`NullProgress`. A leaf
+module (it imports nothing of lipsync_tools), so every layer that does long work may take one.
 """
 
 from __future__ import annotations
