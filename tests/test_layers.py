@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"server", "client", "baseline", "engine", "pipeline", "package", "models", "media", "audio",
               "protocol"},
     "render": {"engine", "client", "protocol", "package", "media", "audio"},
+    "cluster": {"server", "client", "engine", "pipeline", "protocol", "remote", "package"},
     "server": {"engine", "protocol", "remote", "package", "audio"},
     "baseline": {"engine", "pipeline", "faces", "models", "media", "audio", "package"},
     "client": {"protocol"},
