@@ -33,7 +33,6 @@ from ..audio.mel import MelOptions, mel_from_pcm_window, mel_window_starts
 from ..engine.capacity import Capacity
 from ..engine.compositor import composite_crop, composite_frame, encode_frame_image, silence_result
 from ..engine.features import FeatureComputer, request_mel_window
-from ..engine.pacing import is_silent
 from ..engine.requests import (
     PCM_WINDOW_SAMPLES,
     AudioKind,
@@ -334,11 +333,7 @@ class OriginalEngine:
         """
         arrived = time.perf_counter()
         self._validate(request)
-        if (
-            skip_silence
-            and request.audio is AudioKind.PCM16
-            and is_silent(request.pcm, self.options.silence_dbfs)
-        ):
+        if skip_silence and request.is_silent(self.options.silence_dbfs):
             return await self.original_frame(
                 request.package_id, request.frame_index, request.image, request.jpeg_quality
             )

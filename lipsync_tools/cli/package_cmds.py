@@ -161,6 +161,21 @@ def build_package_cmd(
             "--workers", "-j", help="Parallel worker processes when building several videos (default: cores)."
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Build several videos (or a folder) as Ray tasks, one package each, on a local Ray cluster "
+            "or the one at --address; every node must see the input and output paths. Needs the ray extra.",
+        ),
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="With --ray: the Ray cluster to join (e.g. auto, HOST:6379, ray://HOST:10001).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
@@ -171,6 +186,13 @@ def build_package_cmd(
     from ..pipeline.build import BuildOptions, build_package
 
     def action() -> None:
+        if address is not None and not ray:
+            raise UsageError("--address names the Ray cluster for --ray; add --ray, or drop --address")
+        if ray and workers is not None:
+            raise UsageError(
+                "--workers sets local worker processes; with --ray the cluster's free CPUs set how many "
+                "builds run at once, so drop --workers"
+            )
         quality = (
             frame_quality if frame_quality is not None else (95 if frame_codec is FrameCodec.jpeg else 1)
         )
@@ -205,7 +227,13 @@ def build_package_cmd(
             detect_max_side=detect_size,
         )
         inputs = expand_inputs(videos)
-        if len(inputs) == 1 and not videos[0].is_dir():
+        single = len(inputs) == 1 and not videos[0].is_dir()
+        if single and ray:
+            raise UsageError(
+                f"--ray builds a folder or several videos as Ray tasks; {videos[0]} is one video: build it "
+                "without --ray, or pass its folder"
+            )
+        if single:
             show = interactive(json_output, quiet)
             with RichProgress() if show else contextlib.nullcontext() as progress:
                 result = build_package(
@@ -235,17 +263,18 @@ def build_package_cmd(
                 status = "built" if entry["ok"] else f"FAILED ({entry['message']})"
                 stderr.print(f"{entry['video']}: {status}", highlight=False, markup=False, soft_wrap=True)
 
-        report = build_packages(
-            inputs,
-            output,
-            options=options,
-            checkpoint=checkpoint,
-            audio_encoder=encoder,
-            force=force,
-            workers=workers,
-            debug=debug,
-            on_done=done,
-        )
+        if ray:
+            from ..cluster.build import build_folder_on_ray
+
+            report = build_folder_on_ray(
+                inputs, output, options=options, checkpoint=checkpoint, audio_encoder=encoder, force=force,
+                debug=debug, on_done=done, address=address,
+            )
+        else:
+            report = build_packages(
+                inputs, output, options=options, checkpoint=checkpoint, audio_encoder=encoder, force=force,
+                workers=workers, debug=debug, on_done=done,
+            )
         if json_output:
             print_json(report.summary())
         if report.failed:

@@ -42,7 +42,6 @@ from .model_store import ModelStore, ServedModel
 from .pacing import is_silent
 from .requests import (
     PCM_WINDOW_SAMPLES,
-    AudioKind,
     EngineRequest,
     EngineResult,
     ImageKind,
@@ -298,11 +297,7 @@ class Engine:
         """
         arrived = time.perf_counter()
         package = self._validate(request)
-        if (
-            skip_silence
-            and request.audio is AudioKind.PCM16
-            and is_silent(request.pcm, self.options.silence_dbfs)
-        ):
+        if skip_silence and request.is_silent(self.options.silence_dbfs):
             return await self.original_frame(
                 request.package_id, request.frame_index, request.image, request.jpeg_quality
             )

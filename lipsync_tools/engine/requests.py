@@ -23,6 +23,7 @@ import numpy as np
 from ..audio.mel import MEL_WINDOW_FRAMES, MelOptions, pcm_window_samples
 from ..errors import RequestError
 from ..ids import package_id_problem
+from .pacing import is_silent
 
 PCM_WINDOW_SAMPLES: Final = pcm_window_samples()
 """int16 samples of one PCM request: 200 ms at 16 kHz, the span of one Wav2Lip mel window."""
@@ -119,6 +120,10 @@ class EngineRequest:
         if self.audio is not AudioKind.PCM16 or self.samples is None:
             fail(Reason.BAD_AUDIO, f"request carries {self.audio} audio, not pcm16")
         return self.samples
+
+    def is_silent(self, dbfs_threshold: float) -> bool:
+        """A PCM16 window quieter than ``dbfs_threshold`` (renderers answer it with the frame as it is)."""
+        return self.audio is AudioKind.PCM16 and is_silent(self.pcm, dbfs_threshold)
 
     @property
     def mel(self) -> np.ndarray:

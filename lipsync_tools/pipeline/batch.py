@@ -61,7 +61,26 @@ def output_for(video: Path, output_dir: Path | None) -> Path:
     return (output_dir / name) if output_dir is not None else video.with_suffix(FILE_SUFFIX)
 
 
-def _build_one(
+def plan_outputs(inputs: Sequence[str | Path], output_dir: str | Path | None) -> list[tuple[Path, Path]]:
+    """The (video, package path) pairs a batch build of ``inputs`` writes, in input order.
+
+    Creates ``output_dir`` when it is missing. Raises :class:`UsageError` when ``output_dir`` is a file or
+    two videos would write the same package, and what :func:`expand_inputs` raises.
+    """
+    videos = expand_inputs(inputs)
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"-o {out_dir} is a file; with several videos -o must name a folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    names = [output_for(v, out_dir) for v in videos]
+    duplicates = {str(n) for n in names if names.count(n) > 1}
+    if duplicates:
+        raise UsageError(f"several videos would write the same package {sorted(duplicates)[0]}; rename them")
+    return list(zip(videos, names, strict=True))
+
+
+def build_one(
     video: Path,
     output: Path,
     options: BuildOptions,
@@ -70,6 +89,7 @@ def _build_one(
     debug: bool,
     audio_encoder: AudioEncoderChoice | None = None,
 ) -> dict[str, Any]:
+    """Build one package in a worker (a local process or a Ray task): its summary, or its error entry."""
     from .._quiet import quiet_third_party
 
     quiet_third_party(debug)
@@ -93,6 +113,18 @@ def error_entry(video: Path, output: Path, exc: LipsyncError) -> dict[str, Any]:
     }
 
 
+def crash_entry(video: Path, output: Path, exc: BaseException) -> dict[str, Any]:
+    """The error entry of a worker that failed outside the build (killed, out of memory, lost node)."""
+    return {
+        "video": str(video),
+        "output": str(output),
+        "ok": False,
+        "exit_code": 1,
+        "error": type(exc).__name__,
+        "message": f"worker failed: {exc}",
+    }
+
+
 def build_packages(
     inputs: Sequence[str | Path],
     output_dir: str | Path | None = None,
@@ -112,41 +144,23 @@ def build_packages(
     clean in each. ``on_done`` is called in the parent as each video finishes.
     """
     options = options or BuildOptions()
-    videos = expand_inputs(inputs)
-    out_dir = Path(output_dir) if output_dir is not None else None
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"-o {out_dir} is a file; with several videos -o must name a folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
-    names = [output_for(v, out_dir) for v in videos]
-    duplicates = {str(n) for n in names if names.count(n) > 1}
-    if duplicates:
-        raise UsageError(f"several videos would write the same package {sorted(duplicates)[0]}; rename them")
-    workers = max(1, min(workers or (os.cpu_count() or 1), len(videos)))
+    jobs = plan_outputs(inputs, output_dir)
+    workers = max(1, min(workers or (os.cpu_count() or 1), len(jobs)))
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    report = BatchReport()
+    ordered: list[dict[str, Any] | None] = [None] * len(jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures: dict[Future[dict[str, Any]], int] = {
-            pool.submit(_build_one, video, out, options, ckpt, force, debug, audio_encoder): i
-            for i, (video, out) in enumerate(zip(videos, names, strict=True))
+            pool.submit(build_one, video, out, options, ckpt, force, debug, audio_encoder): i
+            for i, (video, out) in enumerate(jobs)
         }
-        ordered: list[dict[str, Any] | None] = [None] * len(videos)
         for future in as_completed(futures):
             i = futures[future]
             try:
                 entry = future.result()
             except Exception as exc:  # a worker crashed (e.g. killed): record it, keep going
-                entry = {
-                    "video": str(videos[i]),
-                    "output": str(names[i]),
-                    "ok": False,
-                    "exit_code": 1,
-                    "error": type(exc).__name__,
-                    "message": f"worker failed: {exc}",
-                }
+                entry = crash_entry(*jobs[i], exc)
             ordered[i] = entry
             if on_done is not None:
                 on_done(entry)
-    report.results = [e for e in ordered if e is not None]
-    return report
+    return BatchReport(results=[e for e in ordered if e is not None])
