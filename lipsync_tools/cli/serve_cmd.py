@@ -11,7 +11,7 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,6 +30,9 @@ from .output import (
     optional_value,
     stderr,
 )
+
+if TYPE_CHECKING:
+    from ..cluster.serve import RunningCluster
 
 
 class ModelChoice(StrEnum):
@@ -230,6 +233,33 @@ def serve_cmd(
             "--cache-dir", help="Where catalog downloads are kept (default: the user cache folder)."
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve through a Ray Serve cluster: an ingress with this same API routes each request by "
+            "its catalog id to replicas that hold the avatars (needs --catalog and the ray extra; "
+            "docs/scale-out.md).",
+        ),
+    ] = False,
+    replicas: Annotated[
+        int, typer.Option("--replicas", help="With --ray: replicas of the frame deployment.")
+    ] = 2,
+    max_packages_per_replica: Annotated[
+        int,
+        typer.Option(
+            "--max-packages-per-replica",
+            help="With --ray: avatars one replica holds at most (the least recently used one makes room).",
+        ),
+    ] = 4,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --ray: join this Ray cluster ('auto', HOST:6379, ray://HOST:10001) instead of "
+            "starting a local one.",
+        ),
+    ] = None,
     family: FamilyOpt = None,
     audio_mode: AudioModeOpt = None,
     audio_encoder: AudioEncoderOpt = None,
@@ -252,6 +282,19 @@ def serve_cmd(
             stderr.print(line, style=style, highlight=False, markup=False, soft_wrap=True)
         sys.stderr.flush()
 
+    def on_cluster_ready(running: RunningCluster) -> None:
+        from ..cluster.serve import format_ready
+
+        if json_output:
+            event = {"event": "ready", "url": running.url, "replicas": running.replicas,
+                     "max_packages_per_replica": running.max_packages_per_replica,
+                     "packages": list(running.packages)}
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+            return
+        stderr.print(format_ready(running), highlight=False, markup=False, soft_wrap=True)
+        sys.stderr.flush()
+
     def action() -> None:
         from ..bench.original_server import original_components
         from ..errors import UsageError
@@ -261,6 +304,10 @@ def serve_cmd(
             raise UsageError("--original serves one raw video; give it without package arguments")
         if audio is not None and original is None:
             raise UsageError("--audio goes with --original VIDEO (packages carry their own audio)")
+        if ray and original is not None:
+            raise UsageError("--ray serves catalog avatars; --original serves one raw video on one machine")
+        if not ray and (address is not None or replicas != 2 or max_packages_per_replica != 4):
+            raise UsageError("--replicas, --max-packages-per-replica and --address go with --ray")
         specs = [original] if original is not None else packages or []
         logging.basicConfig(
             level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -303,6 +350,12 @@ def serve_cmd(
             freeze_startup_objects=True,  # this process is the server's alone
             log_level="debug" if debug else "warning",
         )
+        if ray:
+            from ..cluster.serve import serve_on_ray
+
+            serve_on_ray(config, replicas=replicas, max_packages_per_replica=max_packages_per_replica,
+                         address=address, on_ready=on_cluster_ready)
+            return
         components = original_components(audio) if original is not None else None
         run(config, components=components, on_ready=on_ready)
 

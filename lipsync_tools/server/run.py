@@ -158,7 +158,10 @@ def format_startup(report: StartupReport) -> str:
         bar = "!" * 100
         lines += [bar, f"!!! {warning}", bar]
     lines.append(f"lipsync server ready on {report.url}")
-    lines.append(f"  model     {model['name']} ({model['source']}) on {model['backend']}")
+    if "source" in model:
+        lines.append(f"  model     {model['name']} ({model['source']}) on {model['backend']}")
+    else:  # a catalog server with no startup package: each package's model loads when it is first asked for
+        lines.append(f"  model     {model['name']}: each package's model loads with it, on first use")
     precision = model.get("precision", "fp32")
     asked = model.get("precision_requested", precision)
     if (precision, asked, model.get("device", "cpu")) != ("fp32", "fp32", "cpu"):

@@ -76,6 +76,18 @@ def test_the_startup_report_prints_the_curve_and_the_choice() -> None:
     assert "  measured" not in format_startup(given)
 
 
+def test_the_startup_report_of_a_catalog_server_with_no_model_loaded_yet() -> None:
+    from lipsync_tools.engine.model_store import ModelsSummary
+
+    report = StartupReport(
+        url="http://127.0.0.1:8000",
+        seconds={"package_open": 0.0, "frame_preload": 0.0, "feature_mapping": 0.0, "total": 0.2},
+        model=ModelsSummary(infos=[], models=[]), packages=[], rss_bytes=1 << 20,
+    )
+    assert "  model     none loaded yet: each package's model loads with it, on first use" in (
+        format_startup(report).splitlines())
+
+
 @pytest.mark.slow
 def test_measured_batching_runs_the_engine_and_is_reported(avatar_package: Path) -> None:
     with running_server(identity_config(avatar_package)) as server:

@@ -1,0 +1,238 @@
+"""``lipsync serve --ray``: the plain server's API served by a Ray Serve application (docs/scale-out.md).
+
+:func:`serve_on_ray` is what the CLI calls (it blocks until Ctrl-C); :func:`start_on_ray` starts the same
+application and returns a :class:`RunningCluster` (its URL, and ``stop``), for tests and the benchmark.
+
+The application has two deployments (:func:`build_application`):
+
+* ``LipsyncIngress`` (:mod:`.ingress`): the HTTP and WebSocket API, routing each request by its package id
+  (Ray Serve's multiplexed model id), proxying live sessions to the replica that admitted them;
+* ``AvatarReplica`` (:mod:`.replica`): ``replicas`` replicas, each a real lipsync server holding at most
+  ``max_packages_per_replica`` avatars of the catalog (the least recently used one is let go first).
+
+Avatars are routed by catalog id, so a catalog is required; every node must see the catalog's paths (or
+fetch its URLs) and have lipsync-tools installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from lipsync_tools.errors import BackendUnavailableError, UsageError
+from lipsync_tools.server import ServerConfig
+
+log = logging.getLogger("lipsync.cluster")
+
+RAY_EXTRA_HINT: Final = "pip install 'lipsync-tools[ray]'"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RayOptions:
+    """How the application is laid out on the cluster.
+
+    ``replicas``: replicas of the frame deployment; ``max_packages_per_replica``: avatars each holds at
+    most (Serve's ``max_num_models_per_replica``); ``address``: an existing cluster to join (``"auto"``,
+    ``"ray://host:10001"``, ``"host:6379"``; ``None`` starts a local one); ``replica_cpus`` /
+    ``ingress_cpus``: the CPUs Ray reserves for each (fractions let a 2-CPU machine run 2 replicas and the
+    ingress; the replicas' own servers use the threads they need regardless); ``app_name``: the Serve
+    application's name.
+    """
+
+    replicas: int = 2
+    max_packages_per_replica: int = 4
+    address: str | None = None
+    replica_cpus: float = 0.5
+    ingress_cpus: float = 0.1
+    app_name: str = "lipsync"
+    ray_init: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of ``ray.init`` when this call starts or joins the cluster."""
+
+    def check(self) -> None:
+        """Raises UsageError for a value out of range."""
+        if self.replicas < 1:
+            raise UsageError(f"--replicas must be at least 1, got {self.replicas}")
+        if self.max_packages_per_replica < 1:
+            raise UsageError(f"--max-packages-per-replica must be at least 1, got "
+                             f"{self.max_packages_per_replica}")
+        if self.replica_cpus <= 0 or self.ingress_cpus <= 0:
+            raise UsageError("replica_cpus and ingress_cpus must be positive")
+
+
+@dataclass
+class RunningCluster:
+    """A started application: ``url`` (``http://host:port`` of Ray Serve's HTTP proxy) and :meth:`stop`."""
+
+    url: str
+    app_name: str
+    replicas: int
+    max_packages_per_replica: int
+    packages: tuple[str, ...]
+    _owns_ray: bool
+
+    def stop(self) -> None:
+        """Delete the application; shut Ray down when this call started it (a joined cluster stays)."""
+        import ray
+        from ray import serve
+
+        with contextlib.suppress(Exception):
+            serve.delete(self.app_name)
+        if self._owns_ray:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+            ray.shutdown()
+
+
+def require_ray() -> None:
+    """Raises :class:`BackendUnavailableError` (with the install command) when Ray Serve is missing."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"lipsync serve --ray needs Ray Serve, which is not installed here ({exc}); install it with: "
+            f"{RAY_EXTRA_HINT}"
+        ) from None
+
+
+def check_cluster_config(config: ServerConfig, options: RayOptions) -> None:
+    """What ``--ray`` requires of the server options: a catalog, no package arguments. Raises UsageError."""
+    options.check()
+    if config.catalog is None:
+        raise UsageError("--ray routes avatars to replicas by their catalog id: give --catalog FILE (a JSON "
+                         "or TOML catalog of ids with their paths or URLs; docs/scale-out.md)")
+    if config.packages:
+        raise UsageError("--ray loads avatars from the catalog where they are asked for; put the package "
+                         "arguments in the --catalog file instead")
+    config.check()
+
+
+def build_application(config: ServerConfig, options: RayOptions, internal_token: str) -> Any:
+    """The Serve application (``ray.serve.Application``): the ingress bound to the frame deployment."""
+    from ray import serve
+
+    from .ingress import LipsyncIngress
+    from .replica import INGRESS_DEPLOYMENT, REPLICA_DEPLOYMENT, AvatarReplica, ClusterSettings
+
+    settings = ClusterSettings(
+        config=config, replicas=options.replicas, max_packages_per_replica=options.max_packages_per_replica,
+        internal_token=internal_token,
+        # One machine: the replicas' servers listen on loopback. A joined cluster may put them on other
+        # machines, so they listen on their node's address (behind the internal token).
+        replica_host="127.0.0.1" if options.address is None else "",
+        app_name=options.app_name,
+    )
+    replica: Any = serve.deployment(
+        AvatarReplica, name=REPLICA_DEPLOYMENT, num_replicas=options.replicas,
+        ray_actor_options={"num_cpus": options.replica_cpus},
+        # Frames queue in the replica's own server, which refuses beyond --queue-limit ('overloaded').
+        max_ongoing_requests=max(16, config.queue_limit * 2),
+        health_check_period_s=5, graceful_shutdown_timeout_s=5,
+    )
+    ingress: Any = serve.deployment(
+        serve.ingress()(LipsyncIngress), name=INGRESS_DEPLOYMENT, num_replicas=1,
+        ray_actor_options={"num_cpus": options.ingress_cpus},
+        max_ongoing_requests=config.max_connections,  # a live session holds one for its whole life
+    )
+    return ingress.bind(replica.bind(settings), settings)
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_on_ray(config: ServerConfig, options: RayOptions) -> RunningCluster:
+    """Start (or join) the Ray cluster, deploy the application, and return once every replica is up.
+
+    Raises UsageError / InputNotFoundError for bad options (before Ray starts), BackendUnavailableError
+    without Ray, and Ray's own errors when the cluster cannot be reached or a replica fails to start.
+    """
+    check_cluster_config(config, options)
+    require_ray()
+    import ray
+    from ray import serve
+
+    from lipsync_tools.remote import load_catalog
+
+    catalog = load_catalog(config.catalog)  # type: ignore[arg-type]  # checked above
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        init: dict[str, Any] = {"configure_logging": False, "log_to_driver": False,
+                                "include_dashboard": False}
+        init.update(options.ray_init)
+        ray.init(address=options.address, **init)
+    port = config.port or _free_port(config.host)
+    try:
+        serve.start(http_options={"host": config.host, "port": port})
+        app = build_application(config, options, secrets.token_urlsafe(32))
+        serve.run(app, name=options.app_name, route_prefix="/", blocking=False)
+    except BaseException:
+        if owns_ray:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+            ray.shutdown()
+        raise
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return RunningCluster(url=f"http://{host}:{port}", app_name=options.app_name, replicas=options.replicas,
+                          max_packages_per_replica=options.max_packages_per_replica,
+                          packages=tuple(catalog.ids), _owns_ray=owns_ray)
+
+
+def serve_on_ray(
+    config: ServerConfig,
+    *,
+    replicas: int = 2,
+    max_packages_per_replica: int = 4,
+    address: str | None = None,
+    on_ready: Callable[[RunningCluster], None] | None = None,
+    **options: Any,
+) -> None:
+    """Serve ``config`` as a Ray Serve application until interrupted (Ctrl-C), then delete it.
+
+    ``options``: further :class:`RayOptions` fields. Raises as :func:`start_on_ray`.
+    """
+    ray_options = RayOptions(replicas=replicas, max_packages_per_replica=max_packages_per_replica,
+                             address=address, **options)
+    running = start_on_ray(config, ray_options)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a service manager, a container stop) ends it as Ctrl-C does: the application is deleted
+        # and a local cluster shut down, not left running without its driver.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if on_ready is not None:
+            on_ready(running)
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def format_ready(running: RunningCluster) -> str:
+    """The lines ``lipsync serve --ray`` prints once the application is up."""
+    return "\n".join([
+        f"lipsync cluster ready on {running.url} (Ray Serve application {running.app_name!r})",
+        f"  replicas  {running.replicas}, at most {running.max_packages_per_replica} avatars each (GET "
+        f"{running.url}/v1/cluster: what each holds)",
+        f"  catalog   {len(running.packages)} avatars: {', '.join(running.packages[:10])}"
+        + (" ..." if len(running.packages) > 10 else ""),
+    ])
