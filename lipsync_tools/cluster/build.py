@@ -13,14 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailableError
 from ..pipeline.batch import BatchReport, build_one, crash_entry, plan_outputs
 from ..pipeline.build import AudioEncoderChoice, BuildOptions
-
-RAY_MISSING = (
-    "build-package --ray needs Ray, which is not installed here; install the extra with "
-    "pip install 'lipsync-tools[ray]' (or build locally without --ray)"
-)
+from .connect import join_ray, require_ray
 
 
 def build_folder_on_ray(
@@ -59,10 +54,8 @@ def build_folder_on_ray(
     Raises :class:`BackendUnavailableError` when Ray is not installed, and what
     :func:`~lipsync_tools.pipeline.batch.plan_outputs` raises for the inputs.
     """
-    try:
-        import ray
-    except ImportError as exc:
-        raise BackendUnavailableError(RAY_MISSING) from exc
+    require_ray("build-package --ray")
+    import ray
 
     options = options or BuildOptions()
     jobs = plan_outputs(inputs, output_dir)
@@ -73,14 +66,12 @@ def build_folder_on_ray(
         audio_encoder = dataclasses.replace(audio_encoder, path=audio_encoder.path.resolve())
     ckpt = Path(checkpoint).resolve() if checkpoint is not None else None
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=debug,  # build logs would mix into --json on stdout; errors come back in the report
-            logging_level=logging.INFO if debug else logging.ERROR,
-        )
+    started = join_ray(
+        address,
+        include_dashboard=False,
+        log_to_driver=debug,  # build logs would mix into --json on stdout; errors come back in the report
+        logging_level=logging.INFO if debug else logging.ERROR,
+    )
     try:
         task = ray.remote(build_one).options(num_cpus=num_cpus)
         pending = {

@@ -25,14 +25,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-from lipsync_tools.errors import BackendUnavailableError, UsageError
+from lipsync_tools.errors import UsageError
 from lipsync_tools.server import ServerConfig
+
+from .connect import join_ray, require_ray
 
 log = logging.getLogger("lipsync.cluster")
 
-RAY_EXTRA_HINT: Final = "pip install 'lipsync-tools[ray]'"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,18 +92,6 @@ class RunningCluster:
             ray.shutdown()
 
 
-def require_ray() -> None:
-    """Raises :class:`BackendUnavailableError` (with the install command) when Ray Serve is missing."""
-    try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"lipsync serve --ray needs Ray Serve, which is not installed here ({exc}); install it with: "
-            f"{RAY_EXTRA_HINT}"
-        ) from None
-
-
 def check_cluster_config(config: ServerConfig, options: RayOptions) -> None:
     """What ``--ray`` requires of the server options: a catalog, no package arguments. Raises UsageError."""
     options.check()
@@ -159,19 +148,15 @@ def start_on_ray(config: ServerConfig, options: RayOptions) -> RunningCluster:
     without Ray, and Ray's own errors when the cluster cannot be reached or a replica fails to start.
     """
     check_cluster_config(config, options)
-    require_ray()
+    require_ray("lipsync serve --ray")
     import ray
     from ray import serve
 
     from lipsync_tools.remote import load_catalog
 
     catalog = load_catalog(config.catalog)  # type: ignore[arg-type]  # checked above
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        init: dict[str, Any] = {"configure_logging": False, "log_to_driver": False,
-                                "include_dashboard": False}
-        init.update(options.ray_init)
-        ray.init(address=options.address, **init)
+    init: dict[str, Any] = {"configure_logging": False, "log_to_driver": False, "include_dashboard": False}
+    owns_ray = join_ray(options.address, **{**init, **options.ray_init})
     port = config.port or _free_port(config.host)
     try:
         serve.start(http_options={"host": config.host, "port": port})

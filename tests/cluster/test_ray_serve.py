@@ -228,7 +228,8 @@ def test_the_ingress_answers_a_lost_replica_retryably_and_checks_the_token(catal
 
 
 def test_without_ray_or_a_catalog_the_errors_say_what_to_do(monkeypatch: pytest.MonkeyPatch, catalog: Path):
-    from lipsync_tools.cluster.serve import RayOptions, check_cluster_config, require_ray
+    from lipsync_tools.cluster.connect import require_ray
+    from lipsync_tools.cluster.serve import RayOptions, check_cluster_config
     from lipsync_tools.errors import BackendUnavailableError, UsageError
 
     with pytest.raises(UsageError, match="give --catalog FILE"):
@@ -237,4 +238,4 @@ def test_without_ray_or_a_catalog_the_errors_say_what_to_do(monkeypatch: pytest.
         check_cluster_config(ServerConfig(port=0, catalog=catalog), RayOptions(replicas=0))
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'lipsync-tools\[ray\]'"):
-        require_ray()
+        require_ray("lipsync serve --ray")
