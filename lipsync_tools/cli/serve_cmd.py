@@ -243,8 +243,13 @@ def serve_cmd(
         ),
     ] = False,
     replicas: Annotated[
-        int, typer.Option("--replicas", help="With --ray: replicas of the frame deployment.")
-    ] = 2,
+        str,
+        typer.Option(
+            "--replicas",
+            help="With --ray: replicas of the frame deployment (2), or autoscaling bounds (2-6: Ray Serve "
+            "adds replicas while frame requests queue, and removes them when idle).",
+        ),
+    ] = "2",
     max_packages_per_replica: Annotated[
         int,
         typer.Option(
@@ -287,6 +292,7 @@ def serve_cmd(
 
         if json_output:
             event = {"event": "ready", "url": running.url, "replicas": running.replicas,
+                     "max_replicas": running.max_replicas,
                      "max_packages_per_replica": running.max_packages_per_replica,
                      "packages": list(running.packages)}
             sys.stdout.write(json.dumps(event) + "\n")
@@ -306,7 +312,7 @@ def serve_cmd(
             raise UsageError("--audio goes with --original VIDEO (packages carry their own audio)")
         if ray and original is not None:
             raise UsageError("--ray serves catalog avatars; --original serves one raw video on one machine")
-        if not ray and (address is not None or replicas != 2 or max_packages_per_replica != 4):
+        if not ray and (address is not None or replicas != "2" or max_packages_per_replica != 4):
             raise UsageError("--replicas, --max-packages-per-replica and --address go with --ray")
         specs = [original] if original is not None else packages or []
         logging.basicConfig(
@@ -351,10 +357,12 @@ def serve_cmd(
             log_level="debug" if debug else "warning",
         )
         if ray:
-            from ..cluster.serve import serve_on_ray
+            from ..cluster.serve import parse_replicas, serve_on_ray
 
-            serve_on_ray(config, replicas=replicas, max_packages_per_replica=max_packages_per_replica,
-                         address=address, on_ready=on_cluster_ready)
+            fewest, most = parse_replicas(replicas)
+            serve_on_ray(config, replicas=fewest, max_replicas=most,
+                         max_packages_per_replica=max_packages_per_replica, address=address,
+                         on_ready=on_cluster_ready)
             return
         components = original_components(audio) if original is not None else None
         run(config, components=components, on_ready=on_ready)

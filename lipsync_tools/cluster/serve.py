@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from lipsync_tools.errors import UsageError
 from lipsync_tools.server import ServerConfig
@@ -36,11 +36,18 @@ log = logging.getLogger("lipsync.cluster")
 
 
 
+AUTOSCALE_TARGET_REQUESTS: Final = 4
+"""Frame calls in flight per replica that Serve's autoscaler aims at (``--replicas MIN-MAX``)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RayOptions:
     """How the application is laid out on the cluster.
 
-    ``replicas``: replicas of the frame deployment; ``max_packages_per_replica``: avatars each holds at
+    ``replicas``: replicas of the frame deployment, or with ``max_replicas`` the fewest it autoscales down
+    to (Serve's autoscaler: ``AUTOSCALE_TARGET_REQUESTS`` frame calls in flight per replica; a live session
+    is proxied straight to its replica's server, so it does not count); ``max_packages_per_replica``: avatars
+    each holds at
     most (Serve's ``max_num_models_per_replica``); ``address``: an existing cluster to join (``"auto"``,
     ``"ray://host:10001"``, ``"host:6379"``; ``None`` starts a local one); ``replica_cpus`` /
     ``ingress_cpus``: the CPUs Ray reserves for each (fractions let a 2-CPU machine run 2 replicas and the
@@ -49,6 +56,7 @@ class RayOptions:
     """
 
     replicas: int = 2
+    max_replicas: int | None = None
     max_packages_per_replica: int = 4
     address: str | None = None
     replica_cpus: float = 0.5
@@ -61,6 +69,9 @@ class RayOptions:
         """Raises UsageError for a value out of range."""
         if self.replicas < 1:
             raise UsageError(f"--replicas must be at least 1, got {self.replicas}")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise UsageError(f"--replicas {self.replicas}-{self.max_replicas}: the most replicas must not be "
+                             "fewer than the fewest")
         if self.max_packages_per_replica < 1:
             raise UsageError(f"--max-packages-per-replica must be at least 1, got "
                              f"{self.max_packages_per_replica}")
@@ -75,6 +86,7 @@ class RunningCluster:
     url: str
     app_name: str
     replicas: int
+    max_replicas: int | None  # autoscaling between replicas and this; None: a fixed count
     max_packages_per_replica: int
     packages: tuple[str, ...]
     _owns_ray: bool
@@ -120,7 +132,7 @@ def build_application(config: ServerConfig, options: RayOptions, internal_token:
         app_name=options.app_name,
     )
     replica: Any = serve.deployment(
-        AvatarReplica, name=REPLICA_DEPLOYMENT, num_replicas=options.replicas,
+        AvatarReplica, name=REPLICA_DEPLOYMENT, **_replica_count(options),
         ray_actor_options={"num_cpus": options.replica_cpus},
         # Frames queue in the replica's own server, which refuses beyond --queue-limit ('overloaded').
         max_ongoing_requests=max(16, config.queue_limit * 2),
@@ -132,6 +144,24 @@ def build_application(config: ServerConfig, options: RayOptions, internal_token:
         max_ongoing_requests=config.max_connections,  # a live session holds one for its whole life
     )
     return ingress.bind(replica.bind(settings), settings)
+
+
+def _replica_count(options: RayOptions) -> dict[str, Any]:
+    """The frame deployment's size: a fixed ``num_replicas``, or autoscaling bounds."""
+    if options.max_replicas is None:
+        return {"num_replicas": options.replicas}
+    return {"autoscaling_config": {"min_replicas": options.replicas, "max_replicas": options.max_replicas,
+                                   "target_ongoing_requests": AUTOSCALE_TARGET_REQUESTS}}
+
+
+def parse_replicas(text: str) -> tuple[int, int | None]:
+    """``--replicas``: ``"N"`` (fixed) or ``"MIN-MAX"`` (autoscaling): ``(N, None)`` or ``(MIN, MAX)``."""
+    low, dash, high = text.strip().partition("-")
+    try:
+        return int(low), int(high) if dash else None
+    except ValueError:
+        raise UsageError(f"--replicas {text!r}: expected a number of replicas (2) or autoscaling bounds "
+                         "(2-6)") from None
 
 
 def _free_port(host: str) -> int:
@@ -169,15 +199,18 @@ def start_on_ray(config: ServerConfig, options: RayOptions) -> RunningCluster:
             ray.shutdown()
         raise
     host = f"[{config.host}]" if ":" in config.host else config.host
-    return RunningCluster(url=f"http://{host}:{port}", app_name=options.app_name, replicas=options.replicas,
-                          max_packages_per_replica=options.max_packages_per_replica,
-                          packages=tuple(catalog.ids), _owns_ray=owns_ray)
+    return RunningCluster(
+        url=f"http://{host}:{port}", app_name=options.app_name, replicas=options.replicas,
+        max_replicas=options.max_replicas, max_packages_per_replica=options.max_packages_per_replica,
+        packages=tuple(catalog.ids), _owns_ray=owns_ray,
+    )
 
 
 def serve_on_ray(
     config: ServerConfig,
     *,
     replicas: int = 2,
+    max_replicas: int | None = None,
     max_packages_per_replica: int = 4,
     address: str | None = None,
     on_ready: Callable[[RunningCluster], None] | None = None,
@@ -187,8 +220,8 @@ def serve_on_ray(
 
     ``options``: further :class:`RayOptions` fields. Raises as :func:`start_on_ray`.
     """
-    ray_options = RayOptions(replicas=replicas, max_packages_per_replica=max_packages_per_replica,
-                             address=address, **options)
+    ray_options = RayOptions(replicas=replicas, max_replicas=max_replicas,
+                             max_packages_per_replica=max_packages_per_replica, address=address, **options)
     running = start_on_ray(config, ray_options)
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -216,7 +249,9 @@ def format_ready(running: RunningCluster) -> str:
     """The lines ``lipsync serve --ray`` prints once the application is up."""
     return "\n".join([
         f"lipsync cluster ready on {running.url} (Ray Serve application {running.app_name!r})",
-        f"  replicas  {running.replicas}, at most {running.max_packages_per_replica} avatars each (GET "
+        f"  replicas  {running.replicas}"
+        + ("" if running.max_replicas is None else f" to {running.max_replicas} (autoscaling)")
+        + f", at most {running.max_packages_per_replica} avatars each (GET "
         f"{running.url}/v1/cluster: what each holds)",
         f"  catalog   {len(running.packages)} avatars: {', '.join(running.packages[:10])}"
         + (" ..." if len(running.packages) > 10 else ""),
