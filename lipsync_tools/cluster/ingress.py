@@ -10,7 +10,8 @@ picks for that multiplexed id (one that already holds the avatar when there is o
   ``session_start`` asks :meth:`~lipsync_tools.cluster.replica.AvatarReplica.locate` once, then the socket
   is proxied both ways to that replica's own server for the session's life: a session sticks to its
   replica, whose admission rule decides (its ``overloaded`` refusal reaches the client as it is).
-* ``GET /healthz``, ``/readyz``, ``/v1/packages`` (every catalog id and the replicas holding it),
+* ``GET /healthz``, ``/readyz``, ``/v1/packages`` (every catalog id, its facts as a plain server lists them,
+  and the replicas holding it),
   ``/v1/cluster`` (every replica and what it holds).
 
 A replica that dies mid-request (its process killed, its node lost) is answered with the protocol's
@@ -99,6 +100,7 @@ class LipsyncIngress:
         if settings.config.catalog is None:
             raise ProtocolError(ErrorCode.INTERNAL, "a cluster needs a catalog")
         self.catalog = load_catalog(settings.config.catalog)
+        self._facts: dict[str, dict[str, Any]] = {}  # avatar id -> its manifest's facts (catalog_facts)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         """Serve's hook: the ASGI app, built once this ingress exists (ray/serve/api.py, ``ingress``)."""
@@ -132,6 +134,17 @@ class LipsyncIngress:
             raise ReplicaLostError(avatar_id) from None
         return cast("dict[str, Any]", located)
 
+    async def catalog_facts(self, avatar_id: str) -> dict[str, Any]:
+        """What ``GET /v1/packages`` says of an avatar no replica holds: its manifest's facts (frames, size,
+        fps, family, audio) when the catalog names a local file, read once; only the id for a URL entry
+        not pulled yet (a client that needs the facts asks for one frame first, which loads it)."""
+        facts = self._facts.get(avatar_id)
+        if facts is None:
+            facts = await asyncio.to_thread(_manifest_facts, avatar_id, self.catalog[avatar_id].package)
+            if len(facts) > 1:
+                self._facts[avatar_id] = facts
+        return facts
+
     async def replica_list(self) -> list[dict[str, Any]]:
         """Every live replica of the frame deployment, as it describes itself (id, pid, url, holding).
 
@@ -152,6 +165,24 @@ class LipsyncIngress:
 
         found = await asyncio.gather(*(describe(n) for n in sorted(names)))
         return sorted((f for f in found if f is not None), key=lambda f: str(f["replica"]))
+
+
+def _manifest_facts(avatar_id: str, source: Any) -> dict[str, Any]:
+    """The facts a plain server lists of a package, from the manifest of a local catalog file (no frame is
+    read); ``{"id"}`` alone for a URL entry or a file that cannot be read here."""
+    from lipsync_tools.errors import LipsyncError
+    from lipsync_tools.package import open_package
+
+    if source.is_remote or source.path is None:
+        return {"id": avatar_id}
+    try:
+        package = open_package(source.path, load_frames=False)
+    except (LipsyncError, OSError):
+        return {"id": avatar_id}
+    video = package.manifest.video
+    return {"id": avatar_id, "path": str(source.path), "n_frames": package.n_frames, "fps": package.fps,
+            "width": video.width, "height": video.height, "crop_size": package.crop_size,
+            "family": package.family, "audio_mode": package.audio_mode}
 
 
 # --- the ASGI app ------------------------------------------------------------------------------------------
@@ -176,8 +207,13 @@ def create_ingress_app(ingress: LipsyncIngress) -> ASGIApp:
 
     async def packages(request: Request) -> Response:
         replicas = await ingress.replica_list()
-        listed = [{"id": avatar_id, "replicas": [r["replica"] for r in replicas if avatar_id in r["holding"]]}
-                  for avatar_id in ingress.catalog.ids]
+        listed = []
+        for avatar_id in ingress.catalog.ids:
+            held = [r for r in replicas if avatar_id in r["holding"]]
+            info = next((p for r in held for p in r.get("packages", ()) if p.get("id") == avatar_id), None)
+            if info is None:
+                info = await ingress.catalog_facts(avatar_id)
+            listed.append({**info, "held": bool(held), "replicas": [r["replica"] for r in held]})
         return JSONResponse({"packages": listed})
 
     async def package_api(request: Request) -> Response:

@@ -176,8 +176,16 @@ class AvatarReplica:
 
     async def record_routing_stats(self) -> dict[str, Any]:
         """Serve's per-replica stats hook; the ingress also calls it on every replica actor to list them
-        (``GET /v1/cluster``)."""
-        return self.describe()
+        (``GET /v1/cluster``, ``/v1/packages``): :meth:`describe` and ``packages``, the server's info of
+        each avatar held here (frames, size, fps, family, sessions: what a plain server lists)."""
+        described = self.describe()
+        try:
+            listed = (await self._client().get("/v1/packages", timeout=5.0)).json().get("packages", [])
+        except (httpx.HTTPError, ValueError):
+            listed = []
+        held = set(described["holding"])
+        described["packages"] = [p for p in listed if isinstance(p, dict) and p.get("id") in held]
+        return described
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose server stopped or whose engine failed is replaced."""

@@ -127,8 +127,19 @@ def test_every_avatar_answers_with_its_own_model_on_the_replica_that_holds_it(cl
     for avatar, replica in served_by.items():
         assert avatar in held[replica]["holding"]
     assert sorted(len(r["holding"]) for r in held.values()) == [1, 2]
-    listed = {p["id"]: p["replicas"] for p in httpx.get(f"{url}/v1/packages", timeout=30).json()["packages"]}
-    assert listed == {avatar: [served_by[avatar]] for avatar in AVATARS}
+    packages = httpx.get(f"{url}/v1/packages", timeout=30).json()["packages"]
+    assert {p["id"]: p["replicas"] for p in packages} == {avatar: [served_by[avatar]] for avatar in AVATARS}
+    # the facts a plain server lists, so its clients (lipsync render --server) find what they need
+    assert all((p["n_frames"], p["width"], p["height"], p["held"]) == (50, 320, 240, True) for p in packages)
+
+
+def test_lipsync_render_through_the_cluster_as_through_a_plain_server(cluster: Any, tmp_path: Path,
+                                                                      speech_wav: Path):
+    from lipsync_tools.render import render_video
+
+    rendered = render_video("bert", speech_wav, tmp_path / "bert.mp4", server_url=cluster.url)
+    assert rendered.frames >= 25 and (rendered.width, rendered.height) == (320, 240)
+    assert (tmp_path / "bert.mp4").stat().st_size > 0
 
 
 def test_a_live_session_and_errors_through_the_ingress_with_the_plain_client(cluster: Any):
