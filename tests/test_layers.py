@@ -23,7 +23,7 @@ LEAVES = {"remote", "package", "models", "faces", "media", "audio", "protocol"}
 
 ALLOWED: dict[str, set[str]] = {
     "bench": {"server", "client", "baseline", "engine", "pipeline", "package", "models", "media", "audio",
-              "protocol"},
+              "protocol", "cluster"},
     "render": {"engine", "client", "protocol", "package", "media", "audio"},
     "cluster": {"server", "client", "engine", "pipeline", "protocol", "remote", "package"},
     "server": {"engine", "protocol", "remote", "package", "audio"},

@@ -3,7 +3,8 @@
 One row builder (:func:`tables`) feeds both renderers, so the terminal and ``--markdown`` always show
 the same numbers. ``--json`` writes the document itself. Its contract for CI is a JSON Schema file (draft
 2020-12) per kind of document, in ``lipsync_tools/bench/schemas/``: ``compare.schema.json`` (``--compare``),
-``live.schema.json`` (``--live``, ``"kind": "live"``), ``soak.schema.json`` (``--soak``, ``"kind": "soak"``).
+``live.schema.json`` (``--live``, ``"kind": "live"``), ``soak.schema.json`` (``--soak``, ``"kind": "soak"``),
+``scaleout.schema.json`` (``--ray``, ``"kind": "scale-out"``).
 Any validator reads them; :func:`check_result` is lipsync-tools' own (it picks the file by the document's
 ``kind`` and refuses another ``schema_version`` first). The version constants below stay in code: each file's
 ``schema_version`` is a ``const`` a test keeps equal to its constant.
@@ -41,6 +42,9 @@ LIVE_SCHEMA_VERSION = 2
 SOAK_SCHEMA_VERSION = 1
 """The ``--soak`` document's version (``schema_version``); :func:`check_result` refuses another one."""
 
+SCALEOUT_SCHEMA_VERSION = 1
+"""The ``--ray`` document's version (``schema_version``); :func:`check_result` refuses another one."""
+
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 """Where the JSON Schema files are (shipped as package data: ``lipsync_tools/bench/schemas/*.json``)."""
 
@@ -66,13 +70,15 @@ DOCUMENT_KINDS: dict[str | None, DocumentKind] = {
     None: DocumentKind(name="compare", kind=None, option="--compare", version=COMPARE_SCHEMA_VERSION),
     "live": DocumentKind(name="live", kind="live", option="--live", version=LIVE_SCHEMA_VERSION),
     "soak": DocumentKind(name="soak", kind="soak", option="--soak", version=SOAK_SCHEMA_VERSION),
+    "scale-out": DocumentKind(name="scaleout", kind="scale-out", option="--ray",
+                              version=SCALEOUT_SCHEMA_VERSION),
 }
 """The document kinds by the ``kind`` key they carry."""
 
 
 def schema_path(name: str) -> Path:
-    """The JSON Schema file of ``name``'s documents (``"compare"``, ``"live"`` or ``"soak"``): the path a CI
-    job gives its validator. Raises :class:`SchemaError` for another name."""
+    """The JSON Schema file of ``name``'s documents (``"compare"``, ``"live"``, ``"soak"`` or ``"scaleout"``):
+    the path a CI job gives its validator. Raises :class:`SchemaError` for another name."""
     for spec in DOCUMENT_KINDS.values():
         if spec.name == name:
             return spec.schema_file
@@ -81,8 +87,9 @@ def schema_path(name: str) -> Path:
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of ``name``'s documents (``"compare"``, ``"live"`` or ``"soak"``), read
-    from its file: a new dict on each call, for :func:`check_result`'s ``schema`` or another validator."""
+    """The JSON Schema (draft 2020-12) of ``name``'s documents (``"compare"``, ``"live"``, ``"soak"`` or
+    ``"scaleout"``), read from its file: a new dict on each call, for :func:`check_result`'s ``schema`` or
+    another validator."""
     schema: dict[str, Any] = json.loads(schema_path(name).read_text(encoding="utf-8"))
     return schema
 
@@ -108,12 +115,13 @@ def check_result(document: Any, schema: dict[str, Any] | None = None, where: str
     """Raise :class:`SchemaError` naming the first place where ``document`` breaks ``schema``.
 
     Without ``schema``: picked by the document's ``kind`` (``live.schema.json`` for ``"live"``,
-    ``soak.schema.json`` for ``"soak"``, ``compare.schema.json`` without one), and a document of another
-    ``schema_version`` than this version reads is refused before anything else is checked. ``schema``: a JSON
-    Schema (draft 2020-12) dict, e.g. :func:`load_schema`'s. The place is a path from ``where``
-    (``result.points[0].per_session[1].lag_ms``); the message says what was found there and what the schema
-    expects. Where several places break it, the one ``jsonschema.exceptions.best_match`` ranks first (the
-    shallowest) is named: the same one for the same document.
+    ``soak.schema.json`` for ``"soak"``, ``scaleout.schema.json`` for ``"scale-out"``, ``compare.schema.json``
+    without one), and a document of another ``schema_version`` than this version reads is refused before
+    anything else is checked. ``schema``: a JSON Schema (draft 2020-12) dict, e.g. :func:`load_schema`'s. The
+    place is a path from ``where`` (``result.points[0].per_session[1].lag_ms``); the message says what was
+    found there and what the schema expects. Where several places break it, the one
+    ``jsonschema.exceptions.best_match`` ranks first (the shallowest) is named: the same one for the same
+    document.
 
     Stricter than the JSON Schema standard in one way, as the checker before these files was: an
     ``integer`` is a Python ``int`` (``1.0`` is refused) and a ``number`` an ``int`` or a ``float`` (NumPy
@@ -122,7 +130,8 @@ def check_result(document: Any, schema: dict[str, Any] | None = None, where: str
     if schema is None:
         kind = document.get("kind") if isinstance(document, dict) else None
         if not isinstance(kind, str | None) or kind not in DOCUMENT_KINDS:
-            raise SchemaError(f"{where}.kind is {kind!r}; expected live, soak or none (--compare)")
+            kinds = ", ".join(k for k in DOCUMENT_KINDS if k is not None)
+            raise SchemaError(f"{where}.kind is {kind!r}; expected {kinds} or none (--compare)")
         spec = DOCUMENT_KINDS[kind]
         version = document.get("schema_version") if isinstance(document, dict) else None
         if version != spec.version or isinstance(version, bool):
@@ -148,6 +157,11 @@ def is_live(document: Any) -> bool:
 def is_soak(document: Any) -> bool:
     """Whether ``document`` is a ``--soak`` result (``"kind": "soak"``)."""
     return isinstance(document, dict) and document.get("kind") == "soak"
+
+
+def is_scaleout(document: Any) -> bool:
+    """Whether ``document`` is a ``--ray`` result (``"kind": "scale-out"``)."""
+    return isinstance(document, dict) and document.get("kind") == "scale-out"
 
 
 @functools.cache
@@ -242,6 +256,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
         return live_tables(result)
     if is_soak(result):
         return soak_tables(result)
+    if is_scaleout(result):
+        return scaleout_tables(result)
     modes: dict[str, Any] = result["modes"]
     names = list(modes)
     out: list[Table] = []
@@ -485,6 +501,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         return live_summary_lines(result)
     if is_soak(result):
         return soak_summary_lines(result)
+    if is_scaleout(result):
+        return scaleout_summary_lines(result)
     i, machine = result["input"], result["machine"]
     model = result.get("model", {})
     source = "sample talking head" if i["sample"] else (i["video"] or i["package"])
@@ -763,6 +781,96 @@ def soak_summary_lines(result: dict[str, Any]) -> list[str]:
         f"goal ({result['goal']['line']}): {'met' if result['goal']['met'] else 'NOT met'}",
     ]
     return lines + [f"note: {n}" for n in result["notes"]]
+
+
+def scaleout_tables(result: dict[str, Any]) -> list[Table]:
+    """The ``--ray`` report's tables: latency per target and the hop's overhead, each avatar's replicas, the
+    cluster at the end."""
+    targets, overhead = result["targets"], result["overhead"]
+
+    def stats(s: dict[str, Any]) -> list[str]:
+        return [_ms(s["median"]), _ms(s["p90"]), _ms(s["p99"]), _ms(s["max"])]
+
+    rows = [
+        [name, f"{t['ok']} / {t['requests']}", *stats(t["latency_ms"]), _ms(t["server_ms"]["median"]),
+         _ms(t["outside_server_ms"]["median"])]
+        for name, t in targets.items()
+    ]
+    rows.append(["ray - plain", "", _ms(overhead["median_ms"]), _ms(overhead["p90_ms"]),
+                 _ms(overhead["p99_ms"]), "", "", _ms(overhead["outside_server_median_ms"])])
+    rows.append(["ray / plain", "", _x(overhead["ratio"]), "", "", "", "", ""])
+    out = [
+        Table(
+            "Frame latency, the plain server against the Ray cluster (ms; POST /v1/frame, one at a time, "
+            "interleaved)",
+            ["target", "served / sent", "median", "p90", "p99", "max", "frame server median",
+             "outside the frame server median"],
+            rows,
+        )
+    ]
+    rows = [
+        [a["id"], f"{a['plain']['ok']} / {a['plain']['requests']}",
+         f"{a['ray']['ok']} / {a['ray']['requests']}",
+         ", ".join(f"{r} ({n})" for r, n in a["replicas"].items()) or "–",
+         "–" if a["affinity"] is None else f"{a['affinity']:.2f}", ", ".join(a["held_by_at_end"]) or "–",
+         _ms(a["plain"]["latency_ms"]["median"]), _ms(a["ray"]["latency_ms"]["median"])]
+        for a in result["avatars"]
+    ]
+    out.append(
+        Table(
+            "Affinity: the replicas that served each avatar (affinity = the share of its most frequent one)",
+            ["avatar", "plain served / sent", "ray served / sent", "replicas (requests)", "affinity",
+             "held at the end by", "plain median ms", "ray median ms"],
+            rows,
+        )
+    )
+    cluster = result["cluster"]
+    out.append(
+        Table(
+            f"The cluster at the end (GET /v1/cluster; at most {cluster['max_packages_per_replica']} avatars "
+            "per replica)",
+            ["replica", "pid", "holding"],
+            [[r["replica"], str(r["pid"]), ", ".join(r["holding"]) or "–"] for r in cluster["replicas"]],
+        )
+    )
+    errors = result["errors"]
+    if errors["listed"]:
+        out.append(
+            Table(
+                f"Failed requests (the first {len(errors['listed'])} of {errors['total']})",
+                ["target", "avatar", "round", "status", "detail"],
+                [[e["target"], e["avatar"], str(e["round"]), "–" if e["status"] is None else str(e["status"]),
+                  e["detail"]] for e in errors["listed"]],
+            )
+        )
+    return out
+
+
+def scaleout_summary_lines(result: dict[str, Any]) -> list[str]:
+    """The lines above the ``--ray`` tables: machine, load, catalog, cluster, models, the headline, notes."""
+    machine, ray, settings = result["machine"], result["ray"], result["settings"]
+    overhead, affinity = result["overhead"], result["affinity"]
+    models = ", ".join(
+        f"{m['name']} ({m['source']}) on {m['backend']}, {m['precision']} on {m['device']}"
+        for m in result["models"]
+    )
+    ratio = "–" if overhead["ratio"] is None else f"{overhead['ratio']:.2f}x"
+    share = "–" if affinity["min"] is None else f"{affinity['min']:.2f}"
+    return [
+        f"machine: {hardware_line(machine)}",
+        f"load average before / after: {machine['load_average']} / {result['load_average_after']}",
+        f"catalog: {result['catalog']['path']} ({result['catalog']['entries']} avatars; measured "
+        f"{', '.join(a['id'] for a in result['avatars'])}), {settings['requests_per_avatar']} requests per "
+        f"avatar to each target after {settings['warmup']} of warm-up",
+        f"ray {ray['version']}: {ray['cluster']} cluster of {ray['cluster_cpus']:g} CPUs, {ray['replicas']} "
+        f"replicas of {ray['replica_cpus']:g} CPU holding at most {ray['max_packages_per_replica']} avatars "
+        "each",
+        f"models: {models or '–'}; run took {result['duration_seconds']:.0f} s",
+        f"the extra hop: {_ms(overhead['median_ms'])} ms at the median ({ratio} the plain server's); "
+        f"affinity {share} at the lowest, {affinity['on_one_replica']} of {affinity['avatars']} avatars on "
+        f"one replica, {affinity['replicas_used']} replicas used",
+        *[f"note: {n}" for n in result["notes"]],
+    ]
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -1,6 +1,7 @@
-"""``lipsync bench --compare`` / ``--live`` / ``--soak SECONDS``: parse options, check every output path, call
-:func:`lipsync_tools.bench.run_compare`, :func:`~lipsync_tools.bench.run_live` or
-:func:`~lipsync_tools.bench.run_soak`, print the report and write the outputs (each file atomically).
+"""``lipsync bench --compare`` / ``--live`` / ``--soak SECONDS`` / ``--ray --catalog CAT``: parse options,
+check every output path, call :func:`lipsync_tools.bench.run_compare`, :func:`~lipsync_tools.bench.run_live`,
+:func:`~lipsync_tools.bench.run_soak` or :func:`~lipsync_tools.bench.run_scaleout`, print the report and write
+the outputs (each file atomically).
 
 Importing this module registers the command on :data:`lipsync_tools.cli.app.app`.
 """
@@ -88,9 +89,32 @@ def bench_cmd(
             show_default=False,
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Measure frame latency through a local Ray Serve cluster (lipsync serve --ray) against the "
+            "plain server, both serving --catalog, and which replica served each avatar (needs the ray "
+            "extra).",
+        ),
+    ] = False,
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--catalog", help="--ray: the JSON or TOML catalog of the avatars to serve.",
+                     show_default=False),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option("--replicas", help="--ray: replicas of the frame deployment (default 2, at most 2 "
+                     "avatars each)."),
+    ] = None,
     frames: Annotated[
         int | None,
-        typer.Option("--frames", help="--compare: measured frames per mode (default 100; --quick 12)."),
+        typer.Option(
+            "--frames",
+            help="--compare: measured frames per mode (default 100; --quick 12); --ray: measured requests "
+            "per avatar to each server (default 50).",
+        ),
     ] = None,
     clients: Annotated[
         str | None,
@@ -150,7 +174,8 @@ def bench_cmd(
         typer.Option(
             "--model",
             help="--live, --soak: random (default: random weights, the real network's speed, NOT lip-sync) "
-            "or identity (no network: the serving machinery alone).",
+            "or identity (no network: the serving machinery alone); --ray: the same, default each avatar's "
+            "own checkpoint.",
         ),
     ] = None,
     json_out: Annotated[
@@ -199,8 +224,9 @@ def bench_cmd(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Benchmark serving on this machine: --compare (per-component times, FPS, scaling, startup, memory),
-    --live (sessions at the speed of speech: delivered fps, lag, dropped frames, refusals, drift) or
-    --soak SECONDS (a long mixed load: errors by kind, crashes, memory growth)."""
+    --live (sessions at the speed of speech: delivered fps, lag, dropped frames, refusals, drift),
+    --soak SECONDS (a long mixed load: errors by kind, crashes, memory growth) or --ray --catalog CAT (frame
+    latency through a Ray Serve cluster against the plain server, and each avatar's replica)."""
 
     def action() -> None:
         from ..bench import (
@@ -213,21 +239,25 @@ def bench_cmd(
             print_report,
             run_compare,
             run_live,
+            run_scaleout,
             run_soak,
             write_outputs,
         )
         from ..errors import UsageError
 
-        given = (("--compare", compare), ("--live", live), ("--soak", soak is not None))
+        given = (("--compare", compare), ("--live", live), ("--soak", soak is not None), ("--ray", ray))
         chosen = [name for name, on in given if on]
         if len(chosen) != 1:
             both = f", one of them: {' and '.join(chosen)}, not both" if len(chosen) == 2 else ""
-            both = ", one of them, not all three" if len(chosen) == 3 else both
+            both = f", one of them, not {len(chosen)} at once" if len(chosen) > 2 else both
             raise UsageError(
                 "say what to benchmark: lipsync bench --compare [VIDEO or PKG] (the serving modes side by "
-                "side), lipsync bench --live [VIDEO or PKG] (live sessions) or lipsync bench --soak SECONDS "
-                f"[VIDEO or PKG] (a long mixed load){both}"
+                "side), lipsync bench --live [VIDEO or PKG] (live sessions), lipsync bench --soak SECONDS "
+                "[VIDEO or PKG] (a long mixed load) or lipsync bench --ray --catalog CAT (through a Ray "
+                f"Serve cluster against the plain server){both}"
             )
+        if not ray:
+            _refuse_other(chosen[0], {"--catalog": catalog is not None, "--replicas": replicas is not None})
         check_audio_encoder_path(audio_encoder)
         common: dict[str, Any] = {
             "input": source,
@@ -240,8 +270,34 @@ def bench_cmd(
             "precision": precision.value,
             "device": device,
         }
-        options: CompareOptions | LiveOptions | SoakOptions
-        if soak is not None:
+        options: CompareOptions | LiveOptions | SoakOptions | None = None
+        scaleout: dict[str, Any] = {}
+        if ray:
+            _refuse_other(
+                "--ray",
+                {"a VIDEO or PKG argument (the avatars are --catalog's)": source is not None,
+                 "--clients": clients is not None, "--modes": modes is not None,
+                 "--plot": plot_out is not None, "--sessions": sessions is not None,
+                 "--session-seconds": session_seconds is not None,
+                 "--drift-seconds": drift_seconds is not None,
+                 "--min-session-fps": min_session_fps is not None, "--max-sessions": max_sessions is not None,
+                 "--image": image is not None, "--quick": quick, "--hd": hd, "--family": family is not None,
+                 "--audio-encoder": audio_encoder is not None},
+            )
+            if catalog is None:
+                raise UsageError("--ray serves the avatars of a catalog: give --catalog FILE (a JSON or "
+                                 "TOML catalog of ids with their package paths or URLs, as lipsync serve "
+                                 "--catalog takes; docs/scale-out.md)")
+            from ..cluster.connect import require_ray
+
+            require_ray("lipsync bench --ray")  # before any work: the install command, not a traceback
+            scaleout = {
+                "catalog": catalog, "requests_per_avatar": 50 if frames is None else frames,
+                "replicas": 2 if replicas is None else replicas, "model": model.value if model else None,
+                "seed": seed, "backend": common["backend"], "precision": precision.value, "device": device,
+                "work_dir": work_dir,
+            }
+        elif soak is not None:
             _refuse_other(
                 "--soak",
                 {"--frames": frames is not None, "--clients": clients is not None,
@@ -306,7 +362,9 @@ def bench_cmd(
         def say(message: str) -> None:
             stderr.print(f"[bench] {message}", highlight=False, markup=False)
 
-        if isinstance(options, SoakOptions):
+        if options is None:
+            result = run_scaleout(**scaleout, progress=say)
+        elif isinstance(options, SoakOptions):
             with RichProgress() if interactive(False, False) else contextlib.nullcontext() as ticker:
                 result = run_soak(options, progress=say, ticker=ticker)
         elif isinstance(options, LiveOptions):

@@ -33,8 +33,9 @@ def require_ray(what: str) -> None:
 
 def check_reachable(address: str | None, timeout: float = REACH_TIMEOUT_SECONDS) -> None:
     """UsageError unless ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP connection within
-    ``timeout`` seconds. ``None`` and ``"auto"`` (Ray's discovery of a local cluster) are not checked."""
-    if address is None or address == "auto":
+    ``timeout`` seconds. ``None``, ``"auto"`` and ``"local"`` (Ray's discovery of a cluster on this machine,
+    a new local cluster) are not checked."""
+    if address is None or address in ("auto", "local"):
         return
     scheme = "ray://" if address.startswith("ray://") else ""
     rest = address[len(scheme):]

@@ -17,6 +17,7 @@ fetch its URLs) and have lipsync-tools installed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal
@@ -25,9 +26,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
-from lipsync_tools.errors import UsageError
+from lipsync_tools.errors import LipsyncError, UsageError
 from lipsync_tools.server import ServerConfig
 
 from .connect import join_ray, require_ray
@@ -89,18 +91,28 @@ class RunningCluster:
     max_replicas: int | None  # autoscaling between replicas and this; None: a fixed count
     max_packages_per_replica: int
     packages: tuple[str, ...]
-    _owns_ray: bool
+    replica_cpus: float  # each replica's CPU share, fitted to the cluster (RayOptions.replica_cpus at most)
+    cluster_cpus: float
+    _owns_ray: bool  # start_on_ray connected this process to Ray (a local cluster it started, or joined one)
+    _owns_serve: bool  # Serve was not running in that cluster before
+
+    @property
+    def serve_started(self) -> bool:
+        """Serve was not running in the cluster before (``stop`` shuts it down again)."""
+        return self._owns_serve
 
     def stop(self) -> None:
-        """Delete the application; shut Ray down when this call started it (a joined cluster stays)."""
+        """Delete the application and leave the cluster as it was found: Serve shut down when this call
+        started it, Ray disconnected (a local cluster it started stops; a joined one stays)."""
         import ray
         from ray import serve
 
         with contextlib.suppress(Exception):
             serve.delete(self.app_name)
-        if self._owns_ray:
+        if self._owns_serve:
             with contextlib.suppress(Exception):
                 serve.shutdown()
+        if self._owns_ray:
             ray.shutdown()
 
 
@@ -185,25 +197,80 @@ def start_on_ray(config: ServerConfig, options: RayOptions) -> RunningCluster:
     from lipsync_tools.remote import load_catalog
 
     catalog = load_catalog(config.catalog)  # type: ignore[arg-type]  # checked above
+    config = _absolute_paths(config)  # replicas are other processes, started in other folders
     init: dict[str, Any] = {"configure_logging": False, "log_to_driver": False, "include_dashboard": False}
-    owns_ray = join_ray(options.address, **{**init, **options.ray_init})
+    # No --address: a new local cluster ("local"), never one a `ray start` left running on this machine,
+    # whose Serve applications stopping this one must not take down.
+    owns_ray = join_ray(options.address or "local", **{**init, **options.ray_init})
+    serve_was_running = _serve_running()
     port = config.port or _free_port(config.host)
     try:
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        options = _fit_replicas(options, cpus)
         serve.start(http_options={"host": config.host, "port": port})
         app = build_application(config, options, secrets.token_urlsafe(32))
         serve.run(app, name=options.app_name, route_prefix="/", blocking=False)
+        # serve.start keeps the HTTP port of a Serve already running and ignores ours
+        url = _running_serve_url() if serve_was_running else _url(config.host, port)
     except BaseException:
-        if owns_ray:
+        if not serve_was_running:
             with contextlib.suppress(Exception):
                 serve.shutdown()
+        if owns_ray:
             ray.shutdown()
         raise
-    host = f"[{config.host}]" if ":" in config.host else config.host
     return RunningCluster(
-        url=f"http://{host}:{port}", app_name=options.app_name, replicas=options.replicas,
-        max_replicas=options.max_replicas, max_packages_per_replica=options.max_packages_per_replica,
-        packages=tuple(catalog.ids), _owns_ray=owns_ray,
+        url=url, app_name=options.app_name, replicas=options.replicas, max_replicas=options.max_replicas,
+        max_packages_per_replica=options.max_packages_per_replica, packages=tuple(catalog.ids),
+        replica_cpus=options.replica_cpus, cluster_cpus=cpus, _owns_ray=owns_ray,
+        _owns_serve=not serve_was_running,
     )
+
+
+def _absolute_paths(config: ServerConfig) -> ServerConfig:
+    """``config`` with its file and folder options (catalog, checkpoint, caches) made absolute here."""
+    absolute: dict[str, Any] = {}
+    for option in dataclasses.fields(config):
+        value = getattr(config, option.name)
+        if isinstance(value, Path):
+            absolute[option.name] = value.resolve()
+    return dataclasses.replace(config, **absolute)
+
+
+def _fit_replicas(options: RayOptions, cpus: float) -> RayOptions:
+    """``options`` with each replica's CPU share lowered so that every replica (the most, when autoscaling)
+    and the ingress fit the cluster's ``cpus``; a replica the cluster cannot place would never start."""
+    most = options.max_replicas or options.replicas
+    share = min(options.replica_cpus, round((cpus - options.ingress_cpus) * 0.9 / most, 3))
+    if share <= 0:
+        raise UsageError(f"the Ray cluster has {cpus:g} CPUs: too few for {most} replicas and the ingress; "
+                         "use fewer --replicas or add nodes")
+    return dataclasses.replace(options, replica_cpus=share)
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _serve_running() -> bool:
+    """Whether Ray Serve already runs in the connected cluster (its controller is a named actor)."""
+    import ray
+
+    return any(a.get("name") == "SERVE_CONTROLLER_ACTOR" and a.get("namespace") == "serve"
+               for a in ray.util.list_named_actors(all_namespaces=True))
+
+
+def _running_serve_url() -> str:
+    """The HTTP proxy URL of a Serve that ran before: Ray has no public call for it, so this reads the
+    controller client's config (ray.serve.context, Ray 2.60)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise LipsyncError("Ray Serve runs in this cluster but its controller cannot be reached")
+    http = client.http_config
+    return _url(str(http.host or ""), int(http.port))
 
 
 def serve_on_ray(

@@ -27,6 +27,7 @@ from lipsync_tools.bench.report import (
     COMPARE_SCHEMA_VERSION,
     DOCUMENT_KINDS,
     LIVE_SCHEMA_VERSION,
+    SCALEOUT_SCHEMA_VERSION,
     SCHEMA_DIR,
     SOAK_SCHEMA_VERSION,
 )
@@ -34,19 +35,65 @@ from lipsync_tools.bench.runner import headline
 from lipsync_tools.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("compare", "live", "soak")
+NAMES = ("compare", "live", "soak", "scaleout")
 SHARED_DEFS = ("machine", "load_average", "notes", "quality", "runtime", "goal")
+
+
+def scaleout_like(machine: dict[str, Any]) -> dict[str, Any]:
+    """A minimal ``--ray`` document: two avatars, one on each replica, one request of bert's failed."""
+
+    def stats(median: float) -> dict[str, float]:
+        return {"median": median, "p90": median + 5, "p99": median + 8, "max": median + 9}
+
+    def target(url: str, ok: int, median: float, server: float) -> dict[str, Any]:
+        return {"url": url, "requests": 10, "ok": ok, "errors": 10 - ok, "latency_ms": stats(median),
+                "server_ms": stats(server), "outside_server_ms": stats(median - server)}
+
+    def avatar(name: str, replica: str, ray_ok: int) -> dict[str, Any]:
+        return {"id": name, "n_frames": 120, "width": 176, "height": 144,
+                "plain": {"requests": 5, "ok": 5, "errors": 0, "latency_ms": stats(50.0)},
+                "ray": {"requests": 5, "ok": ray_ok, "errors": 5 - ray_ok, "latency_ms": stats(65.0)},
+                "replicas": {replica: ray_ok}, "replica": replica, "affinity": 1.0,
+                "warmup_replicas": [replica] * 3, "held_by_at_end": [replica]}
+
+    return {
+        "schema_version": 1,
+        "kind": "scale-out",
+        "machine": machine,
+        "load_average_after": [0.0],
+        "settings": {"requests_per_avatar": 5, "warmup": 3, "model": "random"},
+        "catalog": {"path": "catalog.json", "entries": 3},
+        "ray": {"cluster": "local", "serve": "started", "cluster_cpus": 2.0, "replicas": 2,
+                "max_packages_per_replica": 2, "replica_cpus": 0.5, "ingress_cpus": 0.1, "version": "2.60.0"},
+        "models": [{"name": "random", "source": "seed 0", "backend": "onnx", "family": "wav2lip",
+                    "precision": "fp32", "device": "cpu", "is_random": True, "packages": ["anna", "bert"]}],
+        "targets": {"plain": target("http://127.0.0.1:1", 10, 50.0, 48.0),
+                    "ray": target("http://127.0.0.1:2", 9, 65.0, 47.0)},
+        "overhead": {"median_ms": 15.0, "ratio": 1.3, "p90_ms": 15.0, "p99_ms": 15.0,
+                     "outside_server_median_ms": 16.0},
+        "affinity": {"min": 1.0, "avatars": 2, "on_one_replica": 2, "replicas_used": 2},
+        "avatars": [avatar("anna", "r1", 5), avatar("bert", "r2", 4)],
+        "cluster": {"replicas": [{"replica": "r1", "pid": 11, "holding": ["anna"]},
+                                 {"replica": "r2", "pid": 12, "holding": ["bert"]}],
+                    "max_packages_per_replica": 2},
+        "errors": {"total": 1, "listed": [{"target": "ray", "avatar": "bert", "round": 2, "status": 503,
+                                           "detail": "HTTP 503, overloaded: retry"}]},
+        "notes": ["random weights: they do not lip-sync"],
+        "duration_seconds": 30.0,
+    }
 
 
 @pytest.fixture
 def documents(result_like: dict[str, Any], live_like: dict[str, Any], soak_like: dict[str, Any]
               ) -> dict[str, dict[str, Any]]:
     """A small document of each kind, as JSON gives it back (conftest's, the --compare one with the headline
-    the bench computes from it)."""
+    the bench computes from it, and this module's --ray one)."""
     compare = copy.deepcopy(result_like)
     compare["headline"] = headline(compare)
+    scaleout = scaleout_like(copy.deepcopy(soak_like["machine"]))
     return {name: json.loads(json.dumps(doc))
-            for name, doc in (("compare", compare), ("live", live_like), ("soak", soak_like))}
+            for name, doc in (("compare", compare), ("live", live_like), ("soak", soak_like),
+                              ("scaleout", scaleout))}
 
 
 def _object_schemas(node: Any, where: str = "#") -> list[tuple[str, dict[str, Any]]]:
@@ -73,7 +120,7 @@ def test_the_schema_folder_holds_one_file_per_document_kind():
     for name in NAMES:
         assert schema_path(name) == SCHEMA_DIR / f"{name}.schema.json" and schema_path(name).is_file()
     with pytest.raises(SchemaError, match=r"no bench result schema is named 'marathon'; expected one of "
-                                          r"compare, live, soak"):
+                                          r"compare, live, soak, scaleout$"):
         schema_path("marathon")
 
 
@@ -97,7 +144,7 @@ def test_a_broken_schema_is_refused_by_check_schema():
 @pytest.mark.parametrize(
     ("name", "kind", "version"),
     [("compare", None, COMPARE_SCHEMA_VERSION), ("live", "live", LIVE_SCHEMA_VERSION),
-     ("soak", "soak", SOAK_SCHEMA_VERSION)],
+     ("soak", "soak", SOAK_SCHEMA_VERSION), ("scaleout", "scale-out", SCALEOUT_SCHEMA_VERSION)],
 )
 def test_each_files_version_and_kind_are_the_constants_in_code(name: str, kind: str | None, version: int):
     schema = load_schema(name)
@@ -153,17 +200,22 @@ def test_each_kind_of_document_validates_with_a_plain_validator_and_with_check_r
     check_result(document, load_schema(name))
 
 
-@pytest.mark.parametrize(("option", "name"),
-                         [("--compare", "compare"), ("--live", "live"), ("--soak", "soak")])
+@pytest.mark.parametrize(
+    ("option", "name"),
+    [("--compare", "compare"), ("--live", "live"), ("--soak", "soak"), ("--ray", "scaleout")],
+)
 def test_the_files_the_cli_writes_validate(
     option: str, name: str, documents: dict[str, dict[str, Any]], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
     document = documents[name]
-    for entry in ("run_compare", "run_live", "run_soak"):
+    for entry in ("run_compare", "run_live", "run_soak", "run_scaleout"):
         monkeypatch.setattr(lipsync_tools.bench, entry, lambda *_, **__: document)
     out = tmp_path / "result.json"
-    args = ["bench", option, *(["60"] if option == "--soak" else []), "--json", str(out)]
+    extra = {"--soak": ["60"], "--ray": ["--catalog", str(tmp_path / "catalog.json")]}.get(option, [])
+    if option == "--ray":
+        pytest.importorskip("ray", reason="no ray extra here: pip install 'lipsync-tools[ray]'")
+    args = ["bench", option, *extra, "--json", str(out)]
     cli = CliRunner().invoke(app, args)
     assert cli.exit_code == 0, cli.output
     written = json.loads(out.read_text())
@@ -249,6 +301,15 @@ BREAKS: list[tuple[str, Callable[[dict[str, Any]], None], str, list[Any]]] = [
      "result.errors_by_code.internal.expected is a bool, expected int",
      ["errors_by_code", "internal", "expected"]),
     ("soak", _set(["notes"], ["fine", 3]), "result.notes[1] is int, expected str", ["notes", 1]),
+    ("scaleout", _set(["avatars", 1, "replicas", "r2"], "4"),
+     "result.avatars[1].replicas.r2 is str, expected int", ["avatars", 1, "replicas", "r2"]),
+    ("scaleout", _delete(["overhead", "ratio"]), "result.overhead lacks ratio", ["overhead"]),
+    ("scaleout", _set(["ray", "cluster"], "remote"),
+     "result.ray.cluster is 'remote', expected one of 'local', 'reused'", ["ray", "cluster"]),
+    ("scaleout", _set(["targets", "ray", "latency_ms", "p999"], 1.0),
+     "result.targets.ray.latency_ms has unexpected key(s) 'p999'; its schema allows only median, p90, p99, "
+     "max",
+     ["targets", "ray", "latency_ms"]),
 ]
 
 
@@ -307,7 +368,8 @@ def test_integers_are_python_ints_and_numbers_ints_or_floats(
 
 @pytest.mark.parametrize(("name", "option", "version"), [("compare", "--compare", COMPARE_SCHEMA_VERSION),
                                                           ("live", "--live", LIVE_SCHEMA_VERSION),
-                                                          ("soak", "--soak", SOAK_SCHEMA_VERSION)])
+                                                          ("soak", "--soak", SOAK_SCHEMA_VERSION),
+                                                          ("scaleout", "--ray", SCALEOUT_SCHEMA_VERSION)])
 def test_a_document_of_another_version_is_refused_by_its_version(
     name: str, option: str, version: int, documents: dict[str, dict[str, Any]]
 ):
@@ -333,7 +395,8 @@ def test_the_kind_picks_the_file_and_an_unknown_kind_is_refused(documents: dict[
     for kind in ("compare", ["live"], 3):
         document = copy.deepcopy(documents["compare"])
         document["kind"] = kind
-        with pytest.raises(SchemaError, match=r"^result\.kind is .*; expected live, soak or none \(--"):
+        expected = r"^result\.kind is .*; expected live, soak, scale-out or none \(--"
+        with pytest.raises(SchemaError, match=expected):
             check_result(document)
     with pytest.raises(SchemaError, match=r"^run\.schema_version is None: a --compare document"):
         check_result([documents["compare"]], where="run")
