@@ -302,7 +302,6 @@ def serve_cmd(
         sys.stderr.flush()
 
     def action() -> None:
-        from ..bench.original_server import original_components
         from ..errors import UsageError
         from ..remote import parse_size
 
@@ -364,7 +363,11 @@ def serve_cmd(
                          max_packages_per_replica=max_packages_per_replica, address=address,
                          on_ready=on_cluster_ready)
             return
-        components = original_components(audio) if original is not None else None
+        components = None
+        if original is not None:
+            from ..bench.original_server import original_components
+
+            components = original_components(audio)
         run(config, components=components, on_ready=on_ready)
 
     run_command(debug, json_output, action)

@@ -56,6 +56,8 @@ from lipsync_tools.server.connection import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
     accepted_subprotocol,
+    check_client_size,
+    received_message,
 )
 from lipsync_tools.server.endpoints import error_response, read_body
 from lipsync_tools.server.metrics import Metrics
@@ -310,19 +312,14 @@ class StreamProxy:
             if event["type"] == "websocket.disconnect":
                 return
             data: bytes | str
-            if event.get("bytes") is not None:
-                data, codec = event["bytes"], CODECS["binary"]
-            else:
-                data, codec = event.get("text") or "", CODECS["json"]
+            data, codec = received_message(event)
             upstream = self._upstream
             if upstream is not None:  # a session runs: everything goes to its replica's server
                 with contextlib.suppress(ConnectionClosed):  # the pump tells the client why
                     await upstream.send(data)
                 continue
             try:
-                if codec.name == "binary" and len(data) > MAX_BINARY_REQUEST_BYTES:
-                    raise ProtocolError(ErrorCode.OVERSIZE, f"message is {len(data)} bytes; the largest a "
-                                        f"client may send is {MAX_BINARY_REQUEST_BYTES}")
+                check_client_size(codec, data)
                 message = codec.decode(data)
             except ProtocolError as exc:
                 await self._fail(exc, codec, 0)

@@ -30,8 +30,9 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from starlette.types import Scope
 from starlette.websockets import WebSocket
@@ -121,6 +122,23 @@ async def decode_message(codec: Codec, data: bytes | str, pool: Executor | None)
 
 WS_SUBPROTOCOL = "lipsync"
 """The WebSocket subprotocol the server accepts (and echoes) when a client offers it (browsers need it)."""
+
+
+def received_message(event: Mapping[str, Any]) -> tuple[bytes | str, Codec]:
+    """A ``websocket.receive`` event's data and the codec it is in: binary frames are the binary codec,
+    text frames JSON."""
+    if event.get("bytes") is not None:
+        return event["bytes"], CODECS["binary"]
+    return event.get("text") or "", CODECS["json"]
+
+
+def check_client_size(codec: Codec, data: bytes | str) -> None:
+    """``oversize`` for a binary message over :data:`MAX_BINARY_REQUEST_BYTES` (the transport's cap is the
+    JSON one, the larger; binary messages have their own)."""
+    if codec.name == "binary" and len(data) > MAX_BINARY_REQUEST_BYTES:
+        raise ProtocolError(ErrorCode.OVERSIZE, (
+            f"message is {len(data)} bytes; the largest a client may send is {MAX_BINARY_REQUEST_BYTES} "
+            "(an audio_chunk of 1 MiB): send audio in smaller chunks"))
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:
@@ -227,17 +245,9 @@ class StreamConnection:
                     self.metrics.error(ErrorCode.OVERSIZE)
                 return
             data: bytes | str
-            if event.get("bytes") is not None:
-                data, codec = event["bytes"], CODECS["binary"]
-            else:
-                data, codec = event.get("text") or "", CODECS["json"]
+            data, codec = received_message(event)
             try:
-                if codec.name == "binary" and len(data) > MAX_BINARY_REQUEST_BYTES:
-                    # The transport's cap is the JSON one (it is the larger); binary messages have their own.
-                    raise ProtocolError(ErrorCode.OVERSIZE, (
-                        f"message is {len(data)} bytes; the largest a client may send is "
-                        f"{MAX_BINARY_REQUEST_BYTES} (an audio_chunk of 1 MiB): send audio in smaller "
-                        "chunks"))
+                check_client_size(codec, data)
                 message = await decode_message(codec, data, self.server.codec_pool)
             except ProtocolError as exc:
                 await self._fail(exc, codec, 0)
