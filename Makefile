@@ -29,7 +29,7 @@ system-deps:
 	fi
 
 test:
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 lint:
 	$(BIN)/ruff check .

@@ -136,7 +136,7 @@ def test_audio_of_the_other_kind_cannot_be_read():
 
 def test_a_request_error_is_a_lipsync_value_error_with_the_request_exit_code():
     error = refusal(frame_index=-1)
-    assert isinstance(error, LipsyncError) and isinstance(error, ValueError) and error.exit_code == 16
+    assert isinstance(error, LipsyncError) and isinstance(error, ValueError) and error.exit_code == 22
 
 
 def test_requests_are_frozen():
